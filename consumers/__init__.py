@@ -1,0 +1,1 @@
+"""The gateway's own consumers: sensors, the site's control topics, dashboards."""

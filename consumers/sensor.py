@@ -1,0 +1,201 @@
+"""`SensorConsumer`: one per configured sensor; parses its payloads, runs its rules, acts on them.
+
+Parsing lives in gateway.formats, rules in gateway.rules, persistence in
+gateway.alerts: this class only wires them to MQTT events and channel groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from gateway import logs, metrics
+from gateway.alerts import AlertChange, fill
+from gateway.config import Action, Sensor
+from gateway.formats import PayloadError, parse_availability, parse_value
+from gateway.rules import SensorRules, Transition
+from gateway.runtime import Runtime
+from protocols.mqtt.consumer import MqttConsumer
+from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
+
+log = logs.sensors
+_bad_input_log = logs.RateLimit(interval=30.0)
+
+# Dashboards hear of a chatty sensor at most this often; the last reading always arrives.
+SENSOR_EVENT_INTERVAL = 0.5
+
+
+class SensorConsumer(MqttConsumer):
+    runtime: Runtime
+    sensor: Sensor
+    rules: SensorRules
+
+    def _setup(self) -> None:
+        if hasattr(self, "rules"):
+            return
+        self.runtime = self.scope["gateway"]
+        config = self.runtime.config
+        self.sensor = config.sensors_by_id[self.scope["device"]]
+        self.loop = asyncio.get_running_loop()
+        self.rules = SensorRules(self.sensor, config.rules_for(self.sensor), self.loop.time())
+        snap = self.runtime.board.sensors[self.sensor.id]
+        self.rules.restore(
+            self.runtime.open_rules.get(self.sensor.id, {}),
+            snap.value,
+            snap.online if snap.online is not None else None,
+            self.loop.time(),
+        )
+        self.lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_sensor_event = 0.0
+        self.sensor_event_due: asyncio.TimerHandle | None = None
+        self._schedule()
+
+    async def mqtt_connect(self, event: MqttConnectEvent) -> None:
+        self._setup()
+        if self.channel_layer is not None:
+            await self.channel_layer.group_add(f"sensor.{self.sensor.id}", self.channel_name)
+
+    async def mqtt_message(self, event: MqttMessageEvent) -> None:
+        self._setup()
+        now = self.loop.time()
+        max_payload = self.runtime.config.mqtt.max_payload
+        try:
+            if event["topic"] == self.sensor.availability_topic:
+                online = parse_availability(event["payload"], max_payload)
+                transitions = self.rules.on_availability(online, now)
+            else:
+                value = parse_value(event["payload"], self.sensor.format, self.sensor.field, max_payload)
+                transitions = self.rules.on_value(value, now)
+        except PayloadError as err:
+            self._bad_payload(event["topic"], err)
+            return
+        metrics.mqtt_messages.labels("ok").inc()
+        if self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online):
+            self._sensor_changed()
+        if transitions:
+            async with self.lock:
+                await self._apply(transitions)
+        self._schedule()
+
+    def _bad_payload(self, topic: str, err: PayloadError) -> None:
+        metrics.mqtt_messages.labels("bad_payload").inc()
+        metrics.bad_input.labels("mqtt", "payload").inc()
+        allowed, held = _bad_input_log.allow(self.sensor.id)
+        if allowed:
+            log.warning(
+                "sensor %s: ignored a message on %s: %s%s",
+                self.sensor.id,
+                topic,
+                err,
+                f" ({held} similar not logged)" if held else "",
+            )
+
+    # Alert transitions and rule actions
+
+    async def _apply(self, transitions: list[Transition]) -> None:
+        book, sensor = self.runtime.book, self.sensor
+        for t in transitions:
+            change: AlertChange | None
+            actions: list[Action] = []
+            try:
+                if t.kind == "raise":
+                    change, actions = await book.raise_alert(t.rule, sensor, t.value), t.rule.on_raise
+                elif t.kind == "clear":
+                    change, actions = await book.clear(t.rule.id, sensor.id, t.value), t.rule.on_clear
+                else:
+                    change = await book.repeat(t.rule.id, sensor.id)
+            except Exception:
+                log.exception("sensor %s: could not store the %s of rule %s", sensor.id, t.kind, t.rule.id)
+                continue
+            if change is None:
+                continue
+            log.info("alert %s %s: %s", change.alert["id"], change.event, change.alert["message"])
+            await self.runtime.broadcast(change)
+            for action in actions:
+                await self.publish(
+                    action.topic, self._action_payload(action, change), action.qos, action.retain
+                )
+
+    def _action_payload(self, action: Action, change: AlertChange) -> bytes:
+        alert = change.alert
+        fields = {f"alert.{k}": "" if v is None else str(v) for k, v in alert.items()}
+        fields["alert"] = json.dumps(alert, separators=(",", ":"))
+        return fill(action.payload, fields).encode("utf-8")
+
+    # Timers: `for`, `repeat` and `expire_after` come due without a message.
+
+    def _schedule(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        deadline = self.rules.next_deadline()
+        if deadline is not None:
+            self.timer = self.loop.call_at(deadline, self._due)
+
+    def _due(self) -> None:
+        self.timer = None
+        self._spawn(self._tick())
+
+    async def _tick(self) -> None:
+        was_online = self.rules.online
+        transitions = self.rules.tick(self.loop.time())
+        if self.rules.online != was_online:
+            self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online)
+            self._sensor_changed()
+        if transitions:
+            async with self.lock:
+                await self._apply(transitions)
+        self._schedule()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # Sensor state to dashboards, throttled per sensor
+
+    def _sensor_changed(self) -> None:
+        if self.sensor_event_due is not None:
+            return
+        wait = self.last_sensor_event + SENSOR_EVENT_INTERVAL - self.loop.time()
+        if wait <= 0:
+            self._spawn(self._send_sensor_event())
+        else:
+            self.sensor_event_due = self.loop.call_later(wait, self._sensor_event_due)
+
+    def _sensor_event_due(self) -> None:
+        self.sensor_event_due = None
+        self._spawn(self._send_sensor_event())
+
+    async def _send_sensor_event(self) -> None:
+        self.last_sensor_event = self.loop.time()
+        snap = self.runtime.board.sensors[self.sensor.id].as_json()
+        text = json.dumps({"type": "sensor", "sensor": snap}, separators=(",", ":"))
+        await self.runtime.layer.group_send(
+            "sensors", {"type": "sensor.update", "sensor": snap, "text": text}
+        )
+
+    # Alert events of this sensor (group sensor.<id>): only acknowledgements matter here.
+
+    async def alert_acknowledged(self, event: dict[str, Any]) -> None:
+        self._setup()
+        self.rules.acknowledge(event["alert"]["rule"])
+        self._schedule()
+
+    async def alert_raised(self, event: dict[str, Any]) -> None:
+        pass
+
+    alert_cleared = alert_repeated = alert_raised
+
+    async def mqtt_disconnect(self, event: Any) -> None:
+        if event["final"]:
+            if getattr(self, "timer", None) is not None:
+                self.timer.cancel()
+            if getattr(self, "sensor_event_due", None) is not None:
+                self.sensor_event_due.cancel()
+            if hasattr(self, "sensor") and self.channel_layer is not None:
+                await self.channel_layer.group_discard(f"sensor.{self.sensor.id}", self.channel_name)
+        await super().mqtt_disconnect(event)

@@ -1,0 +1,56 @@
+"""`SiteConsumer`: the site's own MQTT topics: `gateway/<site>/ack` in, `gateway/<site>/alerts` out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import logs, metrics
+from gateway.alerts import AckRefused
+from gateway.runtime import Runtime
+from protocols.mqtt.consumer import MqttConsumer
+from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
+
+
+def ack_topic(site: str) -> str:
+    return f"gateway/{site}/ack"
+
+
+def alerts_topic(site: str) -> str:
+    return f"gateway/{site}/alerts"
+
+
+class SiteConsumer(MqttConsumer):
+    async def mqtt_connect(self, event: MqttConnectEvent) -> None:
+        self.runtime: Runtime = self.scope["gateway"]
+        if self.channel_layer is not None and not getattr(self, "joined", False):
+            await self.channel_layer.group_add("alerts", self.channel_name)
+            self.joined = True
+
+    async def mqtt_message(self, event: MqttMessageEvent) -> None:
+        runtime: Runtime = self.scope["gateway"]
+        try:
+            alert_id = event["payload"].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            alert_id = ""
+        if not alert_id or len(alert_id) > 32:
+            metrics.bad_input.labels("mqtt", "ack").inc()
+            logs.mqtt.warning("%s: payload must be an alert id", event["topic"])
+            return
+        try:
+            change = await runtime.book.acknowledge(alert_id, "mqtt")
+        except AckRefused as err:
+            logs.mqtt.warning("%s: %s", event["topic"], err)
+            return
+        logs.alerts.info("alert %s acknowledged by mqtt", change.alert["id"])
+        await runtime.broadcast(change)
+
+    async def alert_raised(self, event: dict[str, Any]) -> None:
+        await self.publish(alerts_topic(self.scope["gateway"].config.gateway.site), event["text"], qos=1)
+        metrics.deliveries.labels("mqtt", "ok").inc()
+
+    alert_acknowledged = alert_cleared = alert_repeated = alert_raised
+
+    async def mqtt_disconnect(self, event: Any) -> None:
+        if event["final"] and getattr(self, "joined", False):
+            await self.channel_layer.group_discard("alerts", self.channel_name)
+        await super().mqtt_disconnect(event)

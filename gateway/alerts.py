@@ -1,0 +1,228 @@
+"""`AlertBook`: alerts and their events in the database, each event numbered by the site's `seq`.
+
+Every change is written (alert row, event row, counter) in one transaction
+before anyone hears of it, so a broadcast never announces what a restart would
+forget, and `resume` can replay from the event log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, transaction
+
+from gateway.config import Rule, Sensor
+from gateway.formats import Value
+from gateway.models import Alert, AlertEvent, SiteCounter
+
+__all__ = ["AckRefused", "AlertBook", "AlertChange", "fill", "render_message"]
+
+# Short ids to type on a phone: no 0/o, 1/l/i.
+_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+OPEN_STATES = ("active", "acknowledged")
+
+
+class AckRefused(Exception):
+    """An acknowledgement that cannot be applied; the message says why."""
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def alert_json(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "rule": alert.rule,
+        "sensor": alert.sensor,
+        "zone": alert.zone,
+        "severity": alert.severity,
+        "state": alert.state,
+        "message": alert.message,
+        "value": alert.value,
+        "raised_at": iso(alert.raised_at),
+        "acknowledged_at": iso(alert.acknowledged_at),
+        "acknowledged_by": alert.acknowledged_by,
+        "cleared_at": iso(alert.cleared_at),
+    }
+
+
+@dataclass(frozen=True)
+class AlertChange:
+    event: str  # raised | acknowledged | cleared | repeated
+    seq: int
+    alert: dict[str, Any]
+    groups: tuple[str, ...] = ()
+    text: str = field(default="", compare=False)
+
+    @classmethod
+    def make(cls, event: str, seq: int, alert: dict[str, Any], groups: tuple[str, ...] = ()) -> AlertChange:
+        # Encoded once here, sent as-is to every WebSocket and MQTT subscriber.
+        envelope = {"type": "alert", "event": event, "seq": seq, "alert": alert}
+        return cls(event, seq, alert, groups, json.dumps(envelope, separators=(",", ":")))
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        return {"type": "alert", "event": self.event, "seq": self.seq, "alert": self.alert}
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[a-z_]+)?)\}")
+
+
+def render_message(template: str, rule: Rule, sensor: Sensor, value: Value | None, site: str) -> str:
+    """Fill `{sensor.name}`-style placeholders from a fixed list; anything else stays as written.
+
+    No str.format: a template must not reach attributes such as `{rule.__class__}`.
+    """
+    fields = {
+        "sensor.id": sensor.id,
+        "sensor.name": sensor.name,
+        "sensor.zone": sensor.zone,
+        "rule.id": rule.id,
+        "rule.severity": rule.severity,
+        "value": "" if value is None else str(value).lower() if isinstance(value, bool) else str(value),
+        "site": site,
+    }
+    return fill(template, fields)
+
+
+def fill(template: str, fields: dict[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1), m.group(0)), template)
+
+
+class AlertBook:
+    def __init__(self, site: str) -> None:
+        self.site = site
+
+    # Writes: one transaction each; the caller broadcasts the returned change.
+
+    def _record(self, event: str, alert: Alert) -> AlertChange:
+        counter, _ = SiteCounter.objects.select_for_update().get_or_create(site=self.site)
+        counter.seq += 1
+        counter.save(update_fields=["seq"])
+        snapshot = alert_json(alert)
+        AlertEvent.objects.create(
+            site=self.site, seq=counter.seq, event=event, alert_id=alert.id, alert=snapshot, at=_now()
+        )
+        return AlertChange.make(event, counter.seq, snapshot, tuple(alert.groups))
+
+    def raise_sync(self, rule: Rule, sensor: Sensor, value: Value | None) -> AlertChange:
+        groups = sorted({"alerts", f"alerts.{sensor.zone}", f"sensor.{sensor.id}", *rule.notify})
+        for _ in range(5):
+            try:
+                with transaction.atomic():
+                    alert = Alert.objects.create(
+                        id="".join(secrets.choice(_ALPHABET) for _ in range(6)),
+                        site=self.site,
+                        rule=rule.id,
+                        sensor=sensor.id,
+                        zone=sensor.zone,
+                        severity=rule.severity,
+                        state="active",
+                        message=render_message(rule.message, rule, sensor, value, self.site),
+                        value=value,
+                        groups=groups,
+                        raised_at=_now(),
+                    )
+                    return self._record("raised", alert)
+            except IntegrityError:
+                continue  # an id collision: draw again
+        raise RuntimeError("could not draw a free alert id")
+
+    def acknowledge_sync(self, alert_id: str, by: str) -> AlertChange:
+        with transaction.atomic():
+            alert = (
+                Alert.objects.select_for_update().filter(site=self.site, id=alert_id.strip().lower()).first()
+            )
+            if alert is None:
+                raise AckRefused(f"no alert with id {alert_id!r}")
+            if alert.state == "cleared":
+                raise AckRefused(f"alert {alert.id} is already cleared")
+            if alert.state == "acknowledged":
+                raise AckRefused(f"alert {alert.id} was already acknowledged by {alert.acknowledged_by}")
+            alert.state, alert.acknowledged_at, alert.acknowledged_by = "acknowledged", _now(), by
+            alert.save(update_fields=["state", "acknowledged_at", "acknowledged_by"])
+            return self._record("acknowledged", alert)
+
+    def clear_sync(self, rule_id: str, sensor_id: str, value: Value | None) -> AlertChange | None:
+        with transaction.atomic():
+            alert = self._open(rule_id, sensor_id)
+            if alert is None:
+                return None
+            alert.state, alert.cleared_at, alert.value = "cleared", _now(), value
+            alert.save(update_fields=["state", "cleared_at", "value"])
+            return self._record("cleared", alert)
+
+    def repeat_sync(self, rule_id: str, sensor_id: str) -> AlertChange | None:
+        with transaction.atomic():
+            alert = self._open(rule_id, sensor_id)
+            if alert is None or alert.state != "active":
+                return None
+            return self._record("repeated", alert)
+
+    def _open(self, rule_id: str, sensor_id: str) -> Alert | None:
+        return (
+            Alert.objects.select_for_update()
+            .filter(site=self.site, rule=rule_id, sensor=sensor_id, state__in=OPEN_STATES)
+            .order_by("-raised_at")
+            .first()
+        )
+
+    # Reads
+
+    def open_alerts_sync(self) -> list[dict[str, Any]]:
+        rows = Alert.objects.filter(site=self.site, state__in=OPEN_STATES).order_by("-raised_at")
+        return [alert_json(a) for a in rows]
+
+    def open_rules_sync(self) -> dict[str, dict[str, bool]]:
+        """sensor id -> {rule id: acknowledged} for every open alert."""
+        result: dict[str, dict[str, bool]] = {}
+        for sensor, rule, state in Alert.objects.filter(site=self.site, state__in=OPEN_STATES).values_list(
+            "sensor", "rule", "state"
+        ):
+            result.setdefault(sensor, {})[rule] = state == "acknowledged"
+        return result
+
+    def list_sync(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        rows = Alert.objects.filter(site=self.site)
+        if state == "open":
+            rows = rows.filter(state__in=OPEN_STATES)
+        elif state:
+            rows = rows.filter(state=state)
+        return [alert_json(a) for a in rows.order_by("-raised_at")[:limit]]
+
+    def seq_sync(self) -> int:
+        counter = SiteCounter.objects.filter(site=self.site).first()
+        return counter.seq if counter else 0
+
+    def events_after_sync(self, seq: int, limit: int = 1000) -> list[AlertChange]:
+        rows = AlertEvent.objects.filter(site=self.site, seq__gt=seq).order_by("seq")[:limit]
+        return [AlertChange.make(r.event, r.seq, r.alert) for r in rows]
+
+    def snapshot_sync(self) -> tuple[int, list[dict[str, Any]]]:
+        """(seq, open alerts) read together, so no event falls between them."""
+        with transaction.atomic():
+            return self.seq_sync(), self.open_alerts_sync()
+
+    raise_alert = sync_to_async(raise_sync)
+    acknowledge = sync_to_async(acknowledge_sync)
+    clear = sync_to_async(clear_sync)
+    repeat = sync_to_async(repeat_sync)
+    open_alerts = sync_to_async(open_alerts_sync)
+    open_rules = sync_to_async(open_rules_sync)
+    list_alerts = sync_to_async(list_sync)
+    seq = sync_to_async(seq_sync)
+    events_after = sync_to_async(events_after_sync)
+    snapshot = sync_to_async(snapshot_sync)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

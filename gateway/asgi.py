@@ -1,0 +1,49 @@
+"""The one `ProtocolTypeRouter`: `http` (Django), `websocket` and `mqtt` (and `telegram` when enabled)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.typing import ASGIReceiveCallable, ASGISendCallable
+from channels.routing import ProtocolTypeRouter, URLRouter
+from django.core.asgi import get_asgi_application
+from django.urls import path, re_path
+
+from consumers.dashboard import AlertSocket, NotFoundSocket
+from consumers.sensor import SensorConsumer
+from consumers.site import SiteConsumer, ack_topic
+from gateway.runtime import Runtime
+from protocols.mqtt.routing import TopicRouter, route
+
+
+class WithRuntime:
+    """Puts the process's `Runtime` into every scope as `scope["gateway"]`."""
+
+    def __init__(self, application: Any, runtime: Runtime) -> None:
+        self.application = application
+        self.runtime = runtime
+
+    async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        return await self.application({**scope, "gateway": self.runtime}, receive, send)
+
+
+def build_application(runtime: Runtime) -> WithRuntime:
+    site = runtime.config.gateway.site
+    router = ProtocolTypeRouter(
+        {
+            "http": get_asgi_application(),
+            "websocket": URLRouter(
+                [
+                    path("ws/alerts/", AlertSocket.as_asgi()),
+                    re_path(r"", NotFoundSocket.as_asgi()),
+                ]
+            ),
+            "mqtt": TopicRouter(
+                [
+                    route(ack_topic(site), SiteConsumer.as_asgi()),
+                    route("#", SensorConsumer.as_asgi()),
+                ]
+            ),
+        }
+    )
+    return WithRuntime(router, runtime)

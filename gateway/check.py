@@ -1,0 +1,116 @@
+"""`gateway check`: the config, then each service it names, one line each; exit 0 only if all is well."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+from gateway.config import Config, _host_port
+
+
+def _line(name: str, ok: bool, detail: str) -> bool:
+    print(f"{name:<10}{'ok' if ok else 'FAIL':<6}{detail}")
+    return ok
+
+
+def check(config: Config) -> int:
+    results = [
+        _line(
+            "config",
+            True,
+            f"{config.source}: site {config.gateway.site!r}, "
+            f"{len(config.sensors)} sensors, {len(config.rules)} rules",
+        )
+    ]
+    results.append(_attempt("broker", lambda: _broker(config)))
+    results.append(_attempt("database", lambda: _database(config)))
+    if config.gateway.channel_layer != "memory":
+        results.append(_attempt("redis", lambda: _redis(config.gateway.channel_layer)))
+    else:
+        results.append(_line("layer", True, "in-memory (single process)"))
+    if config.telegram_enabled:
+        results.append(_attempt("telegram", lambda: _telegram(config)))
+    else:
+        results.append(_line("telegram", True, "off (no token)"))
+    return 0 if all(results) else 1
+
+
+def _attempt(name: str, probe: Callable[[], str]) -> bool:
+    try:
+        return _line(name, True, probe())
+    except Exception as err:  # every failure is a line of the report, not a traceback
+        return _line(name, False, str(err) or type(err).__name__)
+
+
+def _broker(config: Config) -> str:
+    if config.mqtt.url == "embedded":
+        host, port = _host_port(config.mqtt.embedded_bind, "embedded_bind")
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError as err:
+                raise OSError(f"embedded broker cannot listen on {host}:{port}: {err.strerror}") from None
+        return f"embedded broker can listen on {host}:{port}"
+    from protocols.mqtt.client import BrokerAddress
+    from protocols.mqtt.server import MqttServer, MqttSettings
+
+    address = BrokerAddress.from_url(config.mqtt.url)
+
+    async def probe() -> str:
+        server = MqttServer(
+            MqttSettings(
+                address, f"{config.mqtt.client_id}-check", config.mqtt.protocol, connect_timeout=3.0
+            ),
+            application=None,
+            devices=[],
+        )
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(server.serve(stop))
+        try:
+            await asyncio.wait_for(server.connected.wait(), 6.0)
+        except TimeoutError:
+            raise OSError(f"{address}: no MQTT connection within 6 s") from None
+        finally:
+            stop.set()
+            await task
+        return f"{address} (MQTT {server.protocol})"
+
+    return asyncio.run(probe())
+
+
+def _database(config: Config) -> str:
+    from gateway import settings
+
+    settings.setup(config)
+    from django.db import connection
+
+    connection.ensure_connection()
+    vendor = connection.vendor
+    connection.close()
+    return f"{vendor} reachable, schema up to date"
+
+
+def _redis(url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    client.ping()
+    return f"{url.split('@')[-1]} answers PING"
+
+
+def _telegram(config: Config) -> str:
+    url = f"{config.telegram.api_url.rstrip('/')}/bot{config.telegram.token}/getMe"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            data = json.load(resp)
+    except urllib.error.HTTPError as err:
+        raise OSError(f"getMe answered HTTP {err.code}") from None
+    except urllib.error.URLError as err:
+        raise OSError(f"{config.telegram.api_url}: {err.reason}") from None
+    if not data.get("ok"):
+        raise OSError("getMe did not answer ok")
+    return f"bot @{data['result'].get('username')} ({config.telegram.api_url})"

@@ -1,0 +1,95 @@
+"""`gateway run` and `gateway check`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from gateway import logs
+from gateway.config import Config, ConfigError, load_config
+from gateway.server import PROTOCOLS
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Multi-protocol alert gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the gateway")
+    run.add_argument("--config", help="TOML file (default: $GATEWAY_CONFIG, else ./gateway.toml)")
+    run.add_argument(
+        "--protocol",
+        action="append",
+        choices=PROTOCOLS,
+        help="run only these protocol servers (repeatable; default: all)",
+    )
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    check = sub.add_parser("check", help="validate the config and try every service it names")
+    check.add_argument("--config", help="TOML file (default: $GATEWAY_CONFIG, else ./gateway.toml)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(f"gateway: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        from gateway.check import check
+
+        return check(config)
+    return run(config, args.protocol or list(PROTOCOLS), args.log_level)
+
+
+def run(config: Config, protocols: list[str], log_level: str = "INFO") -> int:
+    from gateway import settings
+    from gateway.broker import BrokerStartError
+    from gateway.server import Gateway, event_loop
+    from protocols.websocket.server import WebStartError
+
+    logs.setup(log_level)
+    if (
+        "web" not in protocols
+        and config.gateway.channel_layer == "memory"
+        and len(protocols) < len(PROTOCOLS)
+    ):
+        logs.server.warning(
+            "split mode with the in-memory channel layer: other processes will not hear this one"
+        )
+    loop = event_loop(protocols)
+    try:
+        settings.setup(config)
+    except Exception as err:
+        print(f"gateway: database {_db_label(config)}: {err}", file=sys.stderr)
+        return 1
+    gateway = Gateway(config, protocols)
+    try:
+        loop.run_until_complete(gateway.run())
+    except (BrokerStartError, WebStartError) as err:
+        print(f"gateway: {err}", file=sys.stderr)
+        return 1
+    finally:
+        _close(loop)
+    return 0
+
+
+def _db_label(config: Config) -> str:
+    from urllib.parse import urlsplit
+
+    url = config.gateway.database
+    if not url:
+        return str(config.gateway.state_dir / "gateway.sqlite3")
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
+
+
+def _close(loop: Any) -> None:
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))

@@ -1,0 +1,361 @@
+"""The one typed configuration object: TOML in, validated `Config` out.
+
+Nothing else in the project reads the environment or the TOML file; everything
+receives the `Config` built here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_duration"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the user: it names the key."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`500ms`, `5s`, `2m`, `1h` (or a bare number of seconds) -> seconds."""
+    if value is None or value == "":
+        return 0.0
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 5s, 2m or 1h")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration such as 500ms, 5s, 2m or 1h")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be zero or positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error that names it, not a silently ignored line.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _host_port(value: str, key: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{key} must look like HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class GatewaySection(_Section):
+    site: str = Field(default="home", pattern=r"^[A-Za-z0-9_-]+$")
+    state_dir: Path = Path("./var")
+    database: str = ""
+    channel_layer: str = "memory"
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("postgres", "postgresql", "sqlite"):
+            raise ValueError("must be empty (SQLite in state_dir), postgres://… or sqlite:///path")
+        return value
+
+    @field_validator("channel_layer")
+    @classmethod
+    def _layer(cls, value: str) -> str:
+        if value != "memory" and urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError('must be "memory" or a redis://host:6379/0 URL')
+        return value
+
+
+class HttpSection(_Section):
+    bind: str = "127.0.0.1:8000"
+    allowed_origins: list[str] = []
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        _host_port(value, "bind")
+        return value
+
+    @property
+    def host(self) -> str:
+        return _host_port(self.bind, "bind")[0]
+
+    @property
+    def port(self) -> int:
+        return _host_port(self.bind, "bind")[1]
+
+
+class AuthSection(_Section):
+    tokens: dict[str, str] = {}
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, token in value.items():
+            if len(token) < 8:
+                raise ValueError(f"token {name!r} is shorter than 8 characters")
+        return value
+
+
+class MqttSection(_Section):
+    url: str = "embedded"
+    embedded_bind: str = "127.0.0.1:1883"
+    client_id: str = ""  # default: gateway-<site>
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    shared_group: str = Field(default="", pattern=r"^[A-Za-z0-9_-]*$")
+    max_payload: int = Field(default=65536, gt=0)
+    keepalive: int = Field(default=30, ge=5)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: Any) -> Any:
+        return {5: "5", 3.1: "3.1.1", 311: "3.1.1"}.get(value, value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value != "embedded":
+            parts = urlsplit(value)
+            if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+                raise ValueError('must be "embedded" or mqtt://[user:pass@]host[:port] / mqtts://…')
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        return value
+
+    @field_validator("embedded_bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        _host_port(value, "embedded_bind")
+        return value
+
+
+class TelegramSection(_Section):
+    token: str = ""
+    api_url: str = "https://api.telegram.org"
+    allowed_chats: list[int] = []
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str = ""
+    webhook_secret: str = ""
+
+
+Scalar = bool | int | float | str
+
+
+class Condition(_Section):
+    equals: Scalar | None = None
+    above: float | None = None
+    below: float | None = None
+    offline: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Condition:
+        given = [k for k in ("equals", "above", "below", "offline") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of equals, above, below, offline")
+        if self.offline is False:
+            raise ValueError("offline can only be true")
+        return self
+
+
+class Action(_Section):
+    topic: str = Field(min_length=1)
+    payload: str = ""
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+
+
+class Sensor(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = ""
+    zone: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]+$")
+    topic: str = Field(min_length=1)
+    format: Literal["zigbee2mqtt", "tasmota", "json", "plain"] = "json"
+    field: str = ""
+    availability_topic: str = ""
+    expire_after: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Sensor:
+        if not self.name:
+            self.name = self.id
+        if "+" in self.topic or "#" in self.topic:
+            raise ValueError("topic must be a full topic, without + or #")
+        if self.format in ("zigbee2mqtt", "json") and not self.field:
+            raise ValueError(f"field is required for format {self.format!r}")
+        if not self.availability_topic:
+            if self.format == "zigbee2mqtt":
+                self.availability_topic = f"{self.topic}/availability"
+            elif self.format == "tasmota":
+                parts = self.topic.split("/")
+                if len(parts) == 3 and parts[0] == "tele":
+                    self.availability_topic = f"tele/{parts[1]}/LWT"
+        return self
+
+
+class Rule(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    sensor: str = ""
+    zone: str = ""
+    when: Condition
+    clear: Condition | None = None
+    for_: Duration = Field(default=0.0, alias="for")
+    severity: Literal["critical", "warning", "info"] = "warning"
+    message: str = "{sensor.name}: {rule.id}"
+    cooldown: Duration = 0.0
+    repeat: Duration = 0.0
+    notify: list[str] = []
+    on_raise: list[Action] = []
+    on_clear: list[Action] = []
+
+    @model_validator(mode="after")
+    def _target(self) -> Rule:
+        if bool(self.sensor) == bool(self.zone):
+            raise ValueError("give exactly one of sensor or zone")
+        if self.clear is not None and (self.when.offline or self.clear.offline):
+            raise ValueError("an offline rule clears when the sensor is back online; drop clear")
+        for group in self.notify:
+            if not re.fullmatch(r"alerts(\.[A-Za-z0-9_-]+)*", group):
+                raise ValueError(f"notify group {group!r} must be 'alerts' or 'alerts.<name>'")
+        return self
+
+
+class Config(_Section):
+    gateway: GatewaySection = GatewaySection()
+    http: HttpSection = HttpSection()
+    auth: AuthSection = AuthSection()
+    mqtt: MqttSection = MqttSection()
+    telegram: TelegramSection = TelegramSection()
+    sensors: list[Sensor] = []
+    rules: list[Rule] = []
+    # Where it came from, for messages; not a TOML key.
+    source: str = Field(default="built-in defaults", exclude=True)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        if not self.mqtt.client_id:
+            self.mqtt.client_id = f"gateway-{self.gateway.site}"
+        _unique("sensors", [s.id for s in self.sensors])
+        _unique("rules", [r.id for r in self.rules])
+        sensor_ids = {s.id for s in self.sensors}
+        zones = {s.zone for s in self.sensors}
+        for i, rule in enumerate(self.rules):
+            if rule.sensor and rule.sensor not in sensor_ids:
+                raise ValueError(f"rules[{i}].sensor: no sensor with id {rule.sensor!r}")
+            if rule.zone and rule.zone not in zones:
+                raise ValueError(f"rules[{i}].zone: no sensor is in zone {rule.zone!r}")
+        return self
+
+    @property
+    def sensors_by_id(self) -> dict[str, Sensor]:
+        return {s.id: s for s in self.sensors}
+
+    def rules_for(self, sensor: Sensor) -> list[Rule]:
+        return [r for r in self.rules if r.sensor == sensor.id or r.zone == sensor.zone]
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return bool(self.telegram.token)
+
+
+def _unique(key: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for i, ident in enumerate(ids):
+        if ident in seen:
+            raise ValueError(f"{key}[{i}].id: {ident!r} is used twice")
+        seen.add(ident)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+
+def _expand(node: Any, env: dict[str, str], path: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand(v, env, f"{path}.{k}" if path else k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, env, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, has_default, default = match.group(1), match.group(2), match.group(3)
+            if name in env:
+                return env[name]
+            if has_default is not None:
+                return default or ""
+            raise ConfigError(
+                f"{path}: environment variable {name} is not set "
+                f"(write ${{{name}:-}} to allow it to be empty)"
+            )
+
+        return _VAR.sub(sub, node)
+    return node
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ""
+        for part in e["loc"]:
+            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}" if key else msg)
+    return "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any], env: dict[str, str], source: str) -> Config:
+    try:
+        return Config.model_validate({**_expand(data, env, ""), "source": source})
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def resolve_path(explicit: str | None, env: dict[str, str]) -> Path | None:
+    """--config, else $GATEWAY_CONFIG, else ./gateway.toml, else None (defaults)."""
+    if explicit:
+        return Path(explicit)
+    if env.get("GATEWAY_CONFIG"):
+        return Path(env["GATEWAY_CONFIG"])
+    default = Path("gateway.toml")
+    return default if default.exists() else None
+
+
+def load_config(explicit: str | None = None, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    path = resolve_path(explicit, env)
+    if path is None:
+        return parse_config({}, env, "built-in defaults")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    try:
+        return parse_config(data, env, str(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -1,0 +1,124 @@
+"""Sensor payload parsers: raw MQTT bytes in, a plain value or a clear error out.
+
+Pure functions with no I/O, so they can be fuzzed; the sensor consumer calls them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+Value = bool | int | float | str
+
+__all__ = ["PayloadError", "Value", "compare_equal", "parse_availability", "parse_value"]
+
+
+class PayloadError(ValueError):
+    """A payload that does not fit its sensor; the message says why."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise PayloadError(f"{name} is not a value")
+
+
+def _decode(payload: bytes, max_payload: int) -> str:
+    if len(payload) > max_payload:
+        raise PayloadError(f"payload of {len(payload)} bytes is over max_payload ({max_payload})")
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("payload is not UTF-8") from None
+
+
+def _load_json(text: str) -> Any:
+    if not text.strip():
+        raise PayloadError("payload is empty")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise PayloadError("JSON is nested too deeply") from None
+    except json.JSONDecodeError as err:
+        raise PayloadError(f"payload is not valid JSON ({err.msg} at char {err.pos})") from None
+
+
+def _plain(text: str) -> Value:
+    stripped = text.strip()
+    if not stripped:
+        raise PayloadError("payload is empty")
+    low = stripped.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        number = float(stripped)
+    except ValueError:
+        return stripped
+    if not math.isfinite(number):
+        raise PayloadError(f"{stripped} is not a value")
+    return int(number) if number.is_integer() and "." not in stripped and "e" not in low else number
+
+
+def _field(doc: Any, field: str) -> Any:
+    node = doc
+    for part in field.split("."):
+        if not isinstance(node, dict):
+            raise PayloadError(f"field {field!r} not found (payload has no object at {part!r})")
+        if part not in node:
+            raise PayloadError(f"field {field!r} not found")
+        node = node[part]
+    return node
+
+
+def _scalar(raw: Any, field: str) -> Value:
+    if isinstance(raw, bool | str):
+        return raw
+    if isinstance(raw, int | float):
+        if isinstance(raw, float) and not math.isfinite(raw):
+            raise PayloadError(f"field {field!r} is not a finite number")
+        return raw
+    kind = (
+        "null" if raw is None else type(raw).__name__.replace("dict", "an object").replace("list", "a list")
+    )
+    raise PayloadError(f"field {field!r} is {kind}, not a value")
+
+
+def parse_value(payload: bytes, fmt: str, field: str, max_payload: int = 65536) -> Value:
+    """The sensor value carried by a state-topic payload."""
+    text = _decode(payload, max_payload)
+    if fmt == "plain":
+        return _plain(text)
+    if fmt == "tasmota" and not field:
+        # stat/<t>/POWER and friends carry the bare value.
+        return _plain(text)
+    return _scalar(_field(_load_json(text), field), field)
+
+
+_ONLINE = {"online": True, "offline": False, "true": True, "false": False, "1": True, "0": False}
+
+
+def parse_availability(payload: bytes, max_payload: int = 65536) -> bool:
+    """`online`/`offline` (any case), or `{"state": "online"}` as Zigbee2MQTT sends it."""
+    text = _decode(payload, max_payload).strip()
+    if text.startswith("{"):
+        state = _field(_load_json(text), "state")
+        text = state if isinstance(state, str) else ""
+    try:
+        return _ONLINE[text.lower()]
+    except KeyError:
+        raise PayloadError(f"availability {text[:40]!r} is neither online nor offline") from None
+
+
+def compare_equal(value: Value, expected: Value) -> bool:
+    """`equals`: text compares case-insensitively; booleans never equal numbers."""
+    if isinstance(value, bool) or isinstance(expected, bool):
+        if isinstance(value, bool) and isinstance(expected, bool):
+            return value == expected
+        # "ON"/"OFF" sensors compared with true/false in the config.
+        if isinstance(value, str) and isinstance(expected, bool):
+            return value.strip().lower() in (("on", "true") if expected else ("off", "false"))
+        return False
+    if isinstance(value, str) and isinstance(expected, str):
+        return value.casefold() == expected.casefold()
+    if isinstance(value, int | float) and isinstance(expected, int | float):
+        return value == expected
+    return False

@@ -1,0 +1,90 @@
+"""Channel layers that count what they drop: a full channel is logged and counted, never silent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.exceptions import ChannelFull
+from channels.layers import InMemoryChannelLayer
+from channels_redis.core import RedisChannelLayer
+
+from gateway import logs, metrics
+
+_limit = logs.RateLimit(interval=10.0)
+
+
+def overflowed(group_or_channel: str, dropped: int) -> None:
+    metrics.layer_overflows.inc(dropped)
+    allowed, held = _limit.allow(group_or_channel)
+    if allowed:
+        logs.layer.warning(
+            "channel layer full: dropped %d message(s) for %s (%d more drops not logged)",
+            dropped,
+            group_or_channel,
+            held,
+        )
+
+
+class MemoryLayer(InMemoryChannelLayer):
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        # Like the parent, minus the task per member and the silent `except ChannelFull: pass`.
+        assert isinstance(message, dict), "Message is not a dict"
+        self.require_valid_group_name(group)
+        self._clean_expired()
+        dropped = 0
+        for channel in list(self.groups.get(group, ())):
+            try:
+                await self.send(channel, message)
+            except ChannelFull:
+                dropped += 1
+        if dropped:
+            overflowed(group, dropped)
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        try:
+            await super().send(channel, message)
+        except ChannelFull:
+            if not channel.startswith("__group"):
+                overflowed(channel, 1)
+            raise
+
+
+class _RedisOverflowCounter(logging.Filter):
+    """channels_redis reports group overflows only in an INFO log line; count them from it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "over capacity in group" in record.msg and isinstance(record.args, tuple) and record.args:
+            overflowed(str(record.args[-1]), int(record.args[0]))
+            return False
+        return True
+
+
+_redis_log = logging.getLogger("channels_redis.core")
+_redis_log.addFilter(_RedisOverflowCounter())
+_redis_log.setLevel(logging.INFO)  # the overflow line is INFO; below that it is never made
+
+
+class RedisLayer(RedisChannelLayer):
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        try:
+            await super().send(channel, message)
+        except ChannelFull:
+            overflowed(channel, 1)
+            raise
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        # A Redis outage must not end every consumer: wait and try again.
+        delay = 0.2
+        while True:
+            try:
+                return await super().receive(channel)
+            except (TimeoutError, ConnectionError, OSError) as err:
+                logs.layer.warning("redis receive failed (%s); retrying in %.1fs", err, delay)
+            except Exception as err:  # redis.exceptions.* do not all derive from OSError
+                if type(err).__module__.split(".")[0] != "redis":
+                    raise
+                logs.layer.warning("redis receive failed (%s); retrying in %.1fs", err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,49 @@
+"""Named loggers of the project, in one place, and a per-key rate limit for noisy input."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+server = logging.getLogger("gateway.server")
+mqtt = logging.getLogger("gateway.mqtt")
+web = logging.getLogger("gateway.web")
+telegram = logging.getLogger("gateway.telegram")
+alerts = logging.getLogger("gateway.alerts")
+sensors = logging.getLogger("gateway.sensors")
+layer = logging.getLogger("gateway.layer")
+broker = logging.getLogger("gateway.broker")
+
+
+class RateLimit:
+    """Allow one log line per key per `interval` seconds; count what was held back."""
+
+    def __init__(self, interval: float = 10.0, max_keys: int = 10_000) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        """(may log now, lines held back since the last one)."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False, 0
+        if len(self._last) >= self.max_keys:
+            self._last.clear()
+        self._last[key] = now
+        return True, self._held.pop(key, 0)
+
+
+def setup(level: str = "INFO") -> None:
+    """One line per event on stderr, for journald."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Third-party chatter that would print a line per connection or per message.
+    for name in ("daphne", "amqtt", "transitions", "django.channels.server", "aiogram.event"):
+        logging.getLogger(name).setLevel(logging.WARNING)

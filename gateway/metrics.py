@@ -1,0 +1,35 @@
+"""Prometheus metrics of the process (prometheus-client: the well-kept library for the text format)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+registry = CollectorRegistry(auto_describe=True)
+
+mqtt_messages = Counter(
+    "gateway_mqtt_messages", "MQTT messages received, by outcome", ["outcome"], registry=registry
+)
+alerts = Counter("gateway_alerts", "Alert events, by event", ["event"], registry=registry)
+deliveries = Counter(
+    "gateway_deliveries",
+    "Deliveries to clients, by protocol and outcome",
+    ["protocol", "outcome"],
+    registry=registry,
+)
+layer_overflows = Counter(
+    "gateway_channel_layer_overflows", "Messages dropped because a channel was full", registry=registry
+)
+websocket_connections = Gauge(
+    "gateway_websocket_connections", "Open WebSocket connections", registry=registry
+)
+bad_input = Counter(
+    "gateway_bad_input", "Rejected input, by protocol and reason", ["protocol", "reason"], registry=registry
+)
+protocol_up = Gauge("gateway_protocol_up", "1 while a protocol server is up", ["protocol"], registry=registry)
+latency = Histogram(
+    "gateway_trigger_to_delivery_seconds",
+    "From MQTT receipt to hand-off to a client, by protocol",
+    ["protocol"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=registry,
+)

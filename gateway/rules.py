@@ -1,0 +1,178 @@
+"""The rule engine: per-sensor rule state, pure and clocked from outside.
+
+No I/O and no clock of its own: callers pass `now` (monotonic seconds) and act on
+the `Transition`s returned. One `SensorRules` per sensor holds the state of every
+rule that applies to it (its own rules and its zone's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.config import Condition, Rule, Sensor
+from gateway.formats import Value, compare_equal
+
+__all__ = ["SensorRules", "Transition", "matches"]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    kind: Literal["raise", "clear", "repeat"]
+    rule: Rule
+    value: Value | None
+
+
+def matches(cond: Condition, value: Value | None) -> bool:
+    if value is None:
+        return False
+    if cond.equals is not None:
+        return compare_equal(value, cond.equals)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if cond.above is not None:
+        return value > cond.above
+    if cond.below is not None:
+        return value < cond.below
+    return False
+
+
+@dataclass(slots=True)
+class _RuleState:
+    active: bool = False
+    acknowledged: bool = False
+    pending_since: float | None = None
+    last_raised: float | None = None
+    last_notified: float = 0.0
+
+
+class SensorRules:
+    def __init__(self, sensor: Sensor, rules: list[Rule], now: float) -> None:
+        self.sensor = sensor
+        self.rules = rules
+        self.states = {rule.id: _RuleState() for rule in rules}
+        self.value: Value | None = None
+        # Availability as the device reports it, and silence past expire_after.
+        self.available: bool | None = None
+        self.expired = False
+        self.last_seen = now
+        self.suppressed = 0  # raises dropped by cooldown
+
+    @property
+    def online(self) -> bool | None:
+        if self.expired or self.available is False:
+            return False
+        return self.available if self.available is not None else (True if self.value is not None else None)
+
+    def restore(
+        self, open_rules: dict[str, bool], value: Value | None, available: bool | None, now: float
+    ) -> None:
+        """State kept across a restart: open alerts (rule id -> acknowledged), last value."""
+        for rule_id, acknowledged in open_rules.items():
+            state = self.states.get(rule_id)
+            if state is not None:
+                state.active, state.acknowledged, state.last_notified = True, acknowledged, now
+        self.value, self.available = value, available
+
+    def acknowledge(self, rule_id: str) -> None:
+        state = self.states.get(rule_id)
+        if state is not None:
+            state.acknowledged = True
+
+    def on_value(self, value: Value, now: float) -> list[Transition]:
+        out: list[Transition] = []
+        was_online = self.online
+        self.value, self.last_seen = value, now
+        if self.expired:
+            self.expired = False
+            self._availability_changed(was_online, now, out)
+        for rule in self.rules:
+            if rule.when.offline:
+                continue
+            state = self.states[rule.id]
+            if state.active:
+                clears = matches(rule.clear, value) if rule.clear else not matches(rule.when, value)
+                if clears:
+                    state.active, state.pending_since = False, None
+                    out.append(Transition("clear", rule, value))
+            elif matches(rule.when, value):
+                self._hold(rule, state, now, out)
+            else:
+                state.pending_since = None
+        return out
+
+    def on_availability(self, available: bool, now: float) -> list[Transition]:
+        out: list[Transition] = []
+        was_online = self.online
+        self.available, self.last_seen = available, now
+        if available:
+            self.expired = False
+        self._availability_changed(was_online, now, out)
+        return out
+
+    def tick(self, now: float) -> list[Transition]:
+        out: list[Transition] = []
+        expire = self.sensor.expire_after
+        if expire and not self.expired and now - self.last_seen >= expire:
+            was_online = self.online
+            self.expired = True
+            self._availability_changed(was_online, now, out)
+        for rule in self.rules:
+            state = self.states[rule.id]
+            if state.pending_since is not None and now - state.pending_since >= rule.for_:
+                self._raise(rule, state, now, out)
+            elif (
+                state.active
+                and not state.acknowledged
+                and rule.repeat
+                and now - state.last_notified >= rule.repeat
+            ):
+                state.last_notified = now
+                out.append(Transition("repeat", rule, self.value))
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = []
+        if self.sensor.expire_after and not self.expired:
+            deadlines.append(self.last_seen + self.sensor.expire_after)
+        for rule in self.rules:
+            state = self.states[rule.id]
+            if state.pending_since is not None:
+                deadlines.append(state.pending_since + rule.for_)
+            elif state.active and not state.acknowledged and rule.repeat:
+                deadlines.append(state.last_notified + rule.repeat)
+        return min(deadlines, default=None)
+
+    def _availability_changed(self, was_online: bool | None, now: float, out: list[Transition]) -> None:
+        online = self.online
+        if online == was_online:
+            return
+        for rule in self.rules:
+            if not rule.when.offline:
+                continue
+            state = self.states[rule.id]
+            if online is False and not state.active:
+                self._hold(rule, state, now, out)
+            elif online:
+                state.pending_since = None
+                if state.active:
+                    state.active = False
+                    out.append(Transition("clear", rule, self.value))
+
+    def _hold(self, rule: Rule, state: _RuleState, now: float, out: list[Transition]) -> None:
+        if rule.for_ > 0:
+            if state.pending_since is None:
+                state.pending_since = now
+            if now - state.pending_since < rule.for_:
+                return
+        self._raise(rule, state, now, out)
+
+    def _raise(self, rule: Rule, state: _RuleState, now: float, out: list[Transition]) -> None:
+        state.pending_since = None
+        if state.last_raised is not None and now - state.last_raised < rule.cooldown:
+            # Dropped, not delayed: the next message that still matches may raise.
+            self.suppressed += 1
+            return
+        state.active, state.acknowledged = True, False
+        state.last_raised = state.last_notified = now
+        out.append(Transition("raise", rule, self.value))

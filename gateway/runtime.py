@@ -1,0 +1,52 @@
+"""`Runtime`: what the consumers of one process share: config, alert book, sensor board, health.
+
+It travels in every scope as `scope["gateway"]` (see `gateway.asgi.WithRuntime`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+from gateway.alerts import AlertBook, AlertChange
+from gateway.config import Config
+from gateway.health import Health
+from gateway.sensors import SensorBoard
+
+
+@dataclass
+class Runtime:
+    config: Config
+    health: Health
+    book: AlertBook = field(init=False)
+    board: SensorBoard = field(init=False)
+    # sensor id -> {rule id: acknowledged}, read once at start-up for the rule engines.
+    open_rules: dict[str, dict[str, bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.book = AlertBook(self.config.gateway.site)
+        self.board = SensorBoard(self.config.gateway.site, self.config.sensors)
+
+    async def load(self) -> None:
+        await self.board.load()
+        self.open_rules = await self.book.open_rules()
+
+    @property
+    def layer(self) -> Any:
+        return get_channel_layer()
+
+    async def broadcast(self, change: AlertChange) -> None:
+        """Hand an alert change to every group it belongs to, encoded once."""
+        from gateway import metrics
+
+        metrics.alerts.labels(change.event).inc()
+        message = {
+            "type": f"alert.{change.event}",
+            "seq": change.seq,
+            "alert": change.alert,
+            "text": change.text,
+        }
+        for group in change.groups:
+            await self.layer.group_send(group, message)

@@ -1,0 +1,100 @@
+"""`SensorBoard`: each sensor's last value and online state, in memory and written behind to the database."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from gateway import logs
+from gateway.alerts import iso
+from gateway.config import Sensor
+from gateway.formats import Value
+from gateway.models import SensorState
+
+
+@dataclass
+class SensorSnapshot:
+    id: str
+    name: str
+    zone: str
+    value: Value | None = None
+    online: bool | None = None
+    updated_at: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "zone": self.zone,
+            "value": self.value,
+            "online": self.online,
+            "updated_at": iso(self.updated_at),
+        }
+
+
+class SensorBoard:
+    """Writes are batched: a chatty sensor costs one row update per flush, not one per message."""
+
+    def __init__(self, site: str, sensors: list[Sensor], flush_interval: float = 1.0) -> None:
+        self.site = site
+        self.flush_interval = flush_interval
+        self.sensors = {s.id: SensorSnapshot(s.id, s.name, s.zone) for s in sensors}
+        self._dirty: set[str] = set()
+        self._flusher: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+
+    def load_sync(self) -> None:
+        for row in SensorState.objects.filter(site=self.site, sensor__in=list(self.sensors)):
+            snap = self.sensors[row.sensor]
+            snap.value, snap.online, snap.updated_at = row.value, row.online, row.updated_at
+
+    load = sync_to_async(load_sync)
+
+    def update(self, sensor_id: str, value: Value | None, online: bool | None) -> bool:
+        """Record a reading; True when value or online state changed."""
+        snap = self.sensors.get(sensor_id)
+        if snap is None:
+            return False
+        changed = snap.value != value or type(snap.value) is not type(value) or snap.online != online
+        snap.value, snap.online, snap.updated_at = value, online, datetime.now(UTC)
+        self._dirty.add(sensor_id)
+        if self._flusher is None:
+            loop = asyncio.get_running_loop()
+            self._flusher = loop.call_later(self.flush_interval, self._start_flush)
+        return changed
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [s.as_json() for s in self.sensors.values()]
+
+    def _start_flush(self) -> None:
+        self._flusher = None
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self.flush())
+
+    async def flush(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        if not dirty:
+            return
+        rows = [
+            SensorState(site=self.site, sensor=s.id, value=s.value, online=s.online, updated_at=s.updated_at)
+            for s in (self.sensors[i] for i in dirty)
+        ]
+        try:
+            await sync_to_async(_upsert)(rows)
+        except Exception as err:  # a locked or full database must not stop the sensors
+            logs.sensors.error("could not save sensor state (%s); will retry", err)
+            self._dirty |= dirty
+            asyncio.get_running_loop().call_later(self.flush_interval * 5, self._start_flush)
+
+
+def _upsert(rows: list[SensorState]) -> None:
+    SensorState.objects.bulk_create(
+        rows,
+        update_conflicts=True,
+        unique_fields=["site", "sensor"],
+        update_fields=["value", "online", "updated_at"],
+    )

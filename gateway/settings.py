@@ -1,0 +1,118 @@
+"""Django settings built from the one `Config`; there is no settings module to import."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from gateway.config import Config
+
+# Per-channel queue length. Channels' default of 100 drops silently under an
+# alert burst to a busy dashboard; overflows past this are counted (gateway.layers).
+CHANNEL_CAPACITY = 2000
+
+
+def database(config: Config) -> dict[str, Any]:
+    url = config.gateway.database
+    if url and urlsplit(url).scheme in ("postgres", "postgresql"):
+        parts = urlsplit(url)
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parts.path.lstrip("/")) or "gateway",
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname or "",
+            "PORT": str(parts.port or ""),
+            "CONN_MAX_AGE": None,
+            "CONN_HEALTH_CHECKS": True,
+        }
+    path = Path(urlsplit(url).path) if url else config.gateway.state_dir / "gateway.sqlite3"
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(path),
+        "OPTIONS": {
+            # WAL lets dashboards read while an alert is written; IMMEDIATE takes
+            # the write lock up front instead of failing half-way with "locked".
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 5,
+        },
+    }
+
+
+def channel_layers(config: Config) -> dict[str, Any]:
+    url = config.gateway.channel_layer
+    if url == "memory":
+        return {
+            "default": {
+                "BACKEND": "gateway.layers.MemoryLayer",
+                "CONFIG": {"capacity": CHANNEL_CAPACITY},
+            }
+        }
+    return {
+        "default": {
+            "BACKEND": "gateway.layers.RedisLayer",
+            "CONFIG": {
+                # redis-py 8 made socket_timeout 5 s by default, which kills the
+                # layer's 5 s blocking pop on any idle consumer (channels_redis#422).
+                "hosts": [{"address": url, "socket_timeout": 15, "socket_connect_timeout": 5}],
+                "capacity": CHANNEL_CAPACITY,
+                "prefix": f"gateway.{config.gateway.site}:",
+            },
+        }
+    }
+
+
+def secret_key(state_dir: Path) -> str:
+    """A key kept in state_dir, so sessions survive restarts."""
+    path = state_dir / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        key = secrets.token_urlsafe(48)
+        path.write_text(key)
+        path.chmod(0o600)
+        return key
+
+
+def build(config: Config) -> dict[str, Any]:
+    return {
+        "DEBUG": False,
+        "SECRET_KEY": secret_key(config.gateway.state_dir),
+        "ALLOWED_HOSTS": ["*"],
+        "INSTALLED_APPS": ["gateway.apps.GatewayConfig"],
+        "MIDDLEWARE": [],
+        "ROOT_URLCONF": "gateway.urls",
+        "DATABASES": {"default": database(config)},
+        "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",
+        "USE_TZ": True,
+        "TIME_ZONE": "UTC",
+        "CHANNEL_LAYERS": channel_layers(config),
+        "LOGGING_CONFIG": None,
+        "SESSION_ENGINE": "django.contrib.sessions.backends.signed_cookies",
+        "DATA_UPLOAD_MAX_MEMORY_SIZE": 1024 * 1024,
+    }
+
+
+def setup(config: Config) -> None:
+    """Configure and set up Django once per process, and bring the database schema up to date."""
+    import django
+    from django.conf import settings
+
+    config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.configure(**build(config))
+    django.setup(set_prefix=False)
+    migrate()
+
+
+def migrate() -> None:
+    from django.core.management import call_command
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+        call_command("migrate", verbosity=0, interactive=False)
+    connection.close()

@@ -1,0 +1,1 @@
+"""Protocol servers that map the outside world into ASGI scopes and events."""

@@ -1,0 +1,449 @@
+"""The MQTT protocol server: one broker connection, one ASGI application instance per device.
+
+Instances are created the daphne way (a queue as `receive`, a bound method as
+`send`) before the broker connection opens, so that messages a persistent
+session kept while we were away find their instance. A QoS 1/2 message is
+acknowledged to the broker only when its instance asks for the next event, that
+is once the consumer has handled it: a crash in between means redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway import logs
+from protocols.mqtt.client import AsyncioClient, BrokerAddress
+from protocols.mqtt.events import validate_outgoing
+from protocols.mqtt.routing import topic_matches
+from protocols.mqtt.types import MqttScope
+
+log = logs.mqtt
+
+__all__ = ["Device", "MqttServer", "MqttSettings"]
+
+# MQTT 5 session expiry: keep our subscriptions and queued messages for a week.
+SESSION_EXPIRY = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    topics: tuple[str, ...]
+    lazy: bool = False
+
+
+@dataclass
+class MqttSettings:
+    address: BrokerAddress
+    client_id: str
+    protocol: str = "auto"  # "auto", "5" or "3.1.1"
+    status_topic: str = ""
+    shared_group: str = ""
+    keepalive: int = 30
+    connect_timeout: float = 5.0
+    backoff_min: float = 0.2
+    backoff_max: float = 30.0
+    discover: tuple[str, ...] = ()  # filters on which unknown topics get a lazy device
+    max_lazy_devices: int = 1000
+    qos: int = 1
+
+
+@dataclass(eq=False)
+class _Delivery:
+    mid: int
+    qos: int
+    generation: int
+    holders: int
+
+
+@dataclass(eq=False)
+class _Instance:
+    device: Device
+    scope: MqttScope
+    queue: asyncio.Queue[tuple[dict[str, Any], _Delivery | None]] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    taken: _Delivery | None = None
+    filters: set[str] = field(default_factory=set)
+    restarts: int = 0
+
+
+class MqttServer:
+    name = "mqtt"
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        application: Callable[..., Any],
+        devices: list[Device],
+        *,
+        on_state: Callable[[bool], None] = lambda up: None,
+        count: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
+        self.settings = settings
+        self.application = application
+        self.devices = devices
+        self.on_state = on_state
+        self.count = count
+        self.connected = asyncio.Event()
+        self.protocol = "3.1.1" if settings.protocol == "3.1.1" else "5"
+        self.session_present = False
+        self._instances: list[_Instance] = []
+        self._exact: dict[str, list[_Instance]] = {}
+        self._wild: list[tuple[str, _Instance]] = []
+        self._lazy: dict[str, _Instance] = {}
+        self._generation = 0
+        self._client: AsyncioClient | None = None
+        self._lost: asyncio.Future[str] | None = None
+        self._connack: asyncio.Future[ReasonCode] | None = None
+        self._stopping = False
+
+    # Lifecycle
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Connect, reconnect with back-off until `stop` is set, then shut down in order."""
+        for device in self.devices:
+            self._add_instance(device)
+        delay = self.settings.backoff_min
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                try:
+                    await self._connect()
+                except (OSError, ConnectionRefusedError, _ConnectFailed) as err:
+                    log.warning("broker %s: %s; retrying in %.1fs", self.settings.address, err, delay)
+                    await asyncio.wait([stop_wait], timeout=delay)
+                    delay = min(delay * 2, self.settings.backoff_max) * random.uniform(0.8, 1.2)
+                    continue
+                delay = self.settings.backoff_min
+                assert self._lost is not None
+                await asyncio.wait([stop_wait, self._lost], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            await self._shutdown()
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        v5 = self.protocol == "5"
+        client = self._client
+        if client is None or (client.protocol == paho.MQTTv5) != v5:
+            client = self._make_client(loop, v5)
+        self._connack = loop.create_future()
+        self._lost = loop.create_future()
+        kwargs: dict[str, Any] = {}
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY
+            kwargs = {"clean_start": False, "properties": props}
+        await client.connect_async_io(s.address, s.keepalive, s.connect_timeout, **kwargs)
+        try:
+            rc = await asyncio.wait_for(asyncio.shield(self._connack), s.connect_timeout)
+        except TimeoutError:
+            client.disconnect()
+            raise _ConnectFailed("no CONNACK in time") from None
+        except ConnectionError as err:
+            if v5 and s.protocol == "auto":
+                # A 3.1.1-only broker may just drop a v5 CONNECT.
+                log.info("broker closed the MQTT 5 connection (%s); falling back to 3.1.1", err)
+                self.protocol = "3.1.1"
+            raise _ConnectFailed(str(err)) from None
+        if rc.is_failure:
+            if v5 and s.protocol == "auto" and rc.value in (1, 132):
+                log.info("broker does not speak MQTT 5; falling back to 3.1.1")
+                self.protocol = "3.1.1"
+            client.disconnect()
+            raise _ConnectFailed(f"broker refused the connection: {rc}")
+
+    def _make_client(self, loop: asyncio.AbstractEventLoop, v5: bool) -> AsyncioClient:
+        s = self.settings
+        kwargs: dict[str, Any] = {"client_id": s.client_id, "manual_ack": True, "reconnect_on_failure": False}
+        if v5:
+            kwargs["protocol"] = paho.MQTTv5
+        else:
+            kwargs.update(protocol=paho.MQTTv311, clean_session=False)
+        client = AsyncioClient(loop, **kwargs)
+        # Enough room for alert bursts and rule actions published during an outage.
+        client.max_queued_messages_set(10_000)
+        client.max_inflight_messages_set(100)
+        if s.status_topic:
+            client.will_set(s.status_topic, b"offline", qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        return client
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        client = self._client
+        if client is not None and client.is_connected():
+            if self.settings.status_topic:
+                info = client.publish(self.settings.status_topic, b"offline", qos=1, retain=True)
+                await self._wait_published(info, 2.0)
+            client.disconnect()
+        self._set_down("server stopping")
+        for inst in self._instances:
+            inst.queue.put_nowait(
+                ({"type": "mqtt.disconnect", "reason": "server stopping", "final": True}, None)
+            )
+        tasks = [i.task for i in self._instances if i.task is not None and not i.task.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5.0)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+
+    async def _wait_published(self, info: paho.MQTTMessageInfo, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        # paho offers no awaitable for this; a short poll, bounded, at shutdown only.
+        loop = asyncio.get_running_loop()
+        while not info.is_published() and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    # paho callbacks (on the loop thread: the loop drives paho's socket)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(rc)
+        if rc.is_failure:
+            return
+        self._generation += 1
+        self.session_present = bool(getattr(flags, "session_present", False))
+        filters = self._all_filters()
+        if filters:
+            client.subscribe([(self._shared(f), self.settings.qos) for f in filters])
+        if self.settings.status_topic:
+            client.publish(self.settings.status_topic, b"online", qos=1, retain=True)
+        log.info(
+            "connected to %s (MQTT %s, session %s, %d filters)",
+            self.settings.address,
+            self.protocol,
+            "resumed" if self.session_present else "new",
+            len(filters),
+        )
+        self.connected.set()
+        self.on_state(True)
+        event = {"type": "mqtt.connect", "protocol": self.protocol, "session_present": self.session_present}
+        for inst in self._instances:
+            inst.queue.put_nowait((dict(event), None))
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
+        reason = str(rc)
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectionError(reason))
+            self._connack.exception()  # retrieved here so an unawaited one is not reported
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(reason)
+        if self.connected.is_set():
+            if not self._stopping:
+                log.warning("lost the broker connection: %s", reason)
+            self._set_down(reason)
+            if not self._stopping:
+                for inst in self._instances:
+                    inst.queue.put_nowait(
+                        ({"type": "mqtt.disconnect", "reason": reason, "final": False}, None)
+                    )
+
+    def _set_down(self, reason: str) -> None:
+        if self.connected.is_set():
+            self.connected.clear()
+            self.on_state(False)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            self.count("bad_topic")
+            log.warning("dropped a message whose topic is not UTF-8")
+            self._ack(msg.mid, msg.qos, self._generation)
+            return
+        targets = self._route(topic)
+        if not targets:
+            self.count("unrouted")
+            self._ack(msg.mid, msg.qos, self._generation)
+            return
+        props: dict[str, Any] = {}
+        if msg.properties is not None and hasattr(msg.properties, "json"):
+            props = msg.properties.json()
+        delivery = None
+        if msg.qos > 0:
+            delivery = _Delivery(msg.mid, msg.qos, self._generation, len(targets))
+        for inst in targets:
+            event = {
+                "type": "mqtt.message",
+                "topic": topic,
+                "payload": msg.payload,
+                "qos": msg.qos,
+                "retain": bool(msg.retain),
+                "dup": bool(msg.dup),
+                "properties": props,
+            }
+            inst.queue.put_nowait((event, delivery))
+
+    # Routing and instances
+
+    def _route(self, topic: str) -> list[_Instance]:
+        targets = list(self._exact.get(topic, ()))
+        for topic_filter, inst in self._wild:
+            if inst not in targets and topic_matches(topic_filter, topic):
+                targets.append(inst)
+        if not targets and self.settings.discover:
+            inst = self._lazy.get(topic)
+            if inst is None and any(topic_matches(f, topic) for f in self.settings.discover):
+                inst = self._add_lazy(topic)
+            if inst is not None:
+                targets.append(inst)
+        return targets
+
+    def _add_lazy(self, topic: str) -> _Instance | None:
+        if len(self._lazy) >= self.settings.max_lazy_devices:
+            self.count("lazy_cap")
+            return None
+        inst = self._add_instance(Device(id=topic, topics=(topic,), lazy=True), subscribe=False)
+        self._lazy[topic] = inst
+        if self.connected.is_set():
+            inst.queue.put_nowait(
+                (
+                    {
+                        "type": "mqtt.connect",
+                        "protocol": self.protocol,
+                        "session_present": self.session_present,
+                    },
+                    None,
+                )
+            )
+        return inst
+
+    def _add_instance(self, device: Device, subscribe: bool = True) -> _Instance:
+        s = self.settings
+        scope: MqttScope = {
+            "type": "mqtt",
+            "asgi": {"version": "3.0", "spec_version": "1.0"},
+            "device": device.id,
+            "topic": device.topics[0],
+            "topics": list(device.topics),
+            "lazy": device.lazy,
+            "client_id": s.client_id,
+            "broker": (s.address.host, s.address.port),
+        }
+        inst = _Instance(device=device, scope=scope)
+        self._instances.append(inst)
+        if subscribe:
+            for topic_filter in device.topics:
+                self._add_filter(inst, topic_filter)
+        self._start(inst)
+        return inst
+
+    def _start(self, inst: _Instance) -> None:
+        coro = self.application(dict(inst.scope), partial(self._receive, inst), partial(self._send, inst))
+        inst.task = asyncio.ensure_future(coro)
+        inst.task.add_done_callback(partial(self._instance_done, inst))
+
+    def _instance_done(self, inst: _Instance, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        log.error("application for MQTT device %r failed: %r", inst.device.id, exc, exc_info=exc)
+        self.count("app_error")
+        # The message it choked on is acknowledged: redelivering it would crash it again.
+        self._release(inst)
+        if not self._stopping and inst.restarts < 5:
+            inst.restarts += 1
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.5 * inst.restarts, self._start, inst)
+
+    async def _receive(self, inst: _Instance) -> dict[str, Any]:
+        # Asking for the next event means the previous one was handled.
+        self._release(inst)
+        event, delivery = await inst.queue.get()
+        inst.taken = delivery
+        return event
+
+    def _release(self, inst: _Instance) -> None:
+        delivery, inst.taken = inst.taken, None
+        if delivery is not None:
+            delivery.holders -= 1
+            if delivery.holders == 0:
+                self._ack(delivery.mid, delivery.qos, delivery.generation)
+
+    def _ack(self, mid: int, qos: int, generation: int) -> None:
+        # A mid from an earlier connection means nothing now: the broker redelivers it.
+        if qos and self._client is not None and generation == self._generation and self.connected.is_set():
+            self._client.ack(mid, qos)
+
+    async def _send(self, inst: _Instance, event: dict[str, Any]) -> None:
+        checked = validate_outgoing(event)
+        kind = checked["type"]
+        if kind == "mqtt.publish":
+            client = self._client
+            qos = checked.get("qos", 1)
+            if client is None:
+                self.count("publish_dropped")
+                log.warning("publish to %s dropped: never connected", checked["topic"])
+                return
+            info = client.publish(
+                checked["topic"], bytes(checked["payload"]), qos, checked.get("retain", False)
+            )
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) or (
+                info.rc == paho.MQTT_ERR_NO_CONN and qos == 0
+            ):
+                self.count("publish_dropped")
+                log.warning("publish to %s dropped: %s", checked["topic"], paho.error_string(info.rc))
+        elif kind == "mqtt.subscribe":
+            if checked["topic"] not in inst.filters:
+                self._add_filter(inst, checked["topic"])
+                if self._client is not None and self.connected.is_set():
+                    self._client.subscribe(self._shared(checked["topic"]), checked.get("qos", 1))
+        else:
+            self._remove_filter(inst, checked["topic"])
+
+    def _add_filter(self, inst: _Instance, topic_filter: str) -> None:
+        inst.filters.add(topic_filter)
+        if "+" in topic_filter or "#" in topic_filter:
+            self._wild.append((topic_filter, inst))
+        else:
+            self._exact.setdefault(topic_filter, []).append(inst)
+
+    def _remove_filter(self, inst: _Instance, topic_filter: str) -> None:
+        if topic_filter not in inst.filters:
+            return
+        inst.filters.discard(topic_filter)
+        self._wild = [(f, i) for f, i in self._wild if not (i is inst and f == topic_filter)]
+        holders = self._exact.get(topic_filter)
+        if holders and inst in holders:
+            holders.remove(inst)
+            if not holders:
+                del self._exact[topic_filter]
+        if topic_filter not in self._all_filters() and self._client is not None and self.connected.is_set():
+            self._client.unsubscribe(self._shared(topic_filter))
+
+    def _all_filters(self) -> list[str]:
+        filters = dict.fromkeys(self._exact)
+        filters.update(dict.fromkeys(f for f, _ in self._wild))
+        filters.update(dict.fromkeys(self.settings.discover))
+        return list(filters)
+
+    def _shared(self, topic_filter: str) -> str:
+        group = self.settings.shared_group
+        if group and self.protocol == "5" and not topic_filter.startswith("$"):
+            return f"$share/{group}/{topic_filter}"
+        return topic_filter
+
+
+class _ConnectFailed(Exception):
+    pass

@@ -1,0 +1,1 @@
+"""HTTP and WebSocket, served by daphne on the gateway's own event loop."""
