@@ -20,13 +20,19 @@ def alerts_topic(site: str) -> str:
 
 
 class SiteConsumer(MqttConsumer):
-    async def mqtt_connect(self, event: MqttConnectEvent) -> None:
-        self.runtime: Runtime = self.scope["gateway"]
-        if self.channel_layer is not None and not getattr(self, "joined", False):
+    joined = False
+
+    async def _join(self) -> None:
+        # On the first event of whatever kind: a restarted instance gets no mqtt.connect.
+        if self.channel_layer is not None and not self.joined:
             await self.channel_layer.group_add("alerts", self.channel_name)
             self.joined = True
 
+    async def mqtt_connect(self, event: MqttConnectEvent) -> None:
+        await self._join()
+
     async def mqtt_message(self, event: MqttMessageEvent) -> None:
+        await self._join()
         runtime: Runtime = self.scope["gateway"]
         try:
             alert_id = event["payload"].decode("utf-8").strip()
@@ -51,6 +57,6 @@ class SiteConsumer(MqttConsumer):
     alert_acknowledged = alert_cleared = alert_repeated = alert_raised
 
     async def mqtt_disconnect(self, event: Any) -> None:
-        if event["final"] and getattr(self, "joined", False):
+        if event["final"] and self.joined:
             await self.channel_layer.group_discard("alerts", self.channel_name)
         await super().mqtt_disconnect(event)

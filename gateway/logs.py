@@ -37,11 +37,18 @@ class RateLimit:
         return True, self._held.pop(key, 0)
 
 
+class _NotHealth503(logging.Filter):
+    # A 503 from /healthz is the answer, not a server error; Django would log each poll.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "django.request" and "/healthz" in record.getMessage())
+
+
 def setup(level: str = "INFO") -> None:
     """One line per event on stderr, for journald."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    handler.addFilter(_NotHealth503())
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Third-party chatter that would print a line per connection or per message.

@@ -139,14 +139,22 @@ class Gateway:
 
     async def _shutdown(self, runtime: Any) -> None:
         started = time.monotonic()
+        # In order, each step bounded, and one failing step does not skip the rest.
         if self.web is not None:
-            await self.web.stop()
+            await _step("web", self.web.stop())
         if self._tasks:
             # The MQTT server sees the stop event: offline status, final disconnects.
             _, pending = await asyncio.wait(self._tasks, timeout=DRAIN_SECONDS)
             for task in pending:
                 task.cancel()
-        await runtime.board.flush()
+        await _step("sensor state", runtime.board.flush())
         if self.broker is not None:
-            await self.broker.stop()
+            await _step("broker", self.broker.stop())
         log.info("stopped in %.2fs", time.monotonic() - started)
+
+
+async def _step(name: str, coro: Any) -> None:
+    try:
+        await asyncio.wait_for(coro, 5.0)
+    except Exception:
+        log.exception("shutdown of %s failed", name)

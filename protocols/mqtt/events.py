@@ -26,11 +26,13 @@ def validate_outgoing(event: Any) -> MqttSendEvent:
     if unknown:
         raise ValueError(f"{kind} has unknown keys {sorted(unknown)}")
     qos = event.get("qos", 1 if kind != "mqtt.unsubscribe" else None)
-    if kind != "mqtt.unsubscribe" and (type(qos) is not int or qos not in (0, 1, 2)):
+    if kind != "mqtt.unsubscribe" and type(qos) is not int:
+        raise TypeError(f"{kind} qos must be an int, got {type(qos).__name__}")
+    if kind != "mqtt.unsubscribe" and qos not in (0, 1, 2):
         raise ValueError(f"{kind} qos must be 0, 1 or 2, got {qos!r}")
     if kind == "mqtt.publish":
         validate_topic(event.get("topic"))
-        if not isinstance(event.get("payload"), bytes | bytearray):
+        if not isinstance(event.get("payload"), bytes):
             raise TypeError(f"mqtt.publish payload must be bytes, got {type(event.get('payload')).__name__}")
         if not isinstance(event.get("retain", False), bool):
             raise TypeError("mqtt.publish retain must be a bool")

@@ -12,8 +12,10 @@ __all__ = ["TopicRouter", "route", "topic_matches", "validate_filter", "validate
 
 def validate_topic(topic: Any) -> str:
     """A topic to publish to: text, not empty, no wildcards."""
-    if not isinstance(topic, str) or not topic:
-        raise ValueError(f"topic must be a non-empty str, got {topic!r}")
+    if not isinstance(topic, str):
+        raise TypeError(f"topic must be a str, got {type(topic).__name__}")
+    if not topic:
+        raise ValueError("topic must not be empty")
     if "+" in topic or "#" in topic or "\x00" in topic:
         raise ValueError(f"topic {topic!r} may not contain wildcards or NUL")
     if len(topic.encode("utf-8")) > 65535:
@@ -23,8 +25,10 @@ def validate_topic(topic: Any) -> str:
 
 def validate_filter(topic_filter: Any) -> str:
     """A subscription filter: `+` fills a whole level, `#` only as the last level."""
-    if not isinstance(topic_filter, str) or not topic_filter:
-        raise ValueError(f"topic filter must be a non-empty str, got {topic_filter!r}")
+    if not isinstance(topic_filter, str):
+        raise TypeError(f"topic filter must be a str, got {type(topic_filter).__name__}")
+    if not topic_filter:
+        raise ValueError("topic filter must not be empty")
     levels = topic_filter.split("/")
     for i, level in enumerate(levels):
         if ("+" in level and level != "+") or ("#" in level and (level != "#" or i != len(levels) - 1)):

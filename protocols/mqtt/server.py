@@ -75,6 +75,7 @@ class _Instance:
     taken: _Delivery | None = None
     filters: set[str] = field(default_factory=set)
     restarts: int = 0
+    dead: bool = False
 
 
 class MqttServer:
@@ -150,6 +151,10 @@ class MqttServer:
             rc = await asyncio.wait_for(asyncio.shield(self._connack), s.connect_timeout)
         except TimeoutError:
             client.disconnect()
+            if v5 and s.protocol == "auto":
+                # Some 3.1.1-only brokers (amqtt) never answer a v5 CONNECT.
+                log.info("no answer to MQTT 5 CONNECT; falling back to 3.1.1")
+                self.protocol = "3.1.1"
             raise _ConnectFailed("no CONNACK in time") from None
         except ConnectionError as err:
             if v5 and s.protocol == "auto":
@@ -282,6 +287,11 @@ class MqttServer:
         if msg.qos > 0:
             delivery = _Delivery(msg.mid, msg.qos, self._generation, len(targets))
         for inst in targets:
+            if inst.dead:
+                self.count("dropped_dead_app")
+                inst.taken = delivery
+                self._release(inst)
+                continue
             event = {
                 "type": "mqtt.message",
                 "topic": topic,
@@ -362,10 +372,23 @@ class MqttServer:
         self.count("app_error")
         # The message it choked on is acknowledged: redelivering it would crash it again.
         self._release(inst)
-        if not self._stopping and inst.restarts < 5:
+        if self._stopping:
+            return
+        if inst.restarts < 5:
             inst.restarts += 1
             loop = asyncio.get_running_loop()
             loop.call_later(0.5 * inst.restarts, self._start, inst)
+        else:
+            # Given up: acknowledge what it holds and what comes, or the broker's
+            # in-flight window would fill up and stall every other device.
+            log.error(
+                "application for MQTT device %r failed 5 times; its messages are dropped", inst.device.id
+            )
+            inst.dead = True
+            while not inst.queue.empty():
+                _, delivery = inst.queue.get_nowait()
+                inst.taken = delivery
+                self._release(inst)
 
     async def _receive(self, inst: _Instance) -> dict[str, Any]:
         # Asking for the next event means the previous one was handled.

@@ -80,7 +80,9 @@ class WebServer:
         for port in self._ports:
             await _deferred(port.stopListening())
         # Close live connections: WebSockets with 1001 (going away), then reap the apps.
-        for protocol in list(daphne.connections):
+        for protocol, details in list(daphne.connections.items()):
+            if "disconnected" in details or getattr(protocol, "transport", None) is None:
+                continue
             if hasattr(protocol, "sendCloseFrame"):
                 protocol.sendCloseFrame(code=1001, isReply=False)
             else:

@@ -1,0 +1,102 @@
+"""SPEC §7 WebSocket protocol against a real gateway: auth, origin, every message type, bad frames."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import GatewayFactory, alert_event, publish, recv_json, recv_until, ws_connect
+
+
+async def test_bad_or_missing_token_closes_with_4401_before_any_data(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    for token in ("wrong-token-value", None):
+        ws = await ws_connect(gw, token=token)
+        with pytest.raises(ConnectionClosed) as info:
+            await recv_json(ws)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4401
+
+
+async def test_bearer_header_and_origin_rules(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    # A script without Origin, token in the Authorization header.
+    ws = await ws_connect(gw, token=None, additional_headers={"Authorization": "Bearer ops-secret-token"})
+    assert (await recv_json(ws))["type"] == "hello"
+    await ws.close()
+    # A listed origin and the same origin are accepted; a foreign one is refused at the handshake.
+    for origin in ("http://dashboard.example", f"http://127.0.0.1:{gw.http_port}"):
+        ws = await ws_connect(gw, origin=origin)
+        assert (await recv_json(ws))["type"] == "hello"
+        await ws.close()
+    with pytest.raises(InvalidStatus) as info:
+        await ws_connect(gw, origin="http://evil.example")
+    assert info.value.response.status_code == 403
+
+
+async def test_every_message_type_and_bad_frames(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    ws = await ws_connect(gw)
+    hello = await recv_json(ws)
+    assert set(hello) == {"type", "site", "seq", "alerts", "sensors"}
+    assert {s["id"] for s in hello["sensors"]} == {"front-door", "boiler"}
+
+    await ws.send('{"type":"ping"}')
+    assert await recv_json(ws) == {"type": "pong"}
+
+    bad_frames = [
+        ("not json at all", "not valid JSON"),
+        ("[1,2,3]", "JSON object"),
+        ('{"no":"type"}', "JSON object"),
+        ('{"type":"dance"}', "unknown message type"),
+        ('{"type":"ack"}', "alert id"),
+        ('{"type":"ack","alert":"zzzzzz"}', "no alert with id"),
+        ('{"type":"resume","after":"yesterday"}', "whole number"),
+        ('{"type":"resume","after":-1}', "whole number"),
+        ("[" * 100_000 + "]" * 100_000, "over"),
+    ]
+    for frame, expected in bad_frames:
+        await ws.send(frame)
+        reply = await recv_json(ws)
+        assert reply["type"] == "error" and expected in reply["error"], (frame[:40], reply)
+    await ws.send(b"\x00\x01binary")
+    reply = await recv_json(ws)
+    assert reply["type"] == "error" and "binary" in reply["error"]
+
+    # The socket is still open and working after all of that.
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
+    seen: dict[str, dict] = {}
+    while len(seen) < 2:  # the sensor update and the alert, in either order
+        msg = await recv_json(ws)
+        seen[msg["type"]] = msg
+    raised, sensor = seen["alert"], seen["sensor"]
+    assert raised["event"] == "raised" and sensor["sensor"]["id"] == "front-door"
+    assert sensor["sensor"]["value"] is False and sensor["sensor"]["online"] is True
+    await ws.send(json.dumps({"type": "ack", "alert": raised["alert"]["id"]}))
+    await recv_until(ws, alert_event("acknowledged"))
+    await ws.send(json.dumps({"type": "ack", "alert": raised["alert"]["id"]}))
+    again = await recv_until(ws, lambda m: m["type"] == "error")
+    assert "already acknowledged by web:ops" in again["error"]
+    await ws.close()
+
+
+async def test_resume_replays_missed_events_once(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    ws = await ws_connect(gw)
+    hello = await recv_json(ws)
+    await ws.close()
+    # Missed while away: a raise, and its clear.
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":true}')
+    await publish(gw.mqtt_port, "sensors/boiler", '{"temp":{"water":90}}')
+    ws = await ws_connect(gw)
+    hello2 = await recv_json(ws)
+    assert hello2["seq"] >= hello["seq"] + 3 or hello2["seq"] == hello["seq"] + len(hello2["alerts"]) + 2
+    await ws.send(json.dumps({"type": "resume", "after": hello["seq"]}))
+    replayed = [await recv_until(ws, lambda m: m["type"] == "alert") for _ in range(3)]
+    assert [m["event"] for m in replayed] == ["raised", "cleared", "raised"]
+    assert [m["seq"] for m in replayed] == [hello["seq"] + 1, hello["seq"] + 2, hello["seq"] + 3]
+    await ws.send('{"type":"ping"}')
+    assert (await recv_until(ws, lambda m: m["type"] in ("pong", "alert")))["type"] == "pong"
+    await ws.close()
