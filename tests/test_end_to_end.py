@@ -1,4 +1,4 @@
-"""The whole product on real parts: mosquitto or the embedded broker, redis-server, the gateway under daphne."""
+"""The product end to end: mosquitto or the embedded broker, redis-server, the gateway under daphne."""
 
 from __future__ import annotations
 

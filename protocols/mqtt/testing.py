@@ -27,9 +27,21 @@ def make_scope(device: str, topics: list[str], **extra: Any) -> MqttScope:
     return scope
 
 
+def _checked(application: Any) -> Any:
+    """Validate what the application sends, so an invalid event raises from `send` as on the server."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def checked_send(event: Any) -> None:
+            await send(validate_outgoing(event))
+
+        await application(scope, receive, checked_send)
+
+    return app
+
+
 class MqttCommunicator(ApplicationCommunicator):
     def __init__(self, application: Any, device: str = "test", topics: list[str] | None = None, **extra: Any):
-        super().__init__(application, make_scope(device, topics or [f"test/{device}"], **extra))
+        super().__init__(_checked(application), make_scope(device, topics or [f"test/{device}"], **extra))
 
     async def connect(self, protocol: str = "5", session_present: bool = False) -> None:
         await self.send_input(
@@ -54,8 +66,8 @@ class MqttCommunicator(ApplicationCommunicator):
         )
 
     async def receive_output(self, timeout: float = 1) -> MqttSendEvent:
-        """The next event the application sent, checked as the real server checks it."""
-        return validate_outgoing(await super().receive_output(timeout))
+        """The next event the application sent."""
+        return await super().receive_output(timeout)  # type: ignore[no-any-return]
 
     async def disconnect(self, final: bool = True, timeout: float = 1) -> None:
         await self.send_input({"type": "mqtt.disconnect", "reason": "test", "final": final})

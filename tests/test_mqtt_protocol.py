@@ -1,0 +1,135 @@
+"""The mqtt sub-spec in-process: the communicator, event validation, topic routing; and the server on mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from django.conf import settings
+
+from protocols.mqtt.client import BrokerAddress
+from protocols.mqtt.consumer import MqttConsumer
+from protocols.mqtt.events import validate_outgoing
+from protocols.mqtt.routing import TopicRouter, route, topic_matches
+from protocols.mqtt.server import Device, MqttServer, MqttSettings
+from protocols.mqtt.testing import MqttCommunicator
+from tests.conftest import Service, publish
+
+if not settings.configured:
+    settings.configure(CHANNEL_LAYERS={})
+
+
+class Relay(MqttConsumer):
+    """Switches a relay on when its leak sensor reports water."""
+
+    async def mqtt_message(self, event):
+        if event["payload"] == b"wet":
+            await self.publish("relay/valve/set", "CLOSE", qos=1)
+        elif event["payload"] == b"bad":
+            await self.send({"type": "mqtt.publish", "topic": "a/+", "payload": b"x"})
+
+
+async def test_communicator_drives_a_consumer() -> None:
+    comm = MqttCommunicator(Relay.as_asgi(), device="leak", topics=["sensors/leak"])
+    await comm.connect()
+    await comm.message("sensors/leak", "wet")
+    out = await comm.receive_output()
+    assert out == {
+        "type": "mqtt.publish",
+        "topic": "relay/valve/set",
+        "payload": b"CLOSE",
+        "qos": 1,
+        "retain": False,
+    }
+    await comm.disconnect()
+
+
+async def test_invalid_event_raises_from_send() -> None:
+    comm = MqttCommunicator(Relay.as_asgi())
+    await comm.connect()
+    await comm.message("test/test", "bad")
+    with pytest.raises(ValueError, match="wildcards"):
+        await comm.wait(1)
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        ({"type": "mqtt.publish", "topic": "a", "payload": "text"}, TypeError),
+        ({"type": "mqtt.publish", "topic": "a", "payload": b"", "qos": 3}, ValueError),
+        ({"type": "mqtt.publish", "topic": 5, "payload": b""}, TypeError),
+        ({"type": "mqtt.subscribe", "topic": "a/#/b"}, ValueError),
+        ({"type": "mqtt.send", "topic": "a"}, ValueError),
+        ({"type": "mqtt.unsubscribe", "topic": "a", "extra": 1}, ValueError),
+    ],
+)
+def test_validation(event: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        validate_outgoing(event)
+
+
+def test_topic_matching() -> None:
+    assert topic_matches("a/+/c", "a/b/c") and topic_matches("a/#", "a") and topic_matches("#", "a/b")
+    assert not topic_matches("a/+", "a/b/c") and not topic_matches("#", "$SYS/x")
+
+
+async def test_topic_router_picks_by_scope_topic() -> None:
+    seen = []
+
+    def app(name):
+        async def inner(scope, receive, send):
+            seen.append(name)
+
+        return inner
+
+    router = TopicRouter([route("gateway/+/ack", app("ack")), route("#", app("sensor"))])
+    await router({"type": "mqtt", "topic": "gateway/home/ack"}, None, None)
+    await router({"type": "mqtt", "topic": "z2m/door"}, None, None)
+    assert seen == ["ack", "sensor"]
+
+
+class Recorder(MqttConsumer):
+    events: asyncio.Queue = asyncio.Queue()
+
+    async def mqtt_connect(self, event):
+        await self.events.put((self.scope["device"], event["type"], None))
+
+    async def mqtt_message(self, event):
+        await self.events.put((self.scope["device"], event["topic"], event["payload"]))
+
+
+async def _next(kind: str) -> tuple:
+    while True:
+        item = await asyncio.wait_for(Recorder.events.get(), 10)
+        if item[1] == kind or kind == "*":
+            return item
+
+
+async def test_server_routes_per_device_discovers_lazily_and_survives_a_broker_restart(
+    mosquitto: Service,
+) -> None:
+    Recorder.events = asyncio.Queue()
+    settings_ = MqttSettings(
+        BrokerAddress("127.0.0.1", mosquitto.port),
+        "unit-test",
+        protocol="5",
+        discover=("found/+",),
+        backoff_max=0.5,
+    )
+    server = MqttServer(settings_, Recorder.as_asgi(), [Device("d1", ("in/one",)), Device("d2", ("in/two",))])
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(server.serve(stop))
+    try:
+        await asyncio.wait_for(server.connected.wait(), 5)
+        await publish(mosquitto.port, "in/two", b"2")
+        assert await _next("in/two") == ("d2", "in/two", b"2")
+        await publish(mosquitto.port, "found/x", b"hi")
+        assert await _next("found/x") == ("found/x", "found/x", b"hi")
+        await asyncio.to_thread(mosquitto.restart)
+        await _next("mqtt.connect")  # reconnected: every instance hears of it
+        await asyncio.wait_for(server.connected.wait(), 10)
+        await publish(mosquitto.port, "in/one", b"1")
+        assert await _next("in/one") == ("d1", "in/one", b"1")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
