@@ -1,4 +1,4 @@
-"""The mqtt sub-spec in-process: the communicator, event validation, topic routing; and the server on mosquitto."""
+"""The mqtt sub-spec in-process (communicator, validation, routing) and the server on mosquitto."""
 
 from __future__ import annotations
 
