@@ -36,7 +36,8 @@ class MemoryLayer(InMemoryChannelLayer):
         dropped = 0
         for channel in list(self.groups.get(group, ())):
             try:
-                await self.send(channel, message)
+                # The parent's send: the drop is counted once here, for the group.
+                await InMemoryChannelLayer.send(self, channel, message)
             except ChannelFull:
                 dropped += 1
         if dropped:
@@ -46,8 +47,7 @@ class MemoryLayer(InMemoryChannelLayer):
         try:
             await super().send(channel, message)
         except ChannelFull:
-            if not channel.startswith("__group"):
-                overflowed(channel, 1)
+            overflowed(channel, 1)
             raise
 
 
