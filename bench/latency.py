@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -91,6 +92,8 @@ async def measure(name: str, layer: str, mqtt_port: int, work: Path, samples: in
         idle_rss = rss_mib(proc.pid)
 
         pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{name}")
+        # The load generator must not add Nagle's delay of its own.
+        pub.on_socket_open = lambda c, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pub.connect("127.0.0.1", mqtt_port)
         pub.loop_start()
         latencies: list[float] = []
