@@ -10,6 +10,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
+from gateway import metrics
 from gateway.alerts import AlertBook, AlertChange
 from gateway.config import Config
 from gateway.health import Health
@@ -39,8 +40,6 @@ class Runtime:
 
     async def broadcast(self, change: AlertChange) -> None:
         """Hand an alert change to every group it belongs to, encoded once."""
-        from gateway import metrics
-
         metrics.alerts.labels(change.event).inc()
         message = {
             "type": f"alert.{change.event}",
