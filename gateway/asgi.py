@@ -1,4 +1,4 @@
-"""The one `ProtocolTypeRouter`: `http` (Django), `websocket` and `mqtt` (and `telegram` when enabled)."""
+"""The one `ProtocolTypeRouter`: `http` (Django), `websocket`, `mqtt` and `telegram`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from django.urls import path, re_path
 from consumers.dashboard import AlertSocket, NotFoundSocket
 from consumers.sensor import SensorConsumer
 from consumers.site import SiteConsumer, ack_topic
+from consumers.telegram import ChatConsumer
 from gateway.runtime import Runtime
 from protocols.mqtt.routing import TopicRouter, route
 
@@ -44,6 +45,8 @@ def build_application(runtime: Runtime) -> WithRuntime:
                     route("#", SensorConsumer.as_asgi()),
                 ]
             ),
+            # One scope per chat; the server exists only when a bot token is set.
+            "telegram": ChatConsumer.as_asgi(),
         }
     )
     return WithRuntime(router, runtime)

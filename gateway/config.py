@@ -156,8 +156,36 @@ class TelegramSection(_Section):
     api_url: str = "https://api.telegram.org"
     allowed_chats: list[int] = []
     mode: Literal["polling", "webhook"] = "polling"
-    webhook_url: str = ""
-    webhook_secret: str = ""
+    webhook_url: str = ""  # the gateway's public https base URL; the webhook path is appended
+    webhook_secret: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,256}$")
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        # The message must not echo the token: it is a secret.
+        if value and not re.fullmatch(r"[0-9]{1,20}:[A-Za-z0-9_-]{20,}", value):
+            raise ValueError(
+                "is not a bot token (<digits>:<35 letters, digits, - or _>, as @BotFather gives)"
+            )
+        return value
+
+    @field_validator("api_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook(self) -> TelegramSection:
+        if self.token and self.mode == "webhook":
+            if not self.webhook_url:
+                raise ValueError("webhook mode needs telegram.webhook_url (the gateway's public https URL)")
+            if len(self.webhook_secret) < 16:
+                raise ValueError("webhook mode needs telegram.webhook_secret, 16 to 256 of A-Z a-z 0-9 _ -")
+        return self
 
 
 Scalar = bool | int | float | str

@@ -37,6 +37,28 @@ class RateLimit:
         return True, self._held.pop(key, 0)
 
 
+_secrets: set[str] = set()
+
+
+def add_secret(secret: str) -> None:
+    """Never print this string: every log line and `redact`ed text shows `<redacted>` instead."""
+    if len(secret) >= 8:
+        _secrets.add(secret)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
+class _Redacting(logging.Formatter):
+    # On the whole line, traceback included: a Bot API URL carries the bot token.
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 class _NotHealth503(logging.Filter):
     # A 503 from /healthz is the answer, not a server error; Django would log each poll.
     def filter(self, record: logging.LogRecord) -> bool:
@@ -46,7 +68,7 @@ class _NotHealth503(logging.Filter):
 def setup(level: str = "INFO") -> None:
     """One line per event on stderr, for journald."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_Redacting("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     handler.addFilter(_NotHealth503())
     root.handlers[:] = [handler]

@@ -33,3 +33,20 @@ latency = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=registry,
 )
+telegram_updates = Counter(
+    "gateway_telegram_updates",
+    "Telegram updates and server events, by outcome",
+    ["outcome"],
+    registry=registry,
+)
+telegram_queue = Gauge(
+    "gateway_telegram_queue", "Telegram sends and edits waiting or in flight", registry=registry
+)
+
+
+def count_telegram(outcome: str) -> None:
+    """The Telegram server's counter: sends go to `deliveries`, everything else to `telegram_updates`."""
+    if outcome.startswith("send_"):
+        deliveries.labels("telegram", outcome.removeprefix("send_")).inc()
+    else:
+        telegram_updates.labels(outcome).inc()

@@ -59,3 +59,48 @@ class SensorState(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["site", "sensor"], name="sensor_state_site_sensor")]
+
+
+class TelegramChat(models.Model):
+    """A chat the bot knows, and the last alert `seq` it has dealt with (for catching up after a restart)."""
+
+    site = models.CharField(max_length=64)
+    chat_id = models.BigIntegerField()
+    type = models.CharField(max_length=16)
+    title = models.CharField(max_length=256, null=True)
+    username = models.CharField(max_length=64, null=True)
+    seq = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["site", "chat_id"], name="telegram_chat_site_chat")]
+
+
+class TelegramSubscription(models.Model):
+    """A chat receives the alerts of `group`: "alerts" (every zone) or "alerts.<zone>"."""
+
+    site = models.CharField(max_length=64)
+    chat_id = models.BigIntegerField()
+    group = models.CharField(max_length=128)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["site", "chat_id", "group"], name="telegram_sub_site_chat_group")
+        ]
+
+
+class TelegramMessage(models.Model):
+    """The latest message about an alert in a chat: acknowledge and clear edit it, even after a restart."""
+
+    site = models.CharField(max_length=64)
+    alert_id = models.CharField(max_length=16)
+    chat_id = models.BigIntegerField()
+    message_id = models.BigIntegerField()
+    state = models.CharField(max_length=16)  # the alert state the message shows
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["site", "alert_id", "chat_id"], name="telegram_msg_site_alert_chat"
+            )
+        ]

@@ -12,6 +12,7 @@ from channels.layers import get_channel_layer
 
 from gateway import metrics
 from gateway.alerts import AlertBook, AlertChange
+from gateway.chats import ChatBook
 from gateway.config import Config
 from gateway.health import Health
 from gateway.sensors import SensorBoard
@@ -23,12 +24,16 @@ class Runtime:
     health: Health
     book: AlertBook = field(init=False)
     board: SensorBoard = field(init=False)
+    chats: ChatBook = field(init=False)
+    # The Telegram server of this process, if it runs one (the webhook view feeds it).
+    telegram: Any = None
     # sensor id -> {rule id: acknowledged}, read once at start-up for the rule engines.
     open_rules: dict[str, dict[str, bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.book = AlertBook(self.config.gateway.site)
         self.board = SensorBoard(self.config.gateway.site, self.config.sensors)
+        self.chats = ChatBook(self.config.gateway.site)
 
     async def load(self) -> None:
         await self.board.load()

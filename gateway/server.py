@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -51,6 +52,7 @@ class Gateway:
         self.web: Any = None
         self.mqtt: Any = None
         self.broker: Any = None
+        self.telegram: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
 
     def _signals(self) -> None:
@@ -84,6 +86,8 @@ class Gateway:
                 self.web = WebServer(application, config.http.host, config.http.port)
                 await self.web.start()
                 self.health.set("web", True)
+            if "telegram" in self.protocols:
+                self._start_telegram(application, runtime)
             self._tasks.append(asyncio.ensure_future(self._announce_ready()))
             await self.stop.wait()
         finally:
@@ -125,6 +129,49 @@ class Gateway:
             count=lambda outcome: metrics.mqtt_messages.labels(outcome).inc(),
         )
         self._tasks.append(asyncio.ensure_future(self.mqtt.serve(self.stop)))
+
+    def _start_telegram(self, application: Any, runtime: Any) -> None:
+        import hashlib
+
+        from consumers.telegram import COMMANDS
+        from gateway import metrics
+        from protocols.telegram.lease import Lease, RedisLease
+        from protocols.telegram.server import TelegramServer, TelegramSettings
+
+        tg = self.config.telegram
+        settings = TelegramSettings(
+            token=tg.token,
+            api_url=tg.api_url,
+            mode=tg.mode,
+            webhook_url=tg.webhook_url,
+            webhook_secret=tg.webhook_secret,
+            commands=COMMANDS,
+        )
+        layer = self.config.gateway.channel_layer
+        lease: Lease = Lease()
+        if layer.startswith(("redis://", "rediss://", "unix://")):
+            # One poller per bot among every process on this Redis; the key names the bot, not the token.
+            bot = hashlib.sha256(tg.token.encode()).hexdigest()[:16]
+            lease = RedisLease(layer, f"gateway:telegram:poller:{bot}")
+        self.telegram = TelegramServer(
+            settings,
+            application,
+            startup_chats=runtime.chats.subscribed_chats,
+            lease=lease,
+            on_state=lambda up, detail: self.health.set("telegram", up, detail),
+            count=metrics.count_telegram,
+        )
+        runtime.telegram = self.telegram
+        metrics.telegram_queue.set_function(lambda: self.telegram.outbox.depth)
+
+        async def serve() -> None:
+            # aiogram's import takes seconds of CPU: let the MQTT connection come up first.
+            if self.mqtt is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.mqtt.connected.wait(), 5.0)
+            await self.telegram.serve(self.stop)
+
+        self._tasks.append(asyncio.ensure_future(serve()))
 
     async def _announce_ready(self) -> None:
         if self.mqtt is not None:

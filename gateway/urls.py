@@ -8,6 +8,7 @@ urlpatterns = [
     path("metrics", views.metrics_view),
     path("api/alerts", views.alerts),
     path("api/alerts/<str:alert_id>/ack", views.ack),
+    path("telegram/<str:secret>/", views.telegram_webhook),
 ]
 
 handler404 = "gateway.views.not_found"

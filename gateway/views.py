@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import json
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -75,6 +77,38 @@ async def ack(request: HttpRequest, alert_id: str) -> JsonResponse:
     logs.alerts.info("alert %s acknowledged by web:%s (API)", change.alert["id"], who)
     await runtime.broadcast(change)
     return JsonResponse({"alert": change.alert, "seq": change.seq})
+
+
+@csrf_exempt  # Telegram authenticates with the secret path and header, not with cookies
+@require_POST
+async def telegram_webhook(request: HttpRequest, secret: str) -> JsonResponse:
+    """Updates from Telegram in webhook mode, handed to the same path as polled ones."""
+    server = _runtime(request).telegram
+    if server is None or server.settings.mode != "webhook":
+        return not_found(request)
+    expected_path = server.settings.webhook_path
+    header = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+    if not (
+        hmac.compare_digest(f"/telegram/{secret}/", expected_path)
+        and hmac.compare_digest(header.encode(), server.settings.webhook_secret.encode())
+    ):
+        metrics.bad_input.labels("telegram", "webhook_secret").inc()
+        logs.telegram.warning(
+            "refused a webhook call without the right secret from %s", request.META.get("REMOTE_ADDR")
+        )
+        return JsonResponse({"error": "forbidden"}, status=403)
+    try:
+        update = json.loads(request.body)
+        if not isinstance(update, dict):
+            raise ValueError("not an object")
+    except ValueError as err:
+        metrics.bad_input.labels("telegram", "webhook_body").inc()
+        logs.telegram.warning("webhook: the body is not a JSON update (%s)", err)
+        return JsonResponse({"error": "the body must be a JSON Update object"}, status=400)
+    if not server.feed(update):
+        # Another process runs the bot, or this one is starting: Telegram retries later.
+        return JsonResponse({"error": "not ready"}, status=503)
+    return JsonResponse({"ok": True})
 
 
 INDEX = """<!doctype html>

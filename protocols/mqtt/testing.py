@@ -6,6 +6,7 @@ from typing import Any
 
 from asgiref.testing import ApplicationCommunicator
 
+from protocols.checking import checked
 from protocols.mqtt.events import validate_outgoing
 from protocols.mqtt.types import MqttScope, MqttSendEvent
 
@@ -27,21 +28,10 @@ def make_scope(device: str, topics: list[str], **extra: Any) -> MqttScope:
     return scope
 
 
-def _checked(application: Any) -> Any:
-    """Validate what the application sends, so an invalid event raises from `send` as on the server."""
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        async def checked_send(event: Any) -> None:
-            await send(validate_outgoing(event))
-
-        await application(scope, receive, checked_send)
-
-    return app
-
-
 class MqttCommunicator(ApplicationCommunicator):
     def __init__(self, application: Any, device: str = "test", topics: list[str] | None = None, **extra: Any):
-        super().__init__(_checked(application), make_scope(device, topics or [f"test/{device}"], **extra))
+        scope = make_scope(device, topics or [f"test/{device}"], **extra)
+        super().__init__(checked(application, validate_outgoing), scope)
 
     async def connect(self, protocol: str = "5", session_present: bool = False) -> None:
         await self.send_input(

@@ -1,0 +1,341 @@
+"""`ChatConsumer`: the bot of SPEC §7, one instance per Telegram chat.
+
+It joins the channel-layer groups the chat subscribed to ("alerts", "alerts.<zone>")
+and turns alert events into messages with an Acknowledge button; acknowledging
+and clearing edit that message. Each chat remembers in the database the last
+alert event it dealt with (`TelegramChat.seq`) and the message of each alert
+(`TelegramMessage`), so that a restart or a poller failover catches up on what
+was missed without sending anything twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from gateway import logs
+from gateway.alerts import AckRefused, AlertChange
+from gateway.runtime import Runtime
+from protocols.telegram import TelegramConsumer, button
+from protocols.telegram.types import (
+    TelegramCallbackQueryEvent,
+    TelegramChatGoneEvent,
+    TelegramMessageEvent,
+    TelegramSendFailedEvent,
+    TelegramSentEvent,
+    User,
+)
+
+log = logs.telegram
+
+COMMANDS = [
+    ("start", "Show this chat's id and whether it may subscribe"),
+    ("help", "List the commands"),
+    ("subscribe", "Get alerts: /subscribe for every zone, /subscribe <zone> for one"),
+    ("unsubscribe", "Stop alerts: /unsubscribe for all, /unsubscribe <zone> for one"),
+    ("status", "Open alerts and the state of each sensor"),
+    ("ack", "Acknowledge an alert: /ack <id>"),
+]
+CATCH_UP_LIMIT = 500
+SEVERITY_MARK = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
+
+
+def acknowledged_by(user: User | None) -> str:
+    if user is None:
+        return "telegram"
+    return f"telegram:@{user['username']}" if user.get("username") else f"telegram:{user['id']}"
+
+
+def _when(stamp: str | None) -> str:
+    if not stamp:
+        return "?"
+    moment = datetime.fromisoformat(stamp).astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+class ChatConsumer(TelegramConsumer):
+    groups_joined: set[str] = set()
+
+    async def telegram_connect(self, event: Any) -> None:
+        self.runtime: Runtime = self.scope["gateway"]
+        self.site = self.runtime.config.gateway.site
+        self.chats = self.runtime.chats
+        self.groups_joined = set()
+        self.last_seq = 0
+        self.sending: set[str] = set()  # alerts whose message is on its way
+        self.pending_edit: dict[str, tuple[int, dict[str, Any]]] = {}
+        seq = await self.chats.register(self.scope["chat"])
+        if not self.allowed:
+            return
+        for group in sorted(await self.chats.groups(self.chat_id)):
+            await self._join(group)
+        if self.groups_joined:
+            await self._catch_up(seq)
+
+    @property
+    def allowed(self) -> bool:
+        return self.chat_id in self.runtime.config.telegram.allowed_chats
+
+    async def _join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined.add(group)
+
+    async def _leave(self, group: str) -> None:
+        await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups_joined.discard(group)
+
+    async def _catch_up(self, seq: int) -> None:
+        """Alert events since this chat's `seq` that concern it: those raised while nobody polled."""
+        changes = await self.runtime.book.events_after(seq, CATCH_UP_LIMIT)
+        mine = [c for c in changes if self._concerns(c.alert)]
+        if mine:
+            log.info("chat %s: catching up on %d alert events", self.chat_id, len(mine))
+        for change in mine:
+            await self._on_alert(change.event, change.seq, change.alert)
+        if changes and not mine:
+            await self.chats.advance(self.chat_id, changes[-1].seq)
+
+    def _concerns(self, alert: dict[str, Any]) -> bool:
+        return "alerts" in self.groups_joined or f"alerts.{alert['zone']}" in self.groups_joined
+
+    # Alerts from the channel layer
+
+    async def alert_raised(self, event: dict[str, Any]) -> None:
+        await self._on_alert(event["type"].removeprefix("alert."), event["seq"], event["alert"])
+
+    alert_acknowledged = alert_cleared = alert_repeated = alert_raised
+
+    async def _on_alert(self, kind: str, seq: int, alert: dict[str, Any]) -> None:
+        if seq <= self.last_seq:
+            return  # the same event through a second group, or already caught up
+        self.last_seq = seq
+        alert_id = alert["id"]
+        ref = _ref(seq, alert_id, alert["state"])
+        if kind in ("raised", "repeated"):
+            if kind == "raised" and alert_id in self.sending:
+                return
+            if kind == "raised" and await self.chats.message(alert_id, self.chat_id) is not None:
+                await self.chats.advance(self.chat_id, seq)  # sent before a restart
+                return
+            self.sending.add(alert_id)
+            await self.send_message(
+                self.render(alert, kind), self._buttons(alert), ref=_ref(seq, alert_id, "active")
+            )
+            return
+        if alert_id in self.sending:
+            self.pending_edit[alert_id] = (seq, alert)  # edited once the message is out
+            return
+        known = await self.chats.message(alert_id, self.chat_id)
+        if known is None or known[1] == alert["state"]:
+            await self.chats.advance(self.chat_id, seq)
+            return
+        await self.edit_message(known[0], self.render(alert, kind), self._buttons(alert), ref=ref)
+
+    def _buttons(self, alert: dict[str, Any]) -> list[list[Any]] | None:
+        if alert["state"] != "active":
+            return None
+        return [[button("✅ Acknowledge", f"ack:{alert['id']}")]]
+
+    def render(self, alert: dict[str, Any], kind: str = "raised") -> str:
+        sensor = self.runtime.config.sensors_by_id.get(alert["sensor"])
+        name = sensor.name if sensor else alert["sensor"]
+        mark = SEVERITY_MARK.get(alert["severity"], "⚪")
+        head = f"{mark} {alert['severity'].upper()}: {alert['message']}"
+        if kind == "repeated":
+            head = f"🔁 Still active. {head}"
+        lines = [
+            head,
+            f"Sensor: {name} ({alert['sensor']}), zone {alert['zone']}",
+            f"Raised: {_when(alert['raised_at'])}",
+            f"Alert id: {alert['id']}   (/ack {alert['id']})",
+        ]
+        if alert["acknowledged_at"]:
+            lines.append(
+                f"✅ Acknowledged by {alert['acknowledged_by']} at {_when(alert['acknowledged_at'])}"
+            )
+        if alert["cleared_at"]:
+            lines.append(f"☑️ Cleared at {_when(alert['cleared_at'])}")
+        return "\n".join(lines)
+
+    async def telegram_sent(self, event: TelegramSentEvent) -> None:
+        seq, alert_id, state = _unref(event["ref"])
+        self.sending.discard(alert_id)
+        await self.chats.remember(alert_id, self.chat_id, event["message_id"], state, seq)
+        pending = self.pending_edit.pop(alert_id, None)
+        if pending is not None:
+            pending_seq, alert = pending
+            await self.edit_message(
+                event["message_id"],
+                self.render(alert, "edit"),
+                self._buttons(alert),
+                ref=_ref(pending_seq, alert_id, alert["state"]),
+            )
+
+    async def telegram_send_failed(self, event: TelegramSendFailedEvent) -> None:
+        if event["ref"]:
+            seq, alert_id, _ = _unref(event["ref"])
+            self.sending.discard(alert_id)
+            self.pending_edit.pop(alert_id, None)
+            await self.chats.advance(self.chat_id, seq)
+
+    async def telegram_chat_gone(self, event: TelegramChatGoneEvent) -> None:
+        removed = await self.chats.unsubscribe(self.chat_id, None)
+        for group in list(self.groups_joined):
+            await self._leave(group)
+        log.warning(
+            "chat %s can no longer be reached (%s): removed its subscriptions %s",
+            self.chat_id,
+            event["reason"],
+            ", ".join(removed) or "(none)",
+        )
+
+    # Commands
+
+    async def refuse(self) -> None:
+        await self.reply(
+            f"This chat is not allowed to use this gateway. Its chat id is {self.chat_id}: "
+            f"ask the administrator to add it to telegram.allowed_chats."
+        )
+
+    async def command_start(self, event: TelegramMessageEvent) -> None:
+        state = (
+            "This chat is allowed: send /subscribe to get alerts."
+            if self.allowed
+            else "This chat is not allowed yet: ask the administrator to add it to telegram.allowed_chats."
+        )
+        await self.reply(
+            f"Alert gateway of site {self.site}.\nThis chat's id is {self.chat_id}.\n{state}\n"
+            "/help lists the commands."
+        )
+
+    async def command_help(self, event: TelegramMessageEvent) -> None:
+        await self.reply("\n".join(f"/{name}: {text}" for name, text in COMMANDS))
+
+    def _group_for(self, args: list[str]) -> tuple[str | None, str]:
+        """(group, what it means to a person), or (None, an error)."""
+        if not args:
+            return "alerts", "every zone"
+        zone = args[0]
+        zones = sorted({s.zone for s in self.runtime.config.sensors})
+        if zone not in zones:
+            return None, f"Unknown zone {zone!r}. Zones: {', '.join(zones) or '(none configured)'}."
+        return f"alerts.{zone}", f"zone {zone}"
+
+    async def command_subscribe(self, event: TelegramMessageEvent) -> None:
+        if not self.allowed:
+            await self.refuse()
+            return
+        group, meaning = self._group_for(event["args"])
+        if group is None:
+            await self.reply(meaning)
+            return
+        seq = await self.runtime.book.seq()
+        if await self.chats.subscribe(self.chat_id, group, seq):
+            self.last_seq = max(self.last_seq, seq)
+            await self._join(group)
+            log.info("chat %s subscribed to %s", self.chat_id, group)
+            await self.reply(f"Subscribed: this chat gets the alerts of {meaning}.")
+        else:
+            await self.reply(f"Already subscribed to the alerts of {meaning}.")
+
+    async def command_unsubscribe(self, event: TelegramMessageEvent) -> None:
+        if event["args"]:
+            group, meaning = self._group_for(event["args"])
+            if group is None:
+                await self.reply(meaning)
+                return
+            removed = await self.chats.unsubscribe(self.chat_id, group)
+        else:
+            removed = await self.chats.unsubscribe(self.chat_id, None)
+        for name in removed:
+            await self._leave(name)
+        if removed:
+            log.info("chat %s unsubscribed from %s", self.chat_id, ", ".join(removed))
+            left = sorted(self.groups_joined)
+            tail = f" Still subscribed: {', '.join(left)}." if left else " No more alerts here."
+            await self.reply(f"Unsubscribed from {', '.join(removed)}.{tail}")
+        else:
+            await self.reply("This chat had no such subscription.")
+
+    async def command_status(self, event: TelegramMessageEvent) -> None:
+        if not self.allowed:
+            await self.refuse()
+            return
+        alerts = await self.runtime.book.open_alerts()
+        lines = [f"Site {self.site}: {len(alerts)} open alert{'s' if len(alerts) != 1 else ''}."]
+        for alert in alerts[:30]:
+            mark = SEVERITY_MARK.get(alert["severity"], "⚪")
+            state = (
+                f"acknowledged by {alert['acknowledged_by']}"
+                if alert["state"] == "acknowledged"
+                else "active"
+            )
+            lines.append(
+                f"{mark} {alert['id']} {alert['message']} ({state}, since {_when(alert['raised_at'])})"
+            )
+        lines.append("Sensors:")
+        for sensor in self.runtime.board.snapshot():
+            online = {True: "online", False: "OFFLINE", None: "no data yet"}[sensor["online"]]
+            value = "-" if sensor["value"] is None else str(sensor["value"])
+            lines.append(f"• {sensor['name']} ({sensor['zone']}): {value}, {online}")
+        subs = sorted(self.groups_joined)
+        lines.append(f"This chat is subscribed to: {', '.join(subs) if subs else 'nothing'}.")
+        await self.reply(_clip("\n".join(lines)))
+
+    async def command_ack(self, event: TelegramMessageEvent) -> None:
+        if not self.allowed:
+            await self.refuse()
+            return
+        if not event["args"]:
+            await self.reply("Usage: /ack <alert id>, e.g. /ack k3x9pq")
+            return
+        await self.reply(await self._acknowledge(event["args"][0], event["from"]))
+
+    async def _acknowledge(self, alert_id: str, user: User | None) -> str:
+        by = acknowledged_by(user)
+        try:
+            change: AlertChange = await self.runtime.book.acknowledge(alert_id[:32], by)
+        except AckRefused as err:
+            return str(err).capitalize()
+        log.info("alert %s acknowledged by %s", change.alert["id"], by)
+        logs.alerts.info("alert %s acknowledged by %s", change.alert["id"], by)
+        await self.runtime.broadcast(change)
+        return f"Acknowledged alert {change.alert['id']}."
+
+    async def unknown_command(self, event: TelegramMessageEvent) -> None:
+        await self.reply(f"Unknown command /{event['command']}. /help lists the commands.")
+
+    async def text_message(self, event: TelegramMessageEvent) -> None:
+        if self.scope["chat"]["type"] == "private":
+            await self.reply("I understand commands only: /help lists them.")
+
+    async def telegram_callback_query(self, event: TelegramCallbackQueryEvent) -> None:
+        action, _, alert_id = event["data"].partition(":")
+        if action != "ack" or not alert_id:
+            await self.answer_callback(event["id"], "Unknown button.")
+            return
+        if not self.allowed:
+            await self.answer_callback(
+                event["id"], f"This chat (id {self.chat_id}) may not acknowledge alerts.", alert=True
+            )
+            return
+        await self.answer_callback(event["id"], (await self._acknowledge(alert_id, event["from"]))[:200])
+
+    async def telegram_disconnect(self, event: Any) -> None:
+        for group in list(self.groups_joined):
+            await self._leave(group)
+        await super().telegram_disconnect(event)
+
+
+def _ref(seq: int, alert_id: str, state: str) -> str:
+    """What a send carries so that its outcome can be recorded: `<seq>:<alert id>:<state shown>`."""
+    return f"{seq}:{alert_id}:{state}"
+
+
+def _unref(ref: str) -> tuple[int, str, str]:
+    seq, alert_id, state = ref.split(":", 2)
+    return int(seq), alert_id, state
+
+
+def _clip(text: str, limit: int = 4000) -> str:
+    return text if len(text) <= limit else text[: limit - 2] + "\n…"

@@ -1,0 +1,529 @@
+"""The Telegram protocol server: one bot, one ASGI application instance per chat.
+
+Updates come from a long poll (the default: edge boxes sit behind NAT) or from
+the webhook view, which hands them to `feed`. Each chat gets an instance on its
+first update; chats that have subscriptions get one at start-up, so that
+broadcasts reach them before they write again. Sends and edits go through the
+`Outbox` (flow.py), which keeps to Telegram's limits.
+
+aiogram is imported when the server starts, in a worker thread: it costs about
+7 s and 160 MiB here, and must not hold up the MQTT and web servers. With a
+`RedisLease`, only the process holding the lease polls and runs chat instances;
+the others stand by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from gateway import logs
+from protocols.telegram.events import validate_outgoing
+from protocols.telegram.flow import ChatGone, Job, Limits, Outbox, Rejected, RetryAfter, Transient
+from protocols.telegram.lease import Lease
+from protocols.telegram.types import Chat, TelegramScope, User
+
+log = logs.telegram
+
+__all__ = ["TelegramServer", "TelegramSettings", "parse_command"]
+
+ALLOWED_UPDATES = ["message", "callback_query"]
+
+
+@dataclass
+class TelegramSettings:
+    token: str
+    api_url: str = "https://api.telegram.org"
+    mode: str = "polling"  # or "webhook"
+    webhook_url: str = ""  # the gateway's public base URL; the secret path is appended
+    webhook_secret: str = ""
+    commands: list[tuple[str, str]] = field(default_factory=list)  # for setMyCommands
+    poll_timeout: int = 25
+    limits: Limits = field(default_factory=Limits)
+    max_chats: int = 10_000
+    backoff_min: float = 0.5
+    backoff_max: float = 30.0
+
+    @property
+    def webhook_path(self) -> str:
+        """`/telegram/<secret>/`: derived from token and secret, so it changes when either does."""
+        digest = hashlib.sha256(f"{self.token}\0{self.webhook_secret}".encode()).hexdigest()[:32]
+        return f"/telegram/{digest}/"
+
+
+def parse_command(text: str, bot_username: str) -> tuple[str | None, list[str]]:
+    """("subscribe", ["house"]) for "/subscribe@our_bot house"; (None, words) for text or others' commands."""
+    words = text.split()
+    if not words or not words[0].startswith("/") or len(words[0]) < 2:
+        return None, words
+    command, _, addressee = words[0][1:].partition("@")
+    if addressee and addressee.lower() != bot_username.lower():
+        return None, words
+    return command.lower(), words[1:]
+
+
+@dataclass(eq=False)
+class _Instance:
+    chat_id: int
+    scope: TelegramScope
+    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    restarts: int = 0
+    gone: bool = False  # told the application its chat is gone; reset when the chat writes again
+
+
+class TelegramServer:
+    name = "telegram"
+
+    def __init__(
+        self,
+        settings: TelegramSettings,
+        application: Callable[..., Any],
+        *,
+        startup_chats: Callable[[], Awaitable[list[Chat]]] = lambda: _no_chats(),
+        lease: Lease | None = None,
+        on_state: Callable[[bool, str], None] = lambda up, detail: None,
+        count: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
+        self.settings = settings
+        self.application = application
+        self.startup_chats = startup_chats
+        self.lease = lease or Lease()
+        self.on_state = on_state
+        self.count = count
+        logs.add_secret(settings.token)
+        self.bot_user: dict[str, Any] = {"id": int(settings.token.split(":", 1)[0]), "username": ""}
+        self.outbox = Outbox(self._perform, settings.limits, count=lambda o: count(f"send_{o}"))
+        self.leading = asyncio.Event()
+        self.up = asyncio.Event()
+        self._instances: dict[int, _Instance] = {}
+        self._bot: Any = None
+        self._aiogram: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # Lifecycle
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        started = time.monotonic()
+        self.on_state(False, "starting")
+        self.lease.on_standby = lambda: self.on_state(True, "standby")
+        try:
+            await asyncio.to_thread(importlib.import_module, "aiogram")
+        except Exception as err:  # pragma: no cover - aiogram is a core dependency
+            log.error("cannot import aiogram: %s", err)
+            self.on_state(False, "aiogram missing")
+            return
+        self._aiogram = _Aiogram()
+        self._bot = self._aiogram.bot(self.settings.token, self.settings.api_url)
+        log.info("aiogram loaded in %.1fs", time.monotonic() - started)
+        try:
+            while not stop.is_set():
+                if not await self.lease.acquire(stop):
+                    break
+                log.info("this process now runs the Telegram bot (%s)", self.settings.mode)
+                self.leading.set()
+                try:
+                    await self._lead(stop)
+                finally:
+                    self.leading.clear()
+                    self.up.clear()
+                    await self._stand_down(flush=stop.is_set())
+                    await self.lease.release()
+        finally:
+            self._stopping = True
+            await self.lease.close()
+            await self._bot.session.close()
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        outbox = asyncio.ensure_future(self.outbox.run())
+        self._tasks.add(outbox)
+        try:
+            chats = await self.startup_chats()
+        except Exception:
+            log.exception("could not read the subscribed chats")
+            chats = []
+        for chat in chats:
+            self._instance_for(chat, None)
+        if chats:
+            log.info("%d subscribed chats ready", len(chats))
+        work = asyncio.ensure_future(
+            self._poll() if self.settings.mode == "polling" else self._set_webhook(stop)
+        )
+        ended = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.lease.lost.wait()), work]
+        try:
+            await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in ended:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+        if work.done() and not work.cancelled() and work.exception() is not None:
+            log.error("Telegram server failed: %r", work.exception())
+
+    async def _stand_down(self, flush: bool) -> None:
+        if flush and self.outbox.depth:
+            log.info("delivering %d queued Telegram messages before stopping", self.outbox.depth)
+            await self.outbox.drain(3.0)
+        for inst in self._instances.values():
+            inst.queue.put_nowait({"type": "telegram.disconnect", "reason": "server stopping", "final": True})
+        tasks = [i.task for i in self._instances.values() if i.task is not None and not i.task.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=3.0)
+            for task in pending:
+                task.cancel()
+        self._instances.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
+        self._tasks.clear()
+        self.outbox = Outbox(self._perform, self.settings.limits, count=self.outbox.count)
+
+    async def _prepare(self) -> None:
+        bot = self._bot
+        me = await bot.get_me()
+        self.bot_user = {"id": me.id, "username": me.username or ""}
+        if self.settings.commands:
+            await bot.set_my_commands(
+                [self._aiogram.command(name, text) for name, text in self.settings.commands]
+            )
+
+    async def _poll(self) -> None:
+        bot, ag = self._bot, self._aiogram
+        delay = self.settings.backoff_min
+        prepared = False
+        offset: int | None = None
+        try:
+            while True:
+                try:
+                    if not prepared:
+                        await self._prepare()
+                        await bot.delete_webhook(drop_pending_updates=False)
+                        prepared = True
+                        # The API answers: up now, not when the first long poll ends.
+                        log.info("polling as @%s", self.bot_user["username"])
+                        self._up()
+                    updates = await bot.get_updates(
+                        offset=offset,
+                        timeout=self.settings.poll_timeout,
+                        allowed_updates=ALLOWED_UPDATES,
+                        request_timeout=self.settings.poll_timeout + 10,
+                    )
+                except ag.errors.TelegramUnauthorizedError:
+                    self._down("the bot token was refused (401)")
+                    delay = self.settings.backoff_max
+                except ag.errors.TelegramConflictError as err:
+                    self._down(f"another poller or a webhook is active (409: {err.message})")
+                    prepared = False  # deleteWebhook again
+                except ag.errors.TelegramRetryAfter as err:
+                    self._down(f"429, retry after {err.retry_after}s")
+                    await asyncio.sleep(err.retry_after)
+                    continue
+                except (ag.errors.TelegramAPIError, OSError, TimeoutError) as err:
+                    self._down(_describe(err))
+                else:
+                    if not self.up.is_set():
+                        log.info("Telegram API answers again")
+                        self._up()
+                    delay = self.settings.backoff_min
+                    for update in updates:
+                        offset = update.update_id + 1
+                        self.feed(update.model_dump(mode="json", by_alias=True, exclude_none=True))
+                    continue
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.settings.backoff_max)
+        finally:
+            if offset is not None:
+                # Confirm the last batch, or the next poller would get it again.
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(bot.get_updates(offset=offset, timeout=0, limit=1), 2.0)
+
+    async def _set_webhook(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        delay = s.backoff_min
+        while True:
+            try:
+                await self._prepare()
+                await self._bot.set_webhook(
+                    url=s.webhook_url.rstrip("/") + s.webhook_path,
+                    secret_token=s.webhook_secret,
+                    allowed_updates=ALLOWED_UPDATES,
+                )
+            except (self._aiogram.errors.TelegramAPIError, OSError, TimeoutError) as err:
+                self._down(_describe(err))
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, s.backoff_max)
+                continue
+            log.info("webhook set for @%s", self.bot_user["username"])
+            self._up()
+            await stop.wait()
+            return
+
+    def _up(self) -> None:
+        self.up.set()
+        self.on_state(True, self.settings.mode)
+
+    def _down(self, detail: str) -> None:
+        detail = logs.redact(detail)
+        if self.up.is_set() or not getattr(self, "_last_detail", None) == detail:
+            log.warning("Telegram API: %s", detail)
+        self._last_detail = detail
+        self.up.clear()
+        self.on_state(False, detail)
+
+    # Updates in
+
+    def feed(self, update: dict[str, Any]) -> bool:
+        """Route one update (a Bot API `Update` as JSON) to its chat's instance; False if not taken."""
+        if not self.leading.is_set():
+            return False
+        if "message" in update:
+            self._on_message(update["message"])
+        elif "callback_query" in update:
+            self._on_callback(update["callback_query"])
+        else:
+            self.count("update_ignored")
+        return True
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        text = message.get("text")
+        chat = message.get("chat")
+        if not isinstance(text, str) or not isinstance(chat, dict):
+            self.count("update_ignored")  # stickers, photos, joins...
+            return
+        sender = _user(message.get("from"))
+        inst = self._instance_for(_chat(chat), sender)
+        if inst is None:
+            return
+        inst.gone = False
+        command, args = parse_command(text, self.bot_user["username"])
+        self.count("message")
+        inst.queue.put_nowait(
+            {
+                "type": "telegram.message",
+                "message_id": int(message.get("message_id", 0)),
+                "text": text,
+                "command": command,
+                "args": args,
+                "from": sender,
+                "date": int(message.get("date", 0)),
+            }
+        )
+
+    def _on_callback(self, query: dict[str, Any]) -> None:
+        message = query.get("message") or {}
+        chat = message.get("chat")
+        sender = _user(query.get("from"))
+        if not isinstance(chat, dict) or sender is None:
+            self.count("update_ignored")
+            return
+        inst = self._instance_for(_chat(chat), sender)
+        if inst is None:
+            return
+        self.count("callback_query")
+        inst.queue.put_nowait(
+            {
+                "type": "telegram.callback_query",
+                "id": str(query.get("id", "")),
+                "data": str(query.get("data", "")),
+                "message_id": message.get("message_id"),
+                "from": sender,
+                "date": int(message.get("date", 0)),
+            }
+        )
+
+    # Instances
+
+    def _instance_for(self, chat: Chat, user: User | None) -> _Instance | None:
+        inst = self._instances.get(chat["id"])
+        if inst is not None:
+            return inst
+        if len(self._instances) >= self.settings.max_chats:
+            self.count("chat_cap")
+            log.warning("chat %s ignored: already %d chats", chat["id"], len(self._instances))
+            return None
+        scope: TelegramScope = {
+            "type": "telegram",
+            "asgi": {"version": "3.0", "spec_version": "1.0"},
+            "chat": chat,
+            "user": user if chat["type"] == "private" else None,
+            "bot": {"id": self.bot_user["id"], "username": self.bot_user["username"]},
+        }
+        inst = _Instance(chat["id"], scope)
+        self._instances[chat["id"]] = inst
+        inst.queue.put_nowait({"type": "telegram.connect"})
+        self._start(inst)
+        return inst
+
+    def _start(self, inst: _Instance) -> None:
+        coro = self.application(dict(inst.scope), inst.queue.get, partial(self._send, inst))
+        inst.task = asyncio.ensure_future(coro)
+        inst.task.add_done_callback(partial(self._instance_done, inst))
+
+    def _instance_done(self, inst: _Instance, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("application for Telegram chat %s failed: %r", inst.chat_id, exc, exc_info=exc)
+        self.count("app_error")
+        if self._stopping or self._instances.get(inst.chat_id) is not inst:
+            return
+        if inst.restarts < 5:
+            inst.restarts += 1
+            inst.queue.put_nowait({"type": "telegram.connect"})
+            asyncio.get_running_loop().call_later(0.5 * inst.restarts, self._start, inst)
+        else:
+            log.error("application for Telegram chat %s failed 5 times; the chat is ignored", inst.chat_id)
+
+    # Events out
+
+    async def _send(self, inst: _Instance, event: dict[str, Any]) -> None:
+        checked: dict[str, Any] = dict(validate_outgoing(event))
+        if checked["type"] == "telegram.answer_callback":
+            task = asyncio.ensure_future(self._answer_callback(checked))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        method = "send_message" if checked["type"] == "telegram.send_message" else "edit_message"
+        job = Job(inst.chat_id, method, checked, done=partial(self._job_done, inst))
+        if not self.outbox.submit(job):
+            log.warning(
+                "Telegram queue full (%d): a message to chat %s dropped", self.outbox.depth, inst.chat_id
+            )
+            self._job_done(inst, job, "failed", "queue full")
+
+    def _job_done(self, inst: _Instance, job: Job, outcome: str, detail: Any) -> None:
+        ref = job.params.get("ref")
+        if outcome == "ok":
+            if ref is not None:
+                inst.queue.put_nowait({"type": "telegram.sent", "ref": ref, "message_id": int(detail)})
+            return
+        inst.queue.put_nowait(
+            {"type": "telegram.send_failed", "ref": ref, "error": str(detail), "permanent": True}
+        )
+        if outcome == "gone" and not inst.gone:
+            inst.gone = True
+            inst.queue.put_nowait({"type": "telegram.chat_gone", "reason": str(detail)})
+
+    async def _answer_callback(self, event: dict[str, Any]) -> None:
+        try:
+            await self._bot.answer_callback_query(
+                callback_query_id=event["id"], text=event.get("text"), show_alert=event.get("alert", False)
+            )
+            self.count("callback_answered")
+        except (self._aiogram.errors.TelegramAPIError, OSError, TimeoutError) as err:
+            # A query older than a few seconds can no longer be answered; nothing else to do.
+            self.count("callback_answer_failed")
+            log.info("could not answer a button press: %s", _describe(err))
+
+    async def _perform(self, job: Job) -> int:
+        """One Bot API request for the outbox, its failure mapped onto the outbox's exceptions."""
+        ag = self._aiogram
+        p = job.params
+        markup = ag.keyboard(p.get("buttons"))
+        try:
+            if job.method == "send_message":
+                message = await self._bot.send_message(
+                    chat_id=job.chat_id,
+                    text=p["text"],
+                    reply_markup=markup,
+                    disable_notification=p.get("silent", False),
+                )
+                return int(message.message_id)
+            await self._bot.edit_message_text(
+                text=p["text"], chat_id=job.chat_id, message_id=p["message_id"], reply_markup=markup
+            )
+            return int(p["message_id"])
+        except ag.errors.TelegramRetryAfter as err:
+            raise RetryAfter(err.retry_after) from None
+        except ag.errors.TelegramForbiddenError as err:
+            raise ChatGone(err.message) from None
+        except ag.errors.TelegramBadRequest as err:
+            text = err.message.lower()
+            if "message is not modified" in text:
+                return int(p["message_id"])
+            if "chat not found" in text or "bot was kicked" in text or "user is deactivated" in text:
+                raise ChatGone(err.message) from None
+            raise Rejected(err.message) from None
+        except (ag.errors.TelegramNetworkError, ag.errors.TelegramServerError, OSError, TimeoutError) as err:
+            raise Transient(_describe(err)) from None
+        except ag.errors.TelegramAPIError as err:
+            raise Rejected(_describe(err)) from None
+
+    @property
+    def chats(self) -> int:
+        return len(self._instances)
+
+
+class _Aiogram:
+    """The parts of aiogram the server uses, imported on first use (see the module docstring)."""
+
+    def __init__(self) -> None:
+        from aiogram import exceptions
+        from aiogram.types import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
+
+        self.errors = exceptions
+        self._command = BotCommand
+        self._button = InlineKeyboardButton
+        self._markup = InlineKeyboardMarkup
+
+    def bot(self, token: str, api_url: str) -> Any:
+        from aiogram import Bot
+        from aiogram.client.session.aiohttp import AiohttpSession
+        from aiogram.client.telegram import TelegramAPIServer
+
+        session = AiohttpSession(api=TelegramAPIServer.from_base(api_url))
+        return Bot(token, session=session)
+
+    def command(self, name: str, description: str) -> Any:
+        return self._command(command=name, description=description)
+
+    def keyboard(self, rows: list[list[dict[str, str]]] | None) -> Any:
+        if not rows:
+            return None
+        return self._markup(
+            inline_keyboard=[
+                [self._button(text=b["text"], callback_data=b["data"]) for b in row] for row in rows
+            ]
+        )
+
+
+def _chat(chat: dict[str, Any]) -> Chat:
+    title = chat.get("title")
+    if title is None:
+        title = " ".join(p for p in (chat.get("first_name"), chat.get("last_name")) if p) or None
+    return {
+        "id": int(chat["id"]),
+        "type": str(chat.get("type", "private")),
+        "title": title,
+        "username": chat.get("username"),
+    }
+
+
+def _user(user: Any) -> User | None:
+    if not isinstance(user, dict) or "id" not in user:
+        return None
+    return {
+        "id": int(user["id"]),
+        "username": user.get("username"),
+        "first_name": str(user.get("first_name", "")),
+        "is_bot": bool(user.get("is_bot", False)),
+    }
+
+
+def _describe(err: BaseException) -> str:
+    message = getattr(err, "message", None) or str(err) or type(err).__name__
+    return logs.redact(f"{type(err).__name__}: {message}")
+
+
+async def _no_chats() -> list[Chat]:
+    return []
