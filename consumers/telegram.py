@@ -262,6 +262,9 @@ class ChatConsumer(TelegramConsumer):
             await self.refuse()
             return
         alerts = await self.runtime.book.open_alerts()
+        if "mqtt" not in self.runtime.health.enabled:
+            # Split mode: the sensors live in the MQTT process; read what it last saved.
+            await self.runtime.board.load()
         lines = [f"Site {self.site}: {len(alerts)} open alert{'s' if len(alerts) != 1 else ''}."]
         for alert in alerts[:30]:
             mark = SEVERITY_MARK.get(alert["severity"], "⚪")
