@@ -13,7 +13,7 @@ from typing import Any
 from gateway import logs, metrics
 from gateway.alerts import AlertChange, fill
 from gateway.config import Action, Sensor
-from gateway.formats import PayloadError, parse_availability, parse_value
+from gateway.formats import FieldMissing, PayloadError, parse_availability, parse_value
 from gateway.rules import SensorRules, Transition
 from gateway.runtime import Runtime
 from protocols.mqtt.consumer import MqttConsumer
@@ -31,12 +31,16 @@ class SensorConsumer(MqttConsumer):
     sensor: Sensor
     rules: SensorRules
 
-    def _setup(self) -> None:
+    def _setup(self) -> bool:
+        """Build the rule engine on the first event; False for a sensor a reload removed."""
         if hasattr(self, "rules"):
-            return
+            return self.sensor.id in self.runtime.board.sensors
         self.runtime = self.scope["gateway"]
         config = self.runtime.config
-        self.sensor = config.sensors_by_id[self.scope["device"]]
+        sensor = config.sensors_by_id.get(self.scope["device"])
+        if sensor is None:
+            return False
+        self.sensor = sensor
         self.loop = asyncio.get_running_loop()
         self.rules = SensorRules(self.sensor, config.rules_for(self.sensor), self.loop.time())
         snap = self.runtime.board.sensors[self.sensor.id]
@@ -51,15 +55,31 @@ class SensorConsumer(MqttConsumer):
         self.timer: asyncio.TimerHandle | None = None
         self.last_sensor_event = 0.0
         self.sensor_event_due: asyncio.TimerHandle | None = None
+        self.runtime.reload_listeners.add(self._reconfigure)
+        self._schedule()
+        return True
+
+    def _reconfigure(self) -> None:
+        """A reload: the sensor's new settings and rules; rules kept by id keep their state."""
+        sensor = self.runtime.config.sensors_by_id.get(self.sensor.id)
+        if sensor is None:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            return  # removed: the server ends this instance
+        self.sensor = sensor
+        self.rules.reconfigure(sensor, self.runtime.config.rules_for(sensor))
         self._schedule()
 
     async def mqtt_connect(self, event: MqttConnectEvent) -> None:
-        self._setup()
+        if not self._setup():
+            return
         if self.channel_layer is not None:
             await self.channel_layer.group_add(f"sensor.{self.sensor.id}", self.channel_name)
 
     async def mqtt_message(self, event: MqttMessageEvent) -> None:
-        self._setup()
+        if not self._setup():
+            return  # a message that was on its way when a reload removed the sensor
         now = self.loop.time()
         max_payload = self.runtime.config.mqtt.max_payload
         try:
@@ -68,7 +88,14 @@ class SensorConsumer(MqttConsumer):
                 transitions = self.rules.on_availability(online, now)
             else:
                 value = parse_value(event["payload"], self.sensor.format, self.sensor.field, max_payload)
-                transitions = self.rules.on_value(value, now)
+                transitions = self.rules.on_value(value, now, retained=event["retain"])
+        except FieldMissing as err:
+            if event["topic"] == self.sensor.result_topic:
+                # RESULT answers every command; most are about something else.
+                metrics.mqtt_messages.labels("ignored").inc()
+            else:
+                self._bad_payload(event["topic"], err)
+            return
         except PayloadError as err:
             self._bad_payload(event["topic"], err)
             return
@@ -181,7 +208,8 @@ class SensorConsumer(MqttConsumer):
     # Alert events of this sensor (group sensor.<id>): only acknowledgements matter here.
 
     async def alert_acknowledged(self, event: dict[str, Any]) -> None:
-        self._setup()
+        if not self._setup():
+            return
         self.rules.acknowledge(event["alert"]["rule"])
         self._schedule()
 
@@ -197,5 +225,6 @@ class SensorConsumer(MqttConsumer):
             if getattr(self, "sensor_event_due", None) is not None:
                 self.sensor_event_due.cancel()
             if hasattr(self, "sensor") and self.channel_layer is not None:
+                self.runtime.reload_listeners.discard(self._reconfigure)
                 await self.channel_layer.group_discard(f"sensor.{self.sensor.id}", self.channel_name)
         await super().mqtt_disconnect(event)

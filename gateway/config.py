@@ -241,6 +241,20 @@ class Sensor(_Section):
                     self.availability_topic = f"tele/{parts[1]}/LWT"
         return self
 
+    @property
+    def result_topic(self) -> str:
+        """Tasmota answers commands on `stat/<t>/RESULT`, which may carry the field too (`POWER`)."""
+        parts = self.topic.split("/")
+        if self.format == "tasmota" and self.field and len(parts) == 3 and parts[0] == "tele":
+            if parts[2] in ("SENSOR", "STATE"):
+                return f"stat/{parts[1]}/RESULT"
+        return ""
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic the sensor listens on: state, availability, Tasmota's RESULT."""
+        return tuple(t for t in (self.topic, self.availability_topic, self.result_topic) if t)
+
 
 class Rule(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")

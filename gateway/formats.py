@@ -11,11 +11,15 @@ from typing import Any
 
 Value = bool | int | float | str
 
-__all__ = ["PayloadError", "Value", "compare_equal", "parse_availability", "parse_value"]
+__all__ = ["FieldMissing", "PayloadError", "Value", "compare_equal", "parse_availability", "parse_value"]
 
 
 class PayloadError(ValueError):
     """A payload that does not fit its sensor; the message says why."""
+
+
+class FieldMissing(PayloadError):
+    """The JSON payload has no such field (normal on topics that carry several kinds of message)."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -64,7 +68,7 @@ def _field(doc: Any, field: str) -> Any:
         if not isinstance(node, dict):
             raise PayloadError(f"field {field!r} not found (payload has no object at {part!r})")
         if part not in node:
-            raise PayloadError(f"field {field!r} not found")
+            raise FieldMissing(f"field {field!r} not found")
         node = node[part]
     return node
 

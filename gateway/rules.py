@@ -3,6 +3,12 @@
 No I/O and no clock of its own: callers pass `now` (monotonic seconds) and act on
 the `Transition`s returned. One `SensorRules` per sensor holds the state of every
 rule that applies to it (its own rules and its zone's).
+
+No false alarms from replays: a value equal to the last known one does not raise
+a rule without `for` when it is a retained message (the broker replays those
+after every reconnect) or the first value after a gap (a restart, or the sensor
+coming back online). A state that did not change is not news; a `for` rule starts
+its hold again, since its timer did not survive the gap.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class SensorRules:
         self.expired = False
         self.last_seen = now
         self.suppressed = 0  # raises dropped by cooldown
+        self.after_gap = False  # the next value is the first after a restart or an offline spell
 
     @property
     def online(self) -> bool | None:
@@ -73,16 +80,24 @@ class SensorRules:
             if state is not None:
                 state.active, state.acknowledged, state.last_notified = True, acknowledged, now
         self.value, self.available = value, available
+        self.after_gap = True
+
+    def reconfigure(self, sensor: Sensor, rules: list[Rule]) -> None:
+        """New config (a reload): rules kept by id keep their state, alerts and timers included."""
+        self.sensor, self.rules = sensor, rules
+        self.states = {rule.id: self.states.get(rule.id) or _RuleState() for rule in rules}
 
     def acknowledge(self, rule_id: str) -> None:
         state = self.states.get(rule_id)
         if state is not None:
             state.acknowledged = True
 
-    def on_value(self, value: Value, now: float) -> list[Transition]:
+    def on_value(self, value: Value, now: float, retained: bool = False) -> list[Transition]:
         out: list[Transition] = []
         was_online = self.online
-        self.value, self.last_seen = value, now
+        unchanged = self.value is not None and value == self.value and type(value) is type(self.value)
+        quiet = unchanged and (retained or self.after_gap)
+        self.value, self.last_seen, self.after_gap = value, now, False
         if self.expired:
             self.expired = False
             self._availability_changed(was_online, now, out)
@@ -96,7 +111,8 @@ class SensorRules:
                     state.active, state.pending_since = False, None
                     out.append(Transition("clear", rule, value))
             elif matches(rule.when, value):
-                self._hold(rule, state, now, out)
+                if not (quiet and rule.for_ == 0):
+                    self._hold(rule, state, now, out)
             else:
                 state.pending_since = None
         return out
@@ -147,6 +163,8 @@ class SensorRules:
         online = self.online
         if online == was_online:
             return
+        if online is False:
+            self.after_gap = True
         for rule in self.rules:
             if not rule.when.offline:
                 continue

@@ -5,6 +5,7 @@ It travels in every scope as `scope["gateway"]` (see `gateway.asgi.WithRuntime`)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ class Runtime:
     chats: ChatBook = field(init=False)
     # The Telegram server of this process, if it runs one (the webhook view feeds it).
     telegram: Any = None
+    # Called after a reload has replaced `config` (sensor consumers rebuild their rules).
+    reload_listeners: set[Callable[[], None]] = field(default_factory=set)
     # sensor id -> {rule id: acknowledged}, read once at start-up for the rule engines.
     open_rules: dict[str, dict[str, bool]] = field(default_factory=dict)
 
@@ -38,6 +41,13 @@ class Runtime:
     async def load(self) -> None:
         await self.board.load()
         self.open_rules = await self.book.open_rules()
+
+    def reload(self, config: Config) -> None:
+        """Run with a new config (already merged: see gateway.reload) from now on."""
+        self.config = config
+        self.board.configure(config.sensors)
+        for listener in list(self.reload_listeners):
+            listener()
 
     @property
     def layer(self) -> Any:

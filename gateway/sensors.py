@@ -54,6 +54,16 @@ class SensorBoard:
 
     load = sync_to_async(load_sync)
 
+    def configure(self, sensors: list[Sensor]) -> None:
+        """After a reload: new sensors appear, removed ones go, names and zones follow the config."""
+        wanted = {s.id: s for s in sensors}
+        for sensor_id in list(self.sensors):
+            if sensor_id not in wanted:
+                del self.sensors[sensor_id]
+        for sensor in sensors:
+            snap = self.sensors.setdefault(sensor.id, SensorSnapshot(sensor.id, sensor.name, sensor.zone))
+            snap.name, snap.zone = sensor.name, sensor.zone
+
     def update(self, sensor_id: str, value: Value | None, online: bool | None) -> bool:
         """Record a reading; True when value or online state changed."""
         snap = self.sensors.get(sensor_id)
@@ -76,7 +86,7 @@ class SensorBoard:
             self._flushing = asyncio.ensure_future(self.flush())
 
     async def flush(self) -> None:
-        dirty, self._dirty = self._dirty, set()
+        dirty, self._dirty = self._dirty & set(self.sensors), set()
         if not dirty:
             return
         rows = [

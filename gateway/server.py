@@ -36,7 +36,7 @@ def mqtt_devices(config: Config) -> list[Any]:
     from consumers.site import ack_topic
     from protocols.mqtt.server import Device
 
-    devices = [Device(s.id, tuple(t for t in (s.topic, s.availability_topic) if t)) for s in config.sensors]
+    devices = [Device(s.id, s.topics) for s in config.sensors]
     devices.append(Device(f"site:{config.gateway.site}", (ack_topic(config.gateway.site),)))
     return devices
 
@@ -53,6 +53,7 @@ class Gateway:
         self.mqtt: Any = None
         self.broker: Any = None
         self.telegram: Any = None
+        self.runtime: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
 
     def _signals(self) -> None:
@@ -67,6 +68,31 @@ class Gateway:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+
+    async def reload(self) -> bool:
+        """Re-read the config file; a bad one is refused and the running config stays."""
+        from gateway.config import ConfigError, load_config
+        from gateway.reload import merge
+
+        source = self.config.source
+        try:
+            new = load_config(None if source == "built-in defaults" else source)
+        except ConfigError as err:
+            log.error("reload refused, the running config stays: %s", err)
+            return False
+        merged, needs_restart = merge(self.config, new)
+        self.config = merged
+        if self.runtime is not None:
+            self.runtime.reload(merged)
+        if self.mqtt is not None:
+            self.mqtt.update_devices(mqtt_devices(merged))
+        log.info(
+            "config reloaded from %s: %d sensors, %d rules", source, len(merged.sensors), len(merged.rules)
+        )
+        if needs_restart:
+            log.warning("not applied until a restart: %s", ", ".join(needs_restart))
+        return True
 
     async def run(self) -> None:
         from gateway.asgi import build_application
@@ -74,7 +100,7 @@ class Gateway:
 
         self._signals()
         config = self.config
-        runtime = Runtime(config, self.health)
+        runtime = self.runtime = Runtime(config, self.health)
         await runtime.load()
         application = build_application(runtime)
         try:

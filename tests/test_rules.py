@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import itertools
+from typing import Any
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
@@ -80,3 +83,131 @@ def test_no_raise_inside_the_band_and_raises_alternate_with_clears(values: list[
             elif t.kind == "clear":
                 assert value < 28 and active
                 active = False
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.floats(0.01, 20), st.booleans(), st.booleans()), min_size=1, max_size=60))
+def test_for_never_raises_before_the_condition_held_that_long(steps: list[tuple[float, bool, bool]]) -> None:
+    rules = engine({"when": {"equals": True}, "clear": {"equals": False}, "for": "10s"})
+    now, held_since = 0.0, None
+    for dt, value, is_tick in steps:
+        now += dt
+        if is_tick:
+            out = rules.tick(now)
+        else:
+            out = rules.on_value(value, now)
+            held_since = (now if held_since is None else held_since) if value else None
+        for t in out:
+            if t.kind == "raise":
+                assert held_since is not None and now - held_since >= 10
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.floats(0, 8), st.booleans()), max_size=100))
+def test_at_most_one_raise_per_cooldown(steps: list[tuple[float, bool]]) -> None:
+    rules = engine({"when": {"equals": True}, "clear": {"equals": False}, "cooldown": "30s"})
+    now, raised_at = 0.0, []
+    for dt, value in steps:
+        now += dt
+        raised_at += [now for t in rules.on_value(value, now) if t.kind == "raise"]
+    assert all(b - a >= 30 for a, b in itertools.pairwise(raised_at))
+
+
+EVENTS = st.one_of(
+    st.tuples(st.just("value"), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("available"), st.booleans(), st.just(False)),
+    st.tuples(st.just("tick"), st.none(), st.just(False)),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.floats(0, 90), EVENTS), max_size=80), st.booleans())
+def test_every_raise_is_followed_by_at_most_one_clear(steps: list[Any], restart: bool) -> None:
+    config = parse_config(
+        {
+            "sensors": [{"id": "t", "topic": "t", "format": "plain", "expire_after": "60s", "zone": "z"}],
+            "rules": [
+                {"id": "on", "sensor": "t", "when": {"equals": 1}, "clear": {"equals": 0}, "repeat": "20s"},
+                {"id": "gone", "zone": "z", "when": {"offline": True}, "for": "5s"},
+            ],
+        },
+        {},
+        "test",
+    )
+    sensor = config.sensors[0]
+    rules = SensorRules(sensor, config.rules_for(sensor), 0.0)
+    if restart:
+        rules.restore({"on": False}, 1, True, 0.0)
+    active = {"on": restart, "gone": False}
+    now = 0.0
+    for dt, (kind, arg, retained) in steps:
+        now += dt
+        if kind == "value":
+            out = rules.on_value(arg, now, retained=retained)
+        elif kind == "available":
+            out = rules.on_availability(arg, now)
+        else:
+            out = rules.tick(now)
+        for t in out:
+            if t.kind == "raise":
+                assert not active[t.rule.id]
+                active[t.rule.id] = True
+            elif t.kind == "clear":
+                assert active[t.rule.id]
+                active[t.rule.id] = False
+            else:
+                assert active[t.rule.id]  # repeats only while active
+
+
+def test_a_retained_replay_of_an_unchanged_value_raises_nothing() -> None:
+    rules = engine({"when": {"equals": "open"}, "clear": {"equals": "closed"}, "cooldown": "1m"})
+    assert kinds(rules.on_value("open", 0)) == ["raise"]
+    assert kinds(rules.on_value("closed", 1)) == ["clear"]
+    assert kinds(rules.on_value("open", 2)) == []  # inside the cooldown: dropped
+    assert kinds(rules.on_value("open", 100, retained=True)) == []  # the broker replays it: not news
+    assert kinds(rules.on_value("open", 101)) == ["raise"]  # a live report of the open door is
+    assert kinds(rules.on_value("closed", 102, retained=True)) == ["clear"]  # clears always apply
+
+
+def test_after_a_restart_the_same_value_is_not_a_trigger_but_a_for_timer_restarts() -> None:
+    rules = engine({"when": {"above": 30}, "clear": {"below": 28}})
+    rules.restore({}, 35, True, 0)  # above 30 before the restart, with no open alert (cooldown)
+    assert kinds(rules.on_value(35, 1)) == []
+    assert kinds(rules.on_value(36, 2)) == ["raise"]
+
+    held = engine({"when": {"above": 30}, "for": "10s"})
+    held.restore({}, 35, True, 0)
+    assert kinds(held.on_value(35, 1)) == []  # the hold starts again from here
+    assert held.next_deadline() == 11
+    assert kinds(held.tick(11)) == ["raise"]
+
+
+def test_coming_back_online_is_not_a_trigger_for_value_rules() -> None:
+    rules = engine({"when": {"equals": True}, "clear": {"equals": False}, "cooldown": "10m"})
+    assert kinds(rules.on_value(True, 0)) == ["raise"]
+    assert kinds(rules.on_value(False, 1)) == ["clear"]
+    assert kinds(rules.on_value(True, 2)) == []  # cooldown
+    assert kinds(rules.on_availability(False, 700)) == []
+    assert kinds(rules.on_availability(True, 701)) == []
+    assert kinds(rules.on_value(True, 702)) == []  # the same state as before going offline
+    assert kinds(rules.on_value(False, 703)) == []  # inactive: nothing to clear
+    assert kinds(rules.on_value(True, 704)) == ["raise"]
+
+
+def test_reconfigure_keeps_the_state_of_rules_that_stay() -> None:
+    rules = engine({"when": {"above": 30}, "clear": {"below": 28}})
+    assert kinds(rules.on_value(31, 0)) == ["raise"]
+    config = parse_config(
+        {
+            "sensors": [{"id": "t", "topic": "t", "format": "plain"}],
+            "rules": [
+                {"id": "r", "sensor": "t", "when": {"above": 40}, "clear": {"below": 20}},
+                {"id": "new", "sensor": "t", "when": {"below": 25}},
+            ],
+        },
+        {},
+        "test",
+    )
+    rules.reconfigure(config.sensors[0], config.rules_for(config.sensors[0]))
+    assert kinds(rules.on_value(25, 1)) == []  # "r" is still active: no second raise, new band for the clear
+    assert kinds(rules.on_value(19, 2)) == ["clear", "raise"]

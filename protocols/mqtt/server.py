@@ -303,6 +303,49 @@ class MqttServer:
             }
             inst.queue.put_nowait((event, delivery))
 
+    # Devices after a reload
+
+    def update_devices(self, devices: list[Device]) -> None:
+        """Start instances for new devices, end those of removed ones, follow changed topics."""
+        current = {i.device.id: i for i in self._instances if not i.device.lazy}
+        wanted = {d.id: d for d in devices}
+        for device_id, inst in current.items():
+            device = wanted.get(device_id)
+            if device is None:
+                self._remove_instance(inst)
+            elif device.topics != inst.device.topics:
+                for topic_filter in set(inst.device.topics) - set(device.topics):
+                    self._remove_filter(inst, topic_filter)
+                for topic_filter in device.topics:
+                    if topic_filter not in inst.filters:
+                        self._add_filter(inst, topic_filter)
+                        self._subscribe_now(topic_filter)
+                inst.device = device
+        for device_id, device in wanted.items():
+            if device_id not in current:
+                inst = self._add_instance(device)
+                for topic_filter in device.topics:
+                    self._subscribe_now(topic_filter)
+                if self.connected.is_set():
+                    event = {
+                        "type": "mqtt.connect",
+                        "protocol": self.protocol,
+                        "session_present": self.session_present,
+                    }
+                    inst.queue.put_nowait((event, None))
+        self.devices = devices
+
+    def _remove_instance(self, inst: _Instance) -> None:
+        for topic_filter in list(inst.filters):
+            self._remove_filter(inst, topic_filter)
+        self._instances.remove(inst)
+        # What it holds is handled (or dropped by the application) and acknowledged, then it ends.
+        inst.queue.put_nowait(({"type": "mqtt.disconnect", "reason": "device removed", "final": True}, None))
+
+    def _subscribe_now(self, topic_filter: str) -> None:
+        if self._client is not None and self.connected.is_set():
+            self._client.subscribe(self._shared(topic_filter), self.settings.qos)
+
     # Routing and instances
 
     def _route(self, topic: str) -> list[_Instance]:
@@ -372,7 +415,7 @@ class MqttServer:
         self.count("app_error")
         # The message it choked on is acknowledged: redelivering it would crash it again.
         self._release(inst)
-        if self._stopping:
+        if self._stopping or inst not in self._instances:
             return
         if inst.restarts < 5:
             inst.restarts += 1

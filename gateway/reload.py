@@ -1,0 +1,35 @@
+"""What a reload (SIGHUP, `systemctl reload`) may change in a running process, and what needs a restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.config import Config
+
+__all__ = ["RELOADABLE", "merge"]
+
+# Applied at once; everything else is read at start-up only (ports, broker, database, bot).
+RELOADABLE = ("sensors", "rules", "auth.tokens", "http.allowed_origins", "telegram.allowed_chats")
+
+
+def merge(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """The config to run after a reload, and the changed keys that need a restart (kept as they were)."""
+    merged = new.model_copy(
+        update={
+            "gateway": old.gateway,
+            "mqtt": old.mqtt,
+            "http": new.http.model_copy(update={"bind": old.http.bind}),
+            "telegram": old.telegram.model_copy(update={"allowed_chats": new.telegram.allowed_chats}),
+        }
+    )
+    return merged, sorted(_changed(old, new, merged))
+
+
+def _changed(old: Config, new: Config, merged: Config) -> set[str]:
+    keys: set[str] = set()
+    for section in ("gateway", "http", "mqtt", "telegram"):
+        before: dict[str, Any] = getattr(old, section).model_dump()
+        wanted: dict[str, Any] = getattr(new, section).model_dump()
+        running: dict[str, Any] = getattr(merged, section).model_dump()
+        keys |= {f"{section}.{k}" for k in wanted if wanted[k] != before.get(k) and running[k] != wanted[k]}
+    return keys
