@@ -148,7 +148,7 @@ class SensorConsumer(MqttConsumer):
 
     def _action_payload(self, action: Action, change: AlertChange) -> bytes:
         alert = change.alert
-        fields = {f"alert.{k}": "" if v is None else str(v) for k, v in alert.items()}
+        fields = {f"alert.{k}": _text(v) for k, v in alert.items()}
         fields["alert"] = json.dumps(alert, separators=(",", ":"))
         return fill(action.payload, fields).encode("utf-8")
 
@@ -228,3 +228,12 @@ class SensorConsumer(MqttConsumer):
                 self.runtime.reload_listeners.discard(self._reconfigure)
                 await self.channel_layer.group_discard(f"sensor.{self.sensor.id}", self.channel_name)
         await super().mqtt_disconnect(event)
+
+
+def _text(value: Any) -> str:
+    """A template field as the JSON of the alert spells it: true/false, no "None"."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

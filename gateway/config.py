@@ -341,10 +341,10 @@ def _expand(node: Any, env: dict[str, str], path: str) -> Any:
 
         def sub(match: re.Match[str]) -> str:
             name, has_default, default = match.group(1), match.group(2), match.group(3)
+            if has_default is not None:
+                return env.get(name) or default or ""  # as in the shell: unset or empty
             if name in env:
                 return env[name]
-            if has_default is not None:
-                return default or ""
             raise ConfigError(
                 f"{path}: environment variable {name} is not set "
                 f"(write ${{{name}:-}} to allow it to be empty)"

@@ -120,6 +120,8 @@ def compare_equal(value: Value, expected: Value) -> bool:
         # "ON"/"OFF" sensors compared with true/false in the config.
         if isinstance(value, str) and isinstance(expected, bool):
             return value.strip().lower() in (("on", "true") if expected else ("off", "false"))
+        if isinstance(value, bool) and isinstance(expected, str):
+            return expected.strip().lower() in (("on", "true") if value else ("off", "false"))
         return False
     if isinstance(value, str) and isinstance(expected, str):
         return value.casefold() == expected.casefold()

@@ -72,14 +72,17 @@ class SensorRules:
         return self.available if self.available is not None else (True if self.value is not None else None)
 
     def restore(
-        self, open_rules: dict[str, bool], value: Value | None, available: bool | None, now: float
+        self, open_rules: dict[str, bool], value: Value | None, online: bool | None, now: float
     ) -> None:
         """State kept across a restart: open alerts (rule id -> acknowledged), last value."""
         for rule_id, acknowledged in open_rules.items():
             state = self.states.get(rule_id)
             if state is not None:
                 state.active, state.acknowledged, state.last_notified = True, acknowledged, now
-        self.value, self.available = value, available
+        self.value = value
+        # Offline before the restart, by silence or by availability: the next message tells.
+        self.available = True if online else None
+        self.expired = online is False
         self.after_gap = True
 
     def reconfigure(self, sensor: Sensor, rules: list[Rule]) -> None:

@@ -323,3 +323,15 @@ async def recv_until(
 
 def alert_event(event: str) -> Callable[[dict[str, Any]], bool]:
     return lambda m: m.get("type") == "alert" and m.get("event") == event
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """For what only a log file or the stand-in's record shows: check again on every tick."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} after {timeout}s")
+        await asyncio.sleep(0.05)

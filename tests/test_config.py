@@ -36,6 +36,10 @@ def test_environment_variables_are_substituted() -> None:
     assert config.auth.tokens == {"ops": "s3cret-token"} and config.telegram.token == ""
     with pytest.raises(ConfigError, match=r"auth\.tokens\.ops: environment variable TOKEN is not set"):
         parse_config(data, {}, "test")
+    # ${VAR:-default} as in the shell: the default for an unset or an empty variable.
+    site = {"gateway": {"site": "${SITE:-cabin}"}}
+    assert parse_config(site, {"SITE": ""}, "test").gateway.site == "cabin"
+    assert parse_config(site, {"SITE": "barn"}, "test").gateway.site == "barn"
 
 
 @pytest.mark.parametrize(

@@ -169,8 +169,10 @@ async def test_alert_survives_restart_and_seq_never_goes_back(gateway_factory: G
     await ws.close()
 
 
-async def test_acknowledge_from_websocket_http_and_mqtt(gateway_factory: GatewayFactory) -> None:
-    gw = gateway_factory()
+async def test_acknowledge_from_websocket_http_and_mqtt(
+    gateway_factory: GatewayFactory, mosquitto: Service
+) -> None:
+    gw = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}")
     watcher = await ws_connect(gw, token="kiosk-secret-token")
     actor = await ws_connect(gw)
     await recv_json(watcher)

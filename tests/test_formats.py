@@ -58,6 +58,7 @@ def test_availability() -> None:
 
 def test_equals_rules() -> None:
     assert compare_equal("ON", "on") and compare_equal("ON", True) and not compare_equal(1, True)
+    assert compare_equal(True, "on") and compare_equal(False, "OFF") and not compare_equal(True, "off")
     assert compare_equal(False, False) and not compare_equal(0, False)
 
 

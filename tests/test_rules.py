@@ -211,3 +211,11 @@ def test_reconfigure_keeps_the_state_of_rules_that_stay() -> None:
     rules.reconfigure(config.sensors[0], config.rules_for(config.sensors[0]))
     assert kinds(rules.on_value(25, 1)) == []  # "r" is still active: no second raise, new band for the clear
     assert kinds(rules.on_value(19, 2)) == ["clear", "raise"]
+
+
+def test_a_sensor_offline_before_a_restart_comes_back_with_its_next_message() -> None:
+    rules = engine({"when": {"offline": True}})
+    rules.restore({"r": False}, 20, False, 0)  # expired before the restart, its alert open
+    assert rules.online is False
+    assert kinds(rules.on_value(21, 1)) == ["clear"]
+    assert rules.online is True

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,6 +29,7 @@ from tests.conftest import (
     publish,
     recv_json,
     recv_until,
+    until,
     ws_connect,
 )
 from tests.telegram_standin import BotApiStandin
@@ -85,18 +86,6 @@ async def say(api: BotApiStandin, chat: int, text: str, **kwargs: Any) -> str:
     api.user_says(chat, text, **kwargs)
     sent = await api.wait_sent(before + 1, timeout=15, method="sendMessage", chat_id=chat)
     return str(sent[-1]["text"])
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """For what only a log file or the stand-in's record shows: check again on every tick."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} after {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 def buttons(message: dict[str, Any]) -> list[str]:
