@@ -266,3 +266,16 @@ async def test_postgres_database(gateway_factory: GatewayFactory) -> None:
     finally:
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_shared_group_on_mqtt_311_is_reported(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(start=False)  # the embedded broker speaks 3.1.1 only
+    text = gw.config_path.read_text().replace('protocol = "auto"', 'protocol = "auto"\nshared_group = "edge"')
+    gw.config_path.write_text(text)
+    gw.start()
+    assert "mqtt.shared_group is ignored on MQTT 3.1.1" in gw.log
+    ws = await ws_connect(gw)
+    await recv_json(ws)
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
+    assert (await recv_until(ws, alert_event("raised")))["alert"]["rule"] == "door-opened"
+    await ws.close()

@@ -225,6 +225,12 @@ class MqttServer:
             return
         self._generation += 1
         self.session_present = bool(getattr(flags, "session_present", False))
+        if self.settings.shared_group and self.protocol != "5" and self._generation == 1:
+            log.warning(
+                "mqtt.shared_group is ignored on MQTT %s: shared subscriptions need MQTT 5, "
+                "so every MQTT process of this group gets every sensor message",
+                self.protocol,
+            )
         filters = self._all_filters()
         if filters:
             client.subscribe([(self._shared(f), self.settings.qos) for f in filters])
