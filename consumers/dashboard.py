@@ -22,7 +22,7 @@ def _dumps(obj: Any) -> str:
 
 
 class AlertSocket(AsyncWebsocketConsumer):
-    groups = []  # joined by hand after auth, not by the base class
+    groups: list[str] = []  # joined by hand after auth, not by the base class
     counted = False
     last_seq = 0
     who = ""

@@ -220,10 +220,9 @@ class SensorConsumer(MqttConsumer):
 
     async def mqtt_disconnect(self, event: Any) -> None:
         if event["final"]:
-            if getattr(self, "timer", None) is not None:
-                self.timer.cancel()
-            if getattr(self, "sensor_event_due", None) is not None:
-                self.sensor_event_due.cancel()
+            for handle in (getattr(self, "timer", None), getattr(self, "sensor_event_due", None)):
+                if handle is not None:
+                    handle.cancel()
             if hasattr(self, "sensor") and self.channel_layer is not None:
                 self.runtime.reload_listeners.discard(self._reconfigure)
                 await self.channel_layer.group_discard(f"sensor.{self.sensor.id}", self.channel_name)

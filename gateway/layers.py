@@ -56,7 +56,7 @@ class _RedisOverflowCounter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "over capacity in group" in record.msg and isinstance(record.args, tuple) and record.args:
-            overflowed(str(record.args[-1]), int(record.args[0]))
+            overflowed(str(record.args[-1]), int(str(record.args[0])))
             return False
         return True
 

@@ -115,7 +115,7 @@ class MqttServer:
         for device in self.devices:
             self._add_instance(device)
         delay = self.settings.backoff_min
-        stop_wait = asyncio.ensure_future(stop.wait())
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
                 try:
@@ -360,11 +360,11 @@ class MqttServer:
             if inst not in targets and topic_matches(topic_filter, topic):
                 targets.append(inst)
         if not targets and self.settings.discover:
-            inst = self._lazy.get(topic)
-            if inst is None and any(topic_matches(f, topic) for f in self.settings.discover):
-                inst = self._add_lazy(topic)
-            if inst is not None:
-                targets.append(inst)
+            lazy = self._lazy.get(topic)
+            if lazy is None and any(topic_matches(f, topic) for f in self.settings.discover):
+                lazy = self._add_lazy(topic)
+            if lazy is not None:
+                targets.append(lazy)
         return targets
 
     def _add_lazy(self, topic: str) -> _Instance | None:
@@ -459,7 +459,7 @@ class MqttServer:
             self._client.ack(mid, qos)
 
     async def _send(self, inst: _Instance, event: dict[str, Any]) -> None:
-        checked = validate_outgoing(event)
+        checked: dict[str, Any] = dict(validate_outgoing(event))
         kind = checked["type"]
         if kind == "mqtt.publish":
             client = self._client

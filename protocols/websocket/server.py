@@ -53,16 +53,16 @@ class WebServer:
         )
         # Server.run() ends in reactor.run(); here the loop is already running,
         # so only start the reactor's bookkeeping and return.
-        real_run = reactor.run
+        real_run = reactor.run  # type: ignore[misc]
 
         def start_only(installSignalHandlers: bool = False) -> None:  # noqa: N803 - Twisted's name
             reactor.startRunning(installSignalHandlers=False)
 
-        reactor.run = start_only
+        reactor.run = start_only  # type: ignore[method-assign, misc]
         try:
             daphne.run()
         finally:
-            reactor.run = real_run
+            reactor.run = real_run  # type: ignore[method-assign, misc]
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(d.asFuture(loop) for d in daphne.listeners))
         if errors:
