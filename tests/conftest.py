@@ -335,3 +335,23 @@ async def until(predicate: Callable[[], Any], timeout: float = 15.0, what: str =
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {what} after {timeout}s")
         await asyncio.sleep(0.05)
+
+
+CHROMIUM = "/usr/bin/chromium"
+HAVE_CHROMIUM = os.path.exists(CHROMIUM)
+
+
+@pytest.fixture
+async def browser() -> Any:
+    """Debian's headless Chromium driven by Playwright (never a downloaded browser)."""
+    from playwright.async_api import async_playwright
+
+    if not HAVE_CHROMIUM:
+        pytest.fail(f"{CHROMIUM} is missing: run the README's test command, which installs it")
+    async with async_playwright() as driver:
+        # --no-sandbox: the tests may run as root, where Chromium's sandbox refuses to start.
+        chromium = await driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
