@@ -300,7 +300,6 @@ class ChatConsumer(TelegramConsumer):
             change: AlertChange = await self.runtime.book.acknowledge(alert_id[:32], by)
         except AckRefused as err:
             return str(err).capitalize()
-        log.info("alert %s acknowledged by %s", change.alert["id"], by)
         logs.alerts.info("alert %s acknowledged by %s", change.alert["id"], by)
         await self.runtime.broadcast(change)
         return f"Acknowledged alert {change.alert['id']}."

@@ -109,6 +109,7 @@ class TelegramServer:
         self._aiogram: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._last_detail = ""  # the last API problem logged, so a long outage logs it once
 
     # Lifecycle
 
@@ -274,7 +275,7 @@ class TelegramServer:
 
     def _down(self, detail: str) -> None:
         detail = logs.redact(detail)
-        if self.up.is_set() or not getattr(self, "_last_detail", None) == detail:
+        if self.up.is_set() or self._last_detail != detail:
             log.warning("Telegram API: %s", detail)
         self._last_detail = detail
         self.up.clear()
