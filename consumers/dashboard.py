@@ -55,7 +55,7 @@ class AlertSocket(AsyncWebsocketConsumer):
             "site": config.gateway.site,
             "seq": self.last_seq,
             "alerts": alerts,
-            "sensors": self.runtime.board.snapshot(),
+            "sensors": self.runtime.board.snapshot(recent=True),
         }
         await self.send(text_data=_dumps(hello))
 

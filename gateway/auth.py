@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from http.cookies import SimpleCookie
-from typing import Any
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
 from django.core import signing
 
 SESSION_COOKIE = "gateway_session"
+SESSION_DAYS = 30
 _SALT = "gateway.session"
+
+Via = Literal["none", "query", "bearer", "cookie", "open"]
 
 
 def token_owner(tokens: dict[str, str], presented: str | None) -> str | None:
@@ -20,7 +24,7 @@ def token_owner(tokens: dict[str, str], presented: str | None) -> str | None:
     if not presented:
         return None
     owner = None
-    given = presented.encode("utf-8")
+    given = presented.encode("utf-8", "replace")
     for name, token in tokens.items():
         # Compare against every token so the time does not tell which one was close.
         if hmac.compare_digest(given, token.encode("utf-8")):
@@ -28,37 +32,63 @@ def token_owner(tokens: dict[str, str], presented: str | None) -> str | None:
     return owner
 
 
-def session_value(name: str) -> str:
-    return signing.dumps({"t": name}, salt=_SALT, compress=False)
+def _fingerprint(token: str) -> str:
+    # A session names its token by a hash of it: changing the token ends its sessions.
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]
+
+
+def session_value(tokens: dict[str, str], name: str) -> str:
+    return signing.dumps({"t": name, "f": _fingerprint(tokens[name])}, salt=_SALT, compress=False)
 
 
 def session_owner(tokens: dict[str, str], cookie: str | None) -> str | None:
     if not cookie:
         return None
     try:
-        data = signing.loads(cookie, salt=_SALT, max_age=30 * 24 * 3600)
+        data = signing.loads(cookie, salt=_SALT, max_age=SESSION_DAYS * 24 * 3600)
     except signing.BadSignature:
         return None
-    name = data.get("t") if isinstance(data, dict) else None
-    return name if isinstance(name, str) and name in tokens else None
+    if not isinstance(data, dict):
+        return None
+    name, fingerprint = data.get("t"), data.get("f")
+    if not isinstance(name, str) or name not in tokens or not isinstance(fingerprint, str):
+        return None
+    return name if hmac.compare_digest(fingerprint, _fingerprint(tokens[name])) else None
 
 
-def scope_owner(scope: dict[str, Any], tokens: dict[str, str]) -> str | None:
-    """From `?token=`, `Authorization: Bearer`, or the dashboard's session cookie."""
+def cookie_value(scope: dict[str, Any], name: str) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == b"cookie":
+            try:
+                morsel = SimpleCookie(value.decode("latin-1")).get(name)
+            except CookieError:
+                return None
+            return morsel.value if morsel else None
+    return None
+
+
+def authenticate(scope: dict[str, Any], tokens: dict[str, str]) -> tuple[str | None, Via]:
+    """(who, how) from `?token=`, `Authorization: Bearer`, or the dashboard's session cookie.
+
+    How matters to CSRF: only a cookie rides along on a request another site forges.
+    """
     if not tokens:
-        return "anonymous"
+        return "anonymous", "open"
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     if query.get("token"):
-        return token_owner(tokens, query["token"][0])
+        return token_owner(tokens, query["token"][0]), "query"
     headers = dict(scope.get("headers", []))
     auth = headers.get(b"authorization", b"").decode("latin-1")
     if auth[:7].lower() == "bearer ":
-        return token_owner(tokens, auth[7:].strip())
-    cookie_header = headers.get(b"cookie", b"").decode("latin-1")
-    if cookie_header:
-        morsel = SimpleCookie(cookie_header).get(SESSION_COOKIE)
-        return session_owner(tokens, morsel.value if morsel else None)
-    return None
+        return token_owner(tokens, auth[7:].strip()), "bearer"
+    cookie = cookie_value(scope, SESSION_COOKIE)
+    if cookie:
+        return session_owner(tokens, cookie), "cookie"
+    return None, "none"
+
+
+def scope_owner(scope: dict[str, Any], tokens: dict[str, str]) -> str | None:
+    return authenticate(scope, tokens)[0]
 
 
 def origin_allowed(scope: dict[str, Any], allowed: list[str]) -> bool:

@@ -16,6 +16,7 @@ from gateway.alerts import AlertBook, AlertChange
 from gateway.chats import ChatBook
 from gateway.config import Config
 from gateway.health import Health
+from gateway.security import LoginBrake
 from gateway.sensors import SensorBoard
 
 
@@ -32,6 +33,8 @@ class Runtime:
     reload_listeners: set[Callable[[], None]] = field(default_factory=set)
     # sensor id -> {rule id: acknowledged}, read once at start-up for the rule engines.
     open_rules: dict[str, dict[str, bool]] = field(default_factory=dict)
+    # Wrong dashboard tokens, per client address.
+    login_brake: LoginBrake = field(default_factory=LoginBrake)
 
     def __post_init__(self) -> None:
         self.book = AlertBook(self.config.gateway.site)

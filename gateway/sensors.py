@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,11 @@ from gateway.config import Sensor
 from gateway.formats import Value
 from gateway.models import SensorState
 
+# The dashboard's chart of a numeric sensor: the last RECENT_POINTS readings, at
+# most one per RECENT_SPACING seconds (a later reading in the same slot replaces it).
+RECENT_POINTS = 120
+RECENT_SPACING = 1.0
+
 
 @dataclass
 class SensorSnapshot:
@@ -24,6 +30,17 @@ class SensorSnapshot:
     value: Value | None = None
     online: bool | None = None
     updated_at: datetime | None = None
+    # (epoch milliseconds, value) of recent numeric readings; in memory only.
+    recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=RECENT_POINTS))
+
+    def remember(self, value: Value | None, at: datetime) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        ms = int(at.timestamp() * 1000)
+        if self.recent and ms - self.recent[-1][0] < RECENT_SPACING * 1000:
+            self.recent[-1] = (self.recent[-1][0], value)
+        else:
+            self.recent.append((ms, value))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +68,8 @@ class SensorBoard:
         for row in SensorState.objects.filter(site=self.site, sensor__in=list(self.sensors)):
             snap = self.sensors[row.sensor]
             snap.value, snap.online, snap.updated_at = row.value, row.online, row.updated_at
+            if row.updated_at is not None:
+                snap.remember(row.value, row.updated_at)
 
     load = sync_to_async(load_sync)
 
@@ -71,14 +90,18 @@ class SensorBoard:
             return False
         changed = snap.value != value or type(snap.value) is not type(value) or snap.online != online
         snap.value, snap.online, snap.updated_at = value, online, datetime.now(UTC)
+        snap.remember(value, snap.updated_at)
         self._dirty.add(sensor_id)
         if self._flusher is None:
             loop = asyncio.get_running_loop()
             self._flusher = loop.call_later(self.flush_interval, self._start_flush)
         return changed
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [s.as_json() for s in self.sensors.values()]
+    def snapshot(self, recent: bool = False) -> list[dict[str, Any]]:
+        """Every sensor as JSON; with `recent`, numeric ones carry their recent readings (for charts)."""
+        if not recent:
+            return [s.as_json() for s in self.sensors.values()]
+        return [{**s.as_json(), "recent": [list(p) for p in s.recent]} for s in self.sensors.values()]
 
     def _start_flush(self) -> None:
         self._flusher = None

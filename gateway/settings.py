@@ -83,7 +83,13 @@ def build(config: Config) -> dict[str, Any]:
         "SECRET_KEY": secret_key(config.gateway.state_dir),
         "ALLOWED_HOSTS": ["*"],
         "INSTALLED_APPS": ["gateway.apps.GatewayConfig"],
-        "MIDDLEWARE": [],
+        # CSRF is per view (csrf_protect on the dashboard's forms), so API and health requests skip it.
+        "MIDDLEWARE": ["gateway.security.security_headers"],
+        "CSRF_COOKIE_HTTPONLY": True,
+        "CSRF_COOKIE_SAMESITE": "Strict",
+        "CSRF_FAILURE_VIEW": "gateway.pages.csrf_failure",
+        # Behind a TLS-terminating proxy: the session cookie gets its Secure flag.
+        "SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https"),
         "ROOT_URLCONF": "gateway.urls",
         "DATABASES": {"default": database(config)},
         "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",

@@ -1,9 +1,13 @@
 from django.urls import path
 
-from gateway import views
+from gateway import pages, views
 
 urlpatterns = [
-    path("", views.index),
+    path("", pages.index),
+    path("login", pages.login),
+    path("logout", pages.logout),
+    path("static/<str:name>", pages.asset),
+    path("favicon.ico", pages.favicon),
     path("healthz", views.healthz),
     path("metrics", views.metrics_view),
     path("api/alerts", views.alerts),

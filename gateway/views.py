@@ -7,13 +7,14 @@ import json
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import logs, metrics
 from gateway.alerts import AckRefused
-from gateway.auth import scope_owner
+from gateway.auth import authenticate, scope_owner
 from gateway.runtime import Runtime
 
 STATES = ("open", "active", "acknowledged", "cleared")
@@ -62,12 +63,21 @@ async def alerts(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"alerts": rows})
 
 
-@csrf_exempt  # token-authenticated, no cookies: nothing for a forged form to ride on
+_csrf = CsrfViewMiddleware(lambda request: HttpResponse())
+
+
+@csrf_exempt  # checked below, and only when the dashboard's cookie is what authenticates
 @require_POST
-async def ack(request: HttpRequest, alert_id: str) -> JsonResponse:
-    who = _owner(request)
+async def ack(request: HttpRequest, alert_id: str) -> HttpResponse:
+    who, via = authenticate(request.scope, _runtime(request).config.auth.tokens)  # type: ignore[attr-defined]
     if who is None:
         return _unauthorized()
+    if via == "cookie":
+        # A cookie rides along on a form another site forges; a bearer token does not.
+        _csrf.process_request(request)
+        refused = _csrf.process_view(request, None, (), {})
+        if refused is not None:
+            return refused
     runtime = _runtime(request)
     try:
         change = await runtime.book.acknowledge(alert_id, f"web:{who}")
@@ -109,21 +119,6 @@ async def telegram_webhook(request: HttpRequest, secret: str) -> JsonResponse:
         # Another process runs the bot, or this one is starting: Telegram retries later.
         return JsonResponse({"error": "not ready"}, status=503)
     return JsonResponse({"ok": True})
-
-
-INDEX = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>gateway</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><h1>gateway</h1><p>Site <b>%(site)s</b>. The live dashboard is on its way; meanwhile,
-WebSocket clients connect to <code>/ws/alerts/</code>, health is at <a href="/healthz">/healthz</a>.</p>
-</body></html>"""
-
-
-@require_GET
-async def index(request: HttpRequest) -> HttpResponse:
-    from django.utils.html import escape
-
-    return HttpResponse(INDEX % {"site": escape(_runtime(request).config.gateway.site)})
 
 
 def not_found(request: HttpRequest, exception: Any = None) -> JsonResponse:

@@ -1,0 +1,308 @@
+// The dashboard: sensors by zone, open alerts with Acknowledge, recent history, live over /ws/alerts/.
+import { append, el, keyed, replaceChildren } from "./dom.js";
+import { ago, clock, isNumber, millis, showValue } from "./format.js";
+import { draw, remember, sparkline } from "./chart.js";
+import { AlertStream } from "./stream.js";
+
+const HISTORY = 50;
+const STATE_RANK = { active: 0, acknowledged: 1, cleared: 2 };
+const SEVERITY_RANK = { critical: 0, warning: 1, info: 2 };
+
+const state = {
+  sensors: new Map(), // id -> sensor JSON plus `series`
+  alerts: new Map(), // id -> alert JSON plus `missed`
+  healthTimer: null,
+  resumeTo: null, // hello's seq after a reconnect: raises up to it happened while we were away
+  missedIds: new Set(),
+};
+
+const $ = (id) => document.getElementById(id);
+const stream = new AlertStream(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/alerts/`, {
+  hello,
+  alert: onAlert,
+  sensor: (msg) => upsertSensor(msg.sensor),
+  error: (msg) => toast(msg.error, "error"),
+  state: showConnection,
+  unauthorized: () => location.assign("/login"),
+});
+
+// Alerts: merged by id, and a state never goes back (active -> acknowledged -> cleared),
+// so a replayed or repeated event can neither duplicate an alert nor undo a newer one.
+function mergeAlert(alert, extra = {}) {
+  const known = state.alerts.get(alert.id);
+  if (known && STATE_RANK[alert.state] < STATE_RANK[known.state]) return known;
+  const merged = { ...known, ...alert, ...extra, missed: Boolean(known?.missed || extra.missed) };
+  state.alerts.set(alert.id, merged);
+  return merged;
+}
+
+let missedCount = 0;
+let missedTimer = null;
+
+function hello(msg, resumedFrom) {
+  document.title = `${msg.site} · gateway`;
+  const open = new Set(msg.alerts.map((a) => a.id));
+  for (const alert of msg.alerts) mergeAlert(alert);
+  // Open here but not on the server: cleared while we were away (resume brings the details).
+  for (const alert of state.alerts.values()) {
+    if (alert.state !== "cleared" && !open.has(alert.id)) alert.state = "cleared";
+  }
+  const seen = new Set();
+  for (const sensor of msg.sensors) {
+    seen.add(sensor.id);
+    upsertSensor(sensor, sensor.recent);
+  }
+  for (const id of [...state.sensors.keys()]) if (!seen.has(id)) state.sensors.delete(id);
+  state.resumeTo = resumedFrom === null ? null : msg.seq;
+  if (resumedFrom === null) loadHistory();
+  refreshHealth();
+  render();
+}
+
+function onAlert(msg) {
+  // Raised while this page was disconnected: it arrives through `resume`, at or below hello's seq.
+  const missed = msg.event === "raised" && state.resumeTo != null && msg.seq <= state.resumeTo;
+  mergeAlert(msg.alert, missed ? { missed: true } : {});
+  if (missed && !state.missedIds.has(msg.alert.id)) {
+    state.missedIds.add(msg.alert.id);
+    noteMissed();
+  }
+  if (msg.event === "repeated") toast(`Still active: ${msg.alert.message}`, "warning");
+  render();
+}
+
+function noteMissed() {
+  missedCount += 1;
+  clearTimeout(missedTimer);
+  missedTimer = setTimeout(() => {
+    toast(`${missedCount} alert${missedCount === 1 ? "" : "s"} raised while this screen was disconnected`, "warning");
+    missedCount = 0;
+  }, 300);
+}
+
+async function loadHistory() {
+  try {
+    const response = await fetch(`/api/alerts?limit=${HISTORY}`, { credentials: "same-origin" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const body = await response.json();
+    for (const alert of body.alerts) mergeAlert(alert);
+    render();
+  } catch (err) {
+    toast(`Could not load the alert history (${err.message})`, "error");
+  }
+}
+
+function upsertSensor(sensor, recent) {
+  const known = state.sensors.get(sensor.id);
+  const series = recent ? recent.map((p) => [p[0], p[1]]) : known?.series ?? [];
+  if (!recent && isNumber(sensor.value) && sensor.updated_at) remember(series, millis(sensor.updated_at), sensor.value);
+  const { recent: _dropped, ...fields } = sensor;
+  state.sensors.set(sensor.id, { ...fields, series });
+  render();
+}
+
+// Rendering, batched to one pass per frame however many events arrive.
+
+let renderQueued = false;
+function render() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    renderActive();
+    renderHistory();
+    renderSensors();
+    tick();
+  });
+}
+
+function byUrgency(a, b) {
+  return (
+    STATE_RANK[a.state] - STATE_RANK[b.state] ||
+    SEVERITY_RANK[a.severity] - SEVERITY_RANK[b.severity] ||
+    (millis(b.raised_at) ?? 0) - (millis(a.raised_at) ?? 0)
+  );
+}
+
+function sensorLabel(alert) {
+  const sensor = state.sensors.get(alert.sensor);
+  return `${sensor ? sensor.name : alert.sensor} · ${alert.zone}`;
+}
+
+function renderActive() {
+  const open = [...state.alerts.values()].filter((a) => a.state !== "cleared").sort(byUrgency);
+  $("active-count").textContent = String(open.filter((a) => a.state === "active").length);
+  $("active-empty").hidden = open.length > 0;
+  keyed($("active"), open, (a) => a.id, createAlertItem, updateAlertItem);
+}
+
+function createAlertItem(alert) {
+  const button = el("button", { type: "button", class: "ack", text: "Acknowledge" });
+  button.addEventListener("click", () => acknowledge(alert.id, button));
+  return el(
+    "li",
+    { class: "alert", "data-alert-id": alert.id },
+    el("div", { class: "message" }),
+    el("div", { class: "meta" }),
+    el("div", { class: "actions" }, button, el("span", { class: "acked" })),
+  );
+}
+
+function updateAlertItem(node, alert) {
+  node.className = `alert sev-${alert.severity} state-${alert.state}`;
+  const [message, meta, actions] = node.children;
+  replaceChildren(message, el("span", { class: `badge sev-${alert.severity}`, text: alert.severity }), alert.message);
+  replaceChildren(
+    meta,
+    `${sensorLabel(alert)} · raised `,
+    el("time", { "data-since": millis(alert.raised_at), datetime: alert.raised_at, title: clock(alert.raised_at) }),
+    ` · value ${showValue(alert.value)} · id ${alert.id}`,
+  );
+  const [button, acked] = actions.children;
+  const active = alert.state === "active";
+  button.hidden = !active;
+  if (active && button.dataset.pending !== "1") button.disabled = false;
+  acked.textContent = active ? "" : `Acknowledged by ${alert.acknowledged_by} at ${clock(alert.acknowledged_at)}`;
+}
+
+function acknowledge(id, button) {
+  if (!stream.ack(id)) {
+    toast("Not connected: the acknowledgement was not sent. Try again once the dashboard is live.", "error");
+    return;
+  }
+  button.disabled = true;
+  button.dataset.pending = "1";
+  // The acknowledged event re-renders the alert; if an error comes instead, the button returns.
+  setTimeout(() => {
+    button.dataset.pending = "";
+    if (state.alerts.get(id)?.state === "active") button.disabled = false;
+  }, 5000);
+}
+
+function renderHistory() {
+  const recent = [...state.alerts.values()]
+    .sort((a, b) => (millis(b.raised_at) ?? 0) - (millis(a.raised_at) ?? 0))
+    .slice(0, HISTORY);
+  $("history-empty").hidden = recent.length > 0;
+  keyed(
+    $("history"),
+    recent,
+    (a) => a.id,
+    (alert) => el("li", { class: "entry", "data-alert-id": alert.id }),
+    (node, alert) => {
+      node.className = `entry state-${alert.state}`;
+      const steps = [el("li", { text: `raised ${clock(alert.raised_at)}` })];
+      if (alert.acknowledged_at) {
+        steps.push(el("li", { text: `acknowledged by ${alert.acknowledged_by} at ${clock(alert.acknowledged_at)}` }));
+      }
+      if (alert.cleared_at) steps.push(el("li", { text: `cleared ${clock(alert.cleared_at)}` }));
+      replaceChildren(
+        node,
+        el(
+          "div",
+          { class: "what" },
+          el("span", { class: `badge sev-${alert.severity}`, text: alert.severity }),
+          alert.message,
+          alert.missed ? el("span", { class: "missed", text: "while disconnected" }) : null,
+        ),
+        el("div", { class: "meta", text: `${sensorLabel(alert)} · ${alert.state} · id ${alert.id}` }),
+        el("ul", { class: "steps" }, steps),
+      );
+    },
+  );
+}
+
+function renderSensors() {
+  const alerting = new Set([...state.alerts.values()].filter((a) => a.state === "active").map((a) => a.sensor));
+  const zones = new Map();
+  for (const sensor of state.sensors.values()) {
+    if (!zones.has(sensor.zone)) zones.set(sensor.zone, []);
+    zones.get(sensor.zone).push(sensor);
+  }
+  const ordered = [...zones.entries()].sort(([a], [b]) => a.localeCompare(b));
+  keyed(
+    $("zones"),
+    ordered,
+    ([zone]) => zone,
+    ([zone]) => el("section", { class: "zone", "data-zone": zone }, el("h3", { text: zone }), el("div", { class: "tiles" })),
+    (node, [, sensors]) => {
+      sensors.sort((a, b) => a.name.localeCompare(b.name));
+      keyed(node.lastElementChild, sensors, (s) => s.id, createTile, (tile, s) => updateTile(tile, s, alerting.has(s.id)));
+    },
+  );
+}
+
+function createTile(sensor) {
+  return el(
+    "article",
+    { class: "tile", "data-sensor-id": sensor.id },
+    el("div", { class: "name" }),
+    el("div", { class: "value" }),
+    el("div", { class: "foot" }, el("span", { class: "availability" }), el("time", { class: "updated" })),
+    el("div", { class: "chart" }),
+  );
+}
+
+function updateTile(tile, sensor, alerting) {
+  const offline = sensor.online === false;
+  tile.className = `tile${alerting ? " alerting" : ""}${offline ? " is-offline" : ""}`;
+  const [name, value, foot, chart] = tile.children;
+  name.textContent = sensor.name;
+  value.textContent = showValue(sensor.value);
+  const [availability, updated] = foot.children;
+  availability.className = `availability ${sensor.online === true ? "online" : offline ? "offline" : "unknown"}`;
+  availability.textContent = sensor.online === true ? "online" : offline ? "offline" : "no data yet";
+  const since = millis(sensor.updated_at);
+  if (since === null) updated.removeAttribute("data-since");
+  else updated.dataset.since = String(since);
+  updated.textContent = since === null ? "" : ago(since);
+  chart.hidden = sensor.series.length < 2;
+  if (!chart.hidden) {
+    if (!chart.firstChild) append(chart, [sparkline(), el("div", { class: "spark-range" }, el("span"), el("span"))]);
+    const range = draw(chart.firstChild, sensor.series, `${sensor.name}: recent values`);
+    const [lo, hi] = chart.lastChild.children;
+    lo.textContent = range ? `min ${showValue(range.lo)}` : "";
+    hi.textContent = range ? `max ${showValue(range.hi)}` : "";
+  }
+}
+
+// Relative times move on by themselves.
+function tick() {
+  const now = Date.now();
+  for (const node of document.querySelectorAll("[data-since]")) {
+    node.textContent = ago(Number(node.dataset.since), now);
+  }
+}
+setInterval(tick, 1000);
+
+function showConnection(name, detail) {
+  $("connection").className = `conn conn-${name}`;
+  $("connection-text").textContent = detail;
+  if (name === "live") return;
+  for (const badge of $("protocols").children) badge.className = "proto";
+}
+
+async function refreshHealth() {
+  clearTimeout(state.healthTimer);
+  state.healthTimer = setTimeout(refreshHealth, 10000);
+  let report;
+  try {
+    const response = await fetch("/healthz", { credentials: "same-origin", cache: "no-store" });
+    report = await response.json();
+  } catch {
+    return; // the socket's indicator already says the gateway is unreachable
+  }
+  const badges = Object.entries(report.protocols || {}).map(([name, p]) =>
+    el("span", { class: `proto ${p.up ? "proto-up" : "proto-down"}`, "data-protocol": name, title: p.detail || "", text: `${name} ${p.up ? "up" : "down"}` }),
+  );
+  replaceChildren($("protocols"), badges);
+}
+
+function toast(text, kind = "info") {
+  const node = el("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status", text });
+  $("toasts").append(node);
+  setTimeout(() => node.remove(), kind === "error" ? 10000 : 6000);
+  while ($("toasts").children.length > 4) $("toasts").firstChild.remove();
+}
+
+stream.start();
