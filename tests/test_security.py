@@ -91,7 +91,7 @@ def _cookies(headers: dict[str, str]) -> dict[str, str]:
     return dict(re.findall(r"(?:^|, )(\w+)=([^;]*)", headers.get("set-cookie", "")))
 
 
-def _login(gw: GatewayProcess) -> dict[str, str]:
+def _login(gw: GatewayProcess, proxy_https: bool = False) -> dict[str, str]:
     """The form as a browser sends it: CSRF cookie and field, then the session cookie."""
     status, headers, page = request(gw, "GET", "/login")
     assert status == 200
@@ -104,9 +104,21 @@ def _login(gw: GatewayProcess) -> dict[str, str]:
         "POST",
         "/login",
         form,
-        {"Content-Type": "application/x-www-form-urlencoded", "Cookie": f"csrftoken={csrf_cookie}"},
+        {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": f"csrftoken={csrf_cookie}",
+            # A TLS-terminating proxy says so; Django then also wants a same-origin Referer.
+            **(
+                {"X-Forwarded-Proto": "https", "Referer": f"https://127.0.0.1:{gw.http_port}/login"}
+                if proxy_https
+                else {}
+            ),
+        },
     )
     assert status == 303 and headers["location"] == "/"
+    flags = headers["set-cookie"].split("gateway_session=", 1)[1]
+    assert "HttpOnly" in flags and "SameSite=Strict" in flags
+    assert ("Secure" in flags) is proxy_https
     return {"csrftoken": csrf_cookie, "gateway_session": _cookies(headers)["gateway_session"]}
 
 
@@ -146,6 +158,11 @@ async def test_forms_and_cookie_posts_need_csrf_bearer_posts_do_not(gateway_fact
     status, _, text = request(gw, "POST", f"/api/alerts/{second}/ack", "", bearer)
     assert status == 200 and "web:kiosk" in text
     await ws.close()
+
+
+async def test_the_session_cookie_is_secure_behind_an_https_proxy(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    assert _login(gw, proxy_https=True)["gateway_session"]
 
 
 async def test_pages_carry_security_headers_and_assets_are_whitelisted(
