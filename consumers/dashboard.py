@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -119,6 +120,8 @@ class AlertSocket(AsyncWebsocketConsumer):
         self.last_seq = event["seq"]
         await self.send(text_data=event["text"])
         metrics.deliveries.labels("websocket", "ok").inc()
+        if "received" in event:
+            metrics.latency.labels("websocket").observe(time.time() - event["received"])
 
     alert_acknowledged = alert_cleared = alert_repeated = alert_raised
 

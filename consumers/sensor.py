@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from gateway import logs, metrics
@@ -80,7 +81,7 @@ class SensorConsumer(MqttConsumer):
     async def mqtt_message(self, event: MqttMessageEvent) -> None:
         if not self._setup():
             return  # a message that was on its way when a reload removed the sensor
-        now = self.loop.time()
+        now, received = self.loop.time(), time.time()
         max_payload = self.runtime.config.mqtt.max_payload
         try:
             if event["topic"] == self.sensor.availability_topic:
@@ -104,7 +105,7 @@ class SensorConsumer(MqttConsumer):
             self._sensor_changed()
         if transitions:
             async with self.lock:
-                await self._apply(transitions)
+                await self._apply(transitions, received)
         self._schedule()
 
     def _bad_payload(self, topic: str, err: PayloadError) -> None:
@@ -122,7 +123,7 @@ class SensorConsumer(MqttConsumer):
 
     # Alert transitions and rule actions
 
-    async def _apply(self, transitions: list[Transition]) -> None:
+    async def _apply(self, transitions: list[Transition], received: float | None = None) -> None:
         book, sensor = self.runtime.book, self.sensor
         for t in transitions:
             change: AlertChange | None
@@ -140,7 +141,7 @@ class SensorConsumer(MqttConsumer):
             if change is None:
                 continue
             log.info("alert %s %s: %s", change.alert["id"], change.event, change.alert["message"])
-            await self.runtime.broadcast(change)
+            await self.runtime.broadcast(change, received)
             for action in actions:
                 await self.publish(
                     action.topic, self._action_payload(action, change), action.qos, action.retain

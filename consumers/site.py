@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gateway import logs, metrics
@@ -53,6 +54,8 @@ class SiteConsumer(MqttConsumer):
     async def alert_raised(self, event: dict[str, Any]) -> None:
         await self.publish(alerts_topic(self.scope["gateway"].config.gateway.site), event["text"], qos=1)
         metrics.deliveries.labels("mqtt", "ok").inc()
+        if "received" in event:
+            metrics.latency.labels("mqtt").observe(time.time() - event["received"])
 
     alert_acknowledged = alert_cleared = alert_repeated = alert_raised
 

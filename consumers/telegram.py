@@ -10,10 +10,11 @@ was missed without sending anything twice.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.alerts import AckRefused, AlertChange
 from gateway.runtime import Runtime
 from protocols.telegram import TelegramConsumer, button
@@ -63,6 +64,7 @@ class ChatConsumer(TelegramConsumer):
         self.groups_joined = set()
         self.last_seq = 0
         self.sending: set[str] = set()  # alerts whose message is on its way
+        self.triggered: dict[str, float] = {}  # alert id -> when its MQTT trigger arrived, while sending
         self.pending_edit: dict[str, tuple[int, dict[str, Any]]] = {}
         seq = await self.chats.register(self.scope["chat"])
         if not self.allowed:
@@ -101,11 +103,14 @@ class ChatConsumer(TelegramConsumer):
     # Alerts from the channel layer
 
     async def alert_raised(self, event: dict[str, Any]) -> None:
-        await self._on_alert(event["type"].removeprefix("alert."), event["seq"], event["alert"])
+        kind = event["type"].removeprefix("alert.")
+        await self._on_alert(kind, event["seq"], event["alert"], event.get("received"))
 
     alert_acknowledged = alert_cleared = alert_repeated = alert_raised
 
-    async def _on_alert(self, kind: str, seq: int, alert: dict[str, Any]) -> None:
+    async def _on_alert(
+        self, kind: str, seq: int, alert: dict[str, Any], received: float | None = None
+    ) -> None:
         if seq <= self.last_seq:
             return  # the same event through a second group, or already caught up
         self.last_seq = seq
@@ -118,6 +123,8 @@ class ChatConsumer(TelegramConsumer):
                 await self.chats.advance(self.chat_id, seq)  # sent before a restart
                 return
             self.sending.add(alert_id)
+            if received is not None and kind == "raised":
+                self.triggered[alert_id] = received
             await self.send_message(
                 self.render(alert, kind), self._buttons(alert), ref=_ref(seq, alert_id, "active")
             )
@@ -160,6 +167,9 @@ class ChatConsumer(TelegramConsumer):
     async def telegram_sent(self, event: TelegramSentEvent) -> None:
         seq, alert_id, state = _unref(event["ref"])
         self.sending.discard(alert_id)
+        received = self.triggered.pop(alert_id, None)
+        if received is not None:
+            metrics.latency.labels("telegram").observe(time.time() - received)
         await self.chats.remember(alert_id, self.chat_id, event["message_id"], state, seq)
         pending = self.pending_edit.pop(alert_id, None)
         if pending is not None:
@@ -175,6 +185,7 @@ class ChatConsumer(TelegramConsumer):
         if event["ref"]:
             seq, alert_id, _ = _unref(event["ref"])
             self.sending.discard(alert_id)
+            self.triggered.pop(alert_id, None)
             self.pending_edit.pop(alert_id, None)
             await self.chats.advance(self.chat_id, seq)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
+from django.db.models import Count
 
 from gateway.config import Rule, Sensor
 from gateway.formats import Value
@@ -182,6 +183,16 @@ class AlertBook:
         rows = Alert.objects.filter(site=self.site, state__in=OPEN_STATES).order_by("-raised_at")
         return [alert_json(a) for a in rows]
 
+    def open_counts_sync(self) -> dict[str, int]:
+        """Open alerts by state ("active", "acknowledged"): one COUNT query, cheap enough for a status."""
+        rows = (
+            Alert.objects.filter(site=self.site, state__in=OPEN_STATES)
+            .order_by()
+            .values_list("state")
+            .annotate(n=Count("id"))
+        )
+        return {state: n for state, n in rows}
+
     def open_rules_sync(self) -> dict[str, dict[str, bool]]:
         """sensor id -> {rule id: acknowledged} for every open alert."""
         result: dict[str, dict[str, bool]] = {}
@@ -217,6 +228,7 @@ class AlertBook:
     clear = sync_to_async(clear_sync)
     repeat = sync_to_async(repeat_sync)
     open_alerts = sync_to_async(open_alerts_sync)
+    open_counts = sync_to_async(open_counts_sync)
     open_rules = sync_to_async(open_rules_sync)
     list_alerts = sync_to_async(list_sync)
     seq = sync_to_async(seq_sync)

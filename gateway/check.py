@@ -95,11 +95,11 @@ def _database(config: Config) -> str:
 
 
 def _redis(url: str) -> str:
-    import redis
+    from gateway.redis_url import client, label
 
-    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
-    client.ping()
-    return f"{url.split('@')[-1]} answers PING"
+    redis = client(url, asynchronous=False, socket_timeout=3, socket_connect_timeout=3)
+    redis.ping()
+    return f"{label(url)} answers PING"
 
 
 def _telegram(config: Config) -> str:

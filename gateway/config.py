@@ -84,8 +84,13 @@ class GatewaySection(_Section):
     @field_validator("channel_layer")
     @classmethod
     def _layer(cls, value: str) -> str:
-        if value != "memory" and urlsplit(value).scheme not in ("redis", "rediss"):
-            raise ValueError('must be "memory" or a redis://host:6379/0 URL')
+        from gateway.redis_url import is_redis, parse_sentinel
+
+        if value != "memory" and not is_redis(value):
+            raise ValueError(
+                'must be "memory", a redis://host:6379/0 URL or redis+sentinel://host:26379,…/<master>'
+            )
+        parse_sentinel(value)  # a malformed Sentinel URL says what is wrong
         return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gateway import metrics
@@ -13,21 +14,45 @@ class Health:
         self.enabled = list(enabled)
         self._up: dict[str, bool] = {name: False for name in enabled}
         self._since: dict[str, float] = {name: time.time() for name in enabled}
+        # Durations on the monotonic clock: an edge box's wall clock jumps when NTP first syncs.
+        self._changed: dict[str, float] = {name: time.monotonic() for name in enabled}
         self._detail: dict[str, str] = {}
+        # Called after a protocol goes up or down or its detail changes (the systemd notifier listens).
+        self.listeners: set[Callable[[], None]] = set()
 
     def set(self, name: str, up: bool, detail: str = "") -> None:
+        changed = self._up.get(name) != up or self._detail.get(name, "") != detail
         if self._up.get(name) != up:
             self._since[name] = time.time()
+            self._changed[name] = time.monotonic()
         self._up[name] = up
         self._detail[name] = detail
         metrics.protocol_up.labels(name).set(1 if up else 0)
+        if changed:
+            for listener in list(self.listeners):
+                listener()
 
     def is_up(self, name: str) -> bool:
         return self._up.get(name, False)
 
+    def down_for(self, name: str) -> float:
+        """Seconds `name` has been down (since start-up if it never came up); 0 while it is up."""
+        if self.is_up(name):
+            return 0.0
+        return time.monotonic() - self._changed.get(name, time.monotonic())
+
     @property
     def ok(self) -> bool:
         return all(self._up.get(name, False) for name in self.enabled)
+
+    def summary(self) -> str:
+        """One line for people, e.g. "web up, mqtt up, telegram down (the bot token was refused (401))"."""
+        parts = []
+        for name in self.enabled:
+            detail = self._detail.get(name, "")
+            state = "up" if self.is_up(name) else "down"
+            parts.append(f"{name} {state} ({detail})" if detail else f"{name} {state}")
+        return ", ".join(parts)
 
     def report(self) -> dict[str, Any]:
         return {

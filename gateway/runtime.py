@@ -5,13 +5,14 @@ It travels in every scope as `scope["gateway"]` (see `gateway.asgi.WithRuntime`)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from channels.layers import get_channel_layer
 
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.alerts import AlertBook, AlertChange
 from gateway.chats import ChatBook
 from gateway.config import Config
@@ -56,14 +57,46 @@ class Runtime:
     def layer(self) -> Any:
         return get_channel_layer()
 
-    async def broadcast(self, change: AlertChange) -> None:
-        """Hand an alert change to every group it belongs to, encoded once."""
+    async def follow_sensors(self) -> None:
+        """In a process without MQTT (split mode): keep the board current from the `sensors` group.
+
+        Dashboards get their first picture (and charts) from this board in `hello`.
+        """
+        layer = self.layer
+        channel = await layer.new_channel()
+
+        async def rejoin() -> None:
+            while True:
+                # Again every hour: Redis forgets group members after a day.
+                await layer.group_add("sensors", channel)
+                await asyncio.sleep(3600)
+
+        async def receive() -> None:
+            while True:
+                message = await layer.receive(channel)
+                if message.get("type") != "sensor.update":
+                    continue
+                try:
+                    self.board.apply(message["sensor"])
+                except (KeyError, TypeError, ValueError) as err:
+                    logs.sensors.warning("ignored a malformed sensor event: %s", err)
+
+        await asyncio.gather(rejoin(), receive())
+
+    async def broadcast(self, change: AlertChange, received: float | None = None) -> None:
+        """Hand an alert change to every group it belongs to, encoded once.
+
+        `received`: the wall-clock time its MQTT trigger arrived, so that every
+        protocol can report trigger-to-delivery latency, in whatever process it runs.
+        """
         metrics.alerts.labels(change.event).inc()
-        message = {
+        message: dict[str, Any] = {
             "type": f"alert.{change.event}",
             "seq": change.seq,
             "alert": change.alert,
             "text": change.text,
         }
+        if received is not None:
+            message["received"] = received
         for group in change.groups:
             await self.layer.group_send(group, message)

@@ -97,6 +97,17 @@ class SensorBoard:
             self._flusher = loop.call_later(self.flush_interval, self._start_flush)
         return changed
 
+    def apply(self, sensor: dict[str, Any]) -> None:
+        """A sensor event from another process (split mode): keep this board current without saving it."""
+        snap = self.sensors.get(sensor.get("id", ""))
+        if snap is None:
+            return
+        at = _parse_iso(sensor.get("updated_at"))
+        if at is None or (snap.updated_at is not None and at < snap.updated_at):
+            return
+        snap.value, snap.online, snap.updated_at = sensor.get("value"), sensor.get("online"), at
+        snap.remember(snap.value, at)
+
     def snapshot(self, recent: bool = False) -> list[dict[str, Any]]:
         """Every sensor as JSON; with `recent`, numeric ones carry their recent readings (for charts)."""
         if not recent:
@@ -131,3 +142,12 @@ def _upsert(rows: list[SensorState]) -> None:
         unique_fields=["site", "sensor"],
         update_fields=["value", "online", "updated_at"],
     )
+
+
+def _parse_iso(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -7,16 +7,29 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from gateway import logs
 from gateway.config import Config
 from gateway.health import Health
+from gateway.notify import Notifier, watchdog_interval
 
 log = logs.server
 
 PROTOCOLS = ("web", "mqtt", "telegram")
 DRAIN_SECONDS = 8.0
+# A protocol down this long stops the watchdog pings, so systemd restarts the process. Long,
+# because most outages are outside (broker, internet) where a restart mends nothing and costs
+# every dashboard a reconnect; what it does mend is a client wedged inside this process.
+WATCHDOG_DOWN_LIMIT = 600.0
+# READY=1 waits for Telegram at most this long after the rest is up: a box that boots without
+# internet must not fail its start (TimeoutStartSec) and lose MQTT and the dashboard with it.
+TELEGRAM_READY_WAIT = 60.0
+# How often STATUS= is refreshed when systemd asks for no watchdog pings.
+STATUS_SECONDS = 15.0
+# How stale the alert count in STATUS= may get: one COUNT query per period, off the ping's path.
+COUNT_SECONDS = 10.0
 
 
 def event_loop(protocols: list[str]) -> asyncio.AbstractEventLoop:
@@ -42,7 +55,7 @@ def mqtt_devices(config: Config) -> list[Any]:
 
 
 class Gateway:
-    def __init__(self, config: Config, protocols: list[str]) -> None:
+    def __init__(self, config: Config, protocols: list[str], env: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.protocols = [p for p in protocols if p != "telegram" or config.telegram_enabled]
         self.health = Health(self.protocols)
@@ -55,6 +68,20 @@ class Gateway:
         self.telegram: Any = None
         self.runtime: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
+        # systemd's side: what NOTIFY_SOCKET and WATCHDOG_USEC ask of this process (nothing outside systemd).
+        env = os.environ if env is None else env
+        self.notifier = Notifier(env.get("NOTIFY_SOCKET"))
+        self.watchdog = watchdog_interval(env, os.getpid())
+        self.debug_stall = _debug_stall_seconds(env)
+        self._announcer: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._systemd: asyncio.Task[None] | None = None
+        self._notified_ready = False
+        self._wake = asyncio.Event()
+        self.health.listeners.add(self._wake.set)
+        self._alerts: dict[str, int] | None = None
+        self._counting: asyncio.Task[None] | None = None
+        self._counted_at = float("-inf")
 
     def _signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -69,9 +96,27 @@ class Gateway:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        if self.debug_stall is not None:
+            loop.add_signal_handler(signal.SIGUSR2, self._stall, self.debug_stall)
+
+    def _stall(self, seconds: float) -> None:
+        # Test hook only (GATEWAY_DEBUG_STALL_SIGNAL=1): block the loop as a wedged callback would.
+        log.warning("SIGUSR2: stalling the event loop for %.1fs (GATEWAY_DEBUG_STALL_SIGNAL)", seconds)
+        time.sleep(seconds)
 
     async def reload(self) -> bool:
         """Re-read the config file; a bad one is refused and the running config stays."""
+        # systemd shows "reloading" until READY=1 again; before the first READY=1 it is still starting.
+        reloading = self._notified_ready
+        if reloading:
+            self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            return self._reload()
+        finally:
+            if reloading:
+                self.notifier.send("READY=1", f"STATUS={self._status()}")
+
+    def _reload(self) -> bool:
         from gateway.config import ConfigError, load_config
         from gateway.reload import merge
 
@@ -104,6 +149,8 @@ class Gateway:
         await runtime.load()
         application = build_application(runtime)
         try:
+            if self.notifier.enabled:
+                self._systemd = asyncio.ensure_future(self._notify_systemd())
             if "mqtt" in self.protocols:
                 await self._start_mqtt(application)
             if "web" in self.protocols:
@@ -112,13 +159,18 @@ class Gateway:
                 self.web = WebServer(application, config.http.host, config.http.port)
                 await self.web.start()
                 self.health.set("web", True)
+            if "web" in self.protocols and "mqtt" not in self.protocols:
+                # Split mode: sensor readings come from the MQTT processes over the channel layer.
+                self._follower = asyncio.ensure_future(runtime.follow_sensors())
             if "telegram" in self.protocols:
                 self._start_telegram(application, runtime)
-            self._tasks.append(asyncio.ensure_future(self._announce_ready()))
+            self._announcer = asyncio.ensure_future(self._announce_ready())
             await self.stop.wait()
         finally:
             self.stop.set()
+            self._stop_reporting()
             await self._shutdown(runtime)
+            self.notifier.close()
 
     async def _start_mqtt(self, application: Any) -> None:
         from protocols.mqtt.client import BrokerAddress
@@ -161,6 +213,7 @@ class Gateway:
 
         from consumers.telegram import COMMANDS
         from gateway import metrics
+        from gateway.redis_url import is_redis
         from protocols.telegram.lease import Lease, RedisLease
         from protocols.telegram.server import TelegramServer, TelegramSettings
 
@@ -175,7 +228,7 @@ class Gateway:
         )
         layer = self.config.gateway.channel_layer
         lease: Lease = Lease()
-        if layer.startswith(("redis://", "rediss://", "unix://")):
+        if is_redis(layer):
             # One poller per bot among every process on this Redis; the key names the bot, not the token.
             bot = hashlib.sha256(tg.token.encode()).hexdigest()[:16]
             lease = RedisLease(layer, f"gateway:telegram:poller:{bot}")
@@ -210,6 +263,91 @@ class Gateway:
             self.config.gateway.site,
         )
 
+    async def _notify_systemd(self) -> None:
+        """READY=1 once every enabled protocol is up, WATCHDOG=1 while alive, STATUS= when it changes."""
+        tick = self.watchdog or STATUS_SECONDS
+        sent_status = ""
+        withheld: list[str] = []
+        while True:
+            self._count_alerts_soon()
+            fields = []
+            if not self._notified_ready and self._ready_for_systemd():
+                # Later than the "ready in" log line, which waits for MQTT and the web, not Telegram.
+                self._notified_ready = True
+                fields.append("READY=1")
+                log.info("systemd: READY=1 after %.2fs", time.monotonic() - self.started)
+            if self.watchdog is not None:
+                # A stalled loop sends nothing anyway; a protocol dead for long is worth a restart as well.
+                dead = [p for p in self.protocols if self.health.down_for(p) > WATCHDOG_DOWN_LIMIT]
+                if dead and not withheld:
+                    log.error(
+                        "%s down for over %.0fs: no more watchdog pings, systemd will restart the process",
+                        ", ".join(dead),
+                        WATCHDOG_DOWN_LIMIT,
+                    )
+                elif withheld and not dead:
+                    log.info("every protocol is back: watchdog pings resume")
+                withheld = dead
+                if not dead:
+                    fields.append("WATCHDOG=1")
+            status = self._status()
+            if status != sent_status:
+                fields.append(f"STATUS={status}")
+                sent_status = status
+            self.notifier.send(*fields)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), tick)
+
+    def _ready_for_systemd(self) -> bool:
+        if self.health.ok:
+            return True
+        others = [p for p in self.protocols if p != "telegram"]
+        if len(others) == len(self.protocols) or not all(self.health.is_up(p) for p in others):
+            return False
+        if time.monotonic() - self.started < TELEGRAM_READY_WAIT:
+            return False
+        log.warning(
+            "telegram still down after %.0fs: READY=1 without it; it keeps trying", TELEGRAM_READY_WAIT
+        )
+        return True
+
+    def _status(self) -> str:
+        parts = [self.health.summary() or "no protocol servers"]
+        if self._alerts is not None:
+            active, acknowledged = self._alerts.get("active", 0), self._alerts.get("acknowledged", 0)
+            parts.append(f"{active} active alert{'' if active == 1 else 's'}")
+            if acknowledged:
+                parts.append(f"{acknowledged} acknowledged")
+        # One assignment per line in the datagram: a detail must not start another.
+        return ", ".join(parts).replace("\n", " ")
+
+    def _count_alerts_soon(self) -> None:
+        """Refresh the alert count in the background: a slow database must not hold back a ping."""
+        if self.runtime is None or time.monotonic() < self._counted_at + COUNT_SECONDS:
+            return
+        if self._counting is not None and not self._counting.done():
+            return
+        self._counted_at = time.monotonic()
+        self._counting = asyncio.ensure_future(self._count_alerts())
+
+    async def _count_alerts(self) -> None:
+        try:
+            counts = await self.runtime.book.open_counts()
+        except Exception as err:
+            log.debug("counting open alerts for the systemd status failed: %s", err)
+            return
+        if counts != self._alerts:
+            self._alerts = counts
+            self._wake.set()
+
+    def _stop_reporting(self) -> None:
+        # The announcer may still wait for a broker that never answered: nothing there to drain.
+        for task in (self._announcer, self._systemd, self._counting, self._follower):
+            if task is not None:
+                task.cancel()
+        self.notifier.send("STOPPING=1", "STATUS=stopping")
+
     async def _shutdown(self, runtime: Any) -> None:
         started = time.monotonic()
         # In order, each step bounded, and one failing step does not skip the rest.
@@ -224,6 +362,16 @@ class Gateway:
         if self.broker is not None:
             await _step("broker", self.broker.stop())
         log.info("stopped in %.2fs", time.monotonic() - started)
+
+
+def _debug_stall_seconds(env: Mapping[str, str]) -> float | None:
+    """How long SIGUSR2 stalls the loop; only with GATEWAY_DEBUG_STALL_SIGNAL=1 (a watchdog test hook)."""
+    if env.get("GATEWAY_DEBUG_STALL_SIGNAL") != "1":
+        return None
+    try:
+        return float(env.get("GATEWAY_DEBUG_STALL_SECONDS", "30"))
+    except ValueError:
+        return 30.0
 
 
 async def _step(name: str, coro: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from gateway.config import Config
+from gateway.redis_url import layer_host
 
 # Per-channel queue length. Channels' default of 100 drops silently under an
 # alert burst to a busy dashboard; overflows past this are counted (gateway.layers).
@@ -57,7 +58,7 @@ def channel_layers(config: Config) -> dict[str, Any]:
             "CONFIG": {
                 # redis-py 8 made socket_timeout 5 s by default, which kills the
                 # layer's 5 s blocking pop on any idle consumer (channels_redis#422).
-                "hosts": [{"address": url, "socket_timeout": 15, "socket_connect_timeout": 5}],
+                "hosts": [layer_host(url, socket_timeout=15, socket_connect_timeout=5)],
                 "capacity": CHANNEL_CAPACITY,
                 "prefix": f"gateway.{config.gateway.site}:",
             },

@@ -290,6 +290,20 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         gw.kill()
 
 
+def split_pair(
+    gateway_factory: GatewayFactory, broker_port: int, layer: str
+) -> tuple[GatewayProcess, GatewayProcess]:
+    """`--protocol web` and `--protocol mqtt` sharing one config and layer; web is healthy on return."""
+    web = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{broker_port}", layer=layer, start=False)
+    web.start(protocols=("web",))
+    mqtt_only = gateway_factory(
+        mqtt_url=f"mqtt://127.0.0.1:{broker_port}", layer=layer, start=False, name="mq"
+    )
+    mqtt_only.config_path.write_text(web.config_path.read_text())
+    mqtt_only.start(protocols=("mqtt",), wait=False)
+    return web, mqtt_only
+
+
 async def publish(port: int, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False) -> None:
     await asyncio.to_thread(
         mqtt_publish.single, topic, payload, qos=qos, retain=retain, hostname="127.0.0.1", port=port

@@ -17,6 +17,8 @@ from tests.conftest import (
     publish,
     recv_json,
     recv_until,
+    split_pair,
+    until,
     ws_connect,
 )
 
@@ -93,23 +95,22 @@ async def test_redis_layer_end_to_end(
 async def test_split_processes_over_redis(
     gateway_factory: GatewayFactory, mosquitto: Service, redis_server: Service
 ) -> None:
-    layer = f"redis://127.0.0.1:{redis_server.port}/0"
-    web = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}", layer=layer, start=False)
-    web.start(protocols=("web",))
-    mqtt_only = gateway_factory(
-        mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}", layer=layer, start=False, name="mq"
-    )
-    mqtt_only.config_path.write_text(web.config_path.read_text())
-    mqtt_only.start(protocols=("mqtt",), wait=False)
+    web, mqtt_only = split_pair(gateway_factory, mosquitto.port, f"redis://127.0.0.1:{redis_server.port}/0")
     ws = await ws_connect(web)
     await recv_json(ws)
-    for _ in range(100):
-        if "ready in" in mqtt_only.log:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: "ready in" in mqtt_only.log, what="the MQTT process")
     await publish(mosquitto.port, "zigbee2mqtt/front_door", '{"contact":false}')
     raised = await recv_until(ws, alert_event("raised"))
     assert raised["alert"]["sensor"] == "front-door"
+
+    # The web process hears sensor readings too, so a dashboard opened later starts from them.
+    await publish(mosquitto.port, "sensors/boiler", '{"temp":{"water":55.5}}')
+    await recv_until(ws, lambda m: m.get("type") == "sensor" and m["sensor"]["value"] == 55.5)
+    late = await ws_connect(web)
+    sensors = {s["id"]: s for s in (await recv_json(late))["sensors"]}
+    assert sensors["boiler"]["value"] == 55.5 and sensors["boiler"]["online"] is True
+    assert [point[1] for point in sensors["boiler"]["recent"]] == [55.5]
+    await late.close()
     await ws.close()
 
 

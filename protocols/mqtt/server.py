@@ -237,11 +237,12 @@ class MqttServer:
         if self.settings.status_topic:
             client.publish(self.settings.status_topic, b"online", qos=1, retain=True)
         log.info(
-            "connected to %s (MQTT %s, session %s, %d filters)",
+            "connected to %s (MQTT %s, session %s, %d filters%s)",
             self.settings.address,
             self.protocol,
             "resumed" if self.session_present else "new",
             len(filters),
+            f", shared as {self._shared('…')}" if self._shared("…") != "…" else "",
         )
         self.connected.set()
         self.on_state(True)

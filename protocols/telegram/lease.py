@@ -58,8 +58,10 @@ class RedisLease(Lease):
     async def acquire(self, stop: asyncio.Event) -> bool:
         import redis.asyncio as aioredis
 
+        from gateway.redis_url import client
+
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(self.url, socket_timeout=self.ttl, socket_connect_timeout=2)
+            self._redis = client(self.url, socket_timeout=self.ttl, socket_connect_timeout=2)
             self._lock = self._redis.lock(self.key, timeout=self.ttl, blocking=False, thread_local=False)
         stop_wait = asyncio.ensure_future(stop.wait())
         announced = False

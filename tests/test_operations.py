@@ -1,0 +1,208 @@
+"""Operations against real parts: health through a broker outage, /metrics, shutdown, shared subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import (
+    ROOT,
+    GatewayFactory,
+    GatewayProcess,
+    Service,
+    alert_event,
+    free_port,
+    http_get,
+    publish,
+    recv_json,
+    recv_until,
+    split_pair,
+    until,
+    ws_connect,
+)
+
+DOOR, BOILER = "zigbee2mqtt/front_door", "sensors/boiler"
+
+
+def scrape(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, parsed by prometheus-client's own parser."""
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_healthz_follows_a_broker_outage_and_dashboards_keep_working(
+    gateway_factory: GatewayFactory, mosquitto: Service
+) -> None:
+    gw = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}")
+    ws = await ws_connect(gw)
+    await recv_json(ws)
+
+    mosquitto.stop()
+    _, body = await until(lambda: (r := http_get(gw.url + "/healthz"))[0] == 503 and r, what="503")
+    assert body["status"] == "degraded"
+    assert body["protocols"]["mqtt"]["up"] is False and body["protocols"]["web"]["up"] is True
+    await ws.send('{"type":"ping"}')
+    assert await recv_json(ws) == {"type": "pong"}  # the dashboard side carries on
+
+    mosquitto.start()
+    _, body = await until(lambda: (r := http_get(gw.url + "/healthz"))[0] == 200 and r, what="200")
+    assert body["protocols"]["mqtt"]["up"] is True
+    await publish(mosquitto.port, DOOR, '{"contact": false}')
+    raised = await recv_until(ws, alert_event("raised"), timeout=10)
+    assert raised["alert"]["rule"] == "door-opened"
+    await ws.close()
+
+
+async def test_metrics_parse_and_move(gateway_factory: GatewayFactory, mosquitto: Service) -> None:
+    gw = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}")
+    before = scrape(gw)
+    ws = await ws_connect(gw)
+    await recv_json(ws)
+    await publish(mosquitto.port, BOILER, '{"temp": {"water": 60}}')
+    await publish(mosquitto.port, BOILER, "not json")
+    await publish(mosquitto.port, DOOR, '{"contact": false}')
+    await recv_until(ws, alert_event("raised"))
+    await ws.send('{"type":"nonsense"}')
+    await recv_until(ws, lambda m: m.get("type") == "error")
+
+    after = scrape(gw)
+
+    def moved(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert moved("gateway_mqtt_messages_total", outcome="ok") == 2
+    assert moved("gateway_mqtt_messages_total", outcome="bad_payload") == 1
+    assert moved("gateway_alerts_total", event="raised") == 1
+    assert moved("gateway_deliveries_total", protocol="websocket", outcome="ok") == 1
+    assert moved("gateway_deliveries_total", protocol="mqtt", outcome="ok") == 1
+    assert moved("gateway_bad_input_total", protocol="websocket", reason="message") == 1
+    assert sample(after, "gateway_websocket_connections") == 1
+    assert sample(after, "gateway_protocol_up", protocol="mqtt") == 1
+    assert sample(after, "gateway_channel_layer_overflows_total") == 0
+    # Trigger to delivery, per protocol: one alert, one observation each, well under a second here.
+    for protocol in ("websocket", "mqtt"):
+        count = moved("gateway_trigger_to_delivery_seconds_count", protocol=protocol)
+        assert count == 1, protocol
+        assert sample(after, "gateway_trigger_to_delivery_seconds_bucket", protocol=protocol, le="1.0") == 1
+    await ws.close()
+
+
+async def test_sigterm_closes_websockets_with_1001_and_exits_0(
+    gateway_factory: GatewayFactory, mosquitto: Service
+) -> None:
+    gw = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}")
+    ws = await ws_connect(gw)
+    await recv_json(ws)
+    assert gw.proc is not None
+    started = time.monotonic()
+    gw.proc.send_signal(signal.SIGTERM)
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None and closed.rcvd.code == 1001  # going away
+    code = await asyncio.to_thread(gw.proc.wait, 10)
+    assert code == 0 and time.monotonic() - started < 10
+    assert "stopped in" in gw.log
+
+
+async def test_shared_subscription_splits_1000_triggers_exactly_once(
+    gateway_factory: GatewayFactory, mosquitto: Service, redis_server: Service
+) -> None:
+    layer = f"redis://127.0.0.1:{redis_server.port}/0"
+    procs = []
+    for name in ("a", "b"):
+        gw = gateway_factory(
+            mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}", layer=layer, protocol="5", name=name, start=False
+        )
+        # One site, two MQTT clients: each needs a client id (and so a session) of its own.
+        text = gw.config_path.read_text().replace(
+            'client_id = "gateway-test-test"', f'client_id = "gateway-test-{name}"\nshared_group = "sensors"'
+        )
+        assert f"gateway-test-{name}" in text
+        gw.config_path.write_text(text)
+        gw.start()
+        procs.append(gw)
+    assert all("shared as $share/sensors/…" in gw.log for gw in procs)
+
+    before = [sample(scrape(gw), "gateway_mqtt_messages_total", outcome="ok") for gw in procs]
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="load", protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        infos = [client.publish(BOILER, f'{{"temp": {{"water": {i % 50}}}}}', qos=1) for i in range(1000)]
+        for info in infos:
+            await asyncio.to_thread(info.wait_for_publish, 10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+    def handled() -> list[float]:
+        return [
+            sample(scrape(gw), "gateway_mqtt_messages_total", outcome="ok") - b
+            for gw, b in zip(procs, before, strict=True)
+        ]
+
+    counts = await until(lambda: (c := handled()) and sum(c) >= 1000 and c, timeout=30, what="1000 handled")
+    assert sum(counts) == 1000, counts
+    assert min(counts) > 100, f"not split between the two processes: {counts}"
+    # A moment later still exactly 1000: nothing handled twice (shared or redelivered).
+    await publish(mosquitto.port, BOILER, '{"temp": {"water": 1}}')
+    final = await until(lambda: (c := handled()) and sum(c) >= 1001 and c, what="the marker")
+    assert sum(final) == 1001, final
+
+
+async def test_split_processes_over_redis_sentinel(
+    gateway_factory: GatewayFactory, mosquitto: Service, redis_server: Service, tmp_path: Path
+) -> None:
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"  # Sentinel rewrites its file: it must be writable
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {redis_server.port} 1\n"
+        "sentinel down-after-milliseconds main 2000\n"
+    )
+    sentinel = Service("sentinel", [str(redis_server.argv[0]), str(conf), "--sentinel"], port, tmp_path)
+    sentinel.start()
+    try:
+        layer = f"redis+sentinel://127.0.0.1:{port}/main/0"
+        config = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}", layer=layer, start=False)
+        config = config.config_path
+        checked = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gateway", "check", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert f"redis+sentinel://127.0.0.1:{port}/main/0 answers PING" in checked.stdout
+        web, mqtt_only = split_pair(gateway_factory, mosquitto.port, layer)
+        ws = await ws_connect(web)
+        await recv_json(ws)
+        await until(lambda: "ready in" in mqtt_only.log, what="the MQTT process")
+        await publish(mosquitto.port, DOOR, '{"contact": false}')
+        raised = await recv_until(ws, alert_event("raised"), timeout=10)
+        assert raised["alert"]["rule"] == "door-opened"
+        await ws.close()
+    finally:
+        sentinel.stop()
