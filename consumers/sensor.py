@@ -57,6 +57,9 @@ class SensorConsumer(MqttConsumer):
         self.last_sensor_event = 0.0
         self.sensor_event_due: asyncio.TimerHandle | None = None
         self.runtime.reload_listeners.add(self._reconfigure)
+        # Shared subscriptions hand each message to one of several processes: they tell each other
+        # what they saw, so every process's rule state stays the same and one of them acts.
+        self.peers = bool(config.mqtt.shared_group) and self.channel_layer is not None
         self._schedule()
         return True
 
@@ -83,13 +86,16 @@ class SensorConsumer(MqttConsumer):
             return  # a message that was on its way when a reload removed the sensor
         now, received = self.loop.time(), time.time()
         max_payload = self.runtime.config.mqtt.max_payload
+        observed: dict[str, Any]
         try:
             if event["topic"] == self.sensor.availability_topic:
                 online = parse_availability(event["payload"], max_payload)
                 transitions = self.rules.on_availability(online, now)
+                observed = {"available": online}
             else:
                 value = parse_value(event["payload"], self.sensor.format, self.sensor.field, max_payload)
                 transitions = self.rules.on_value(value, now, retained=event["retain"])
+                observed = {"value": value, "retain": event["retain"]}
         except FieldMissing as err:
             if event["topic"] == self.sensor.result_topic:
                 # RESULT answers every command; most are about something else.
@@ -101,12 +107,32 @@ class SensorConsumer(MqttConsumer):
             self._bad_payload(event["topic"], err)
             return
         metrics.mqtt_messages.labels("ok").inc()
-        if self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online):
+        if self.peers:
+            await self.channel_layer.group_send(
+                f"sensor.{self.sensor.id}",
+                {"type": "sensor.observed", "origin": self.channel_name, "at": received, **observed},
+            )
+        await self._after(transitions, received)
+
+    async def _after(self, transitions: list[Transition], received: float | None, local: bool = True) -> None:
+        # Dashboards hear of a reading from the process that got it, not once per process.
+        if self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online) and local:
             self._sensor_changed()
         if transitions:
             async with self.lock:
                 await self._apply(transitions, received)
         self._schedule()
+
+    async def sensor_observed(self, event: dict[str, Any]) -> None:
+        """What a peer process saw (shared subscriptions): the same state here, and no action."""
+        if not self._setup() or event["origin"] == self.channel_name:
+            return
+        now = self.loop.time() - max(0.0, time.time() - event["at"])
+        if "available" in event:
+            transitions = self.rules.on_availability(event["available"], now, local=False)
+        else:
+            transitions = self.rules.on_value(event["value"], now, retained=event["retain"], local=False)
+        await self._after(transitions, None, local=False)
 
     def _bad_payload(self, topic: str, err: PayloadError) -> None:
         metrics.mqtt_messages.labels("bad_payload").inc()
@@ -126,6 +152,8 @@ class SensorConsumer(MqttConsumer):
     async def _apply(self, transitions: list[Transition], received: float | None = None) -> None:
         book, sensor = self.runtime.book, self.sensor
         for t in transitions:
+            if not t.local:
+                continue  # the peer process that saw its cause acts on it
             change: AlertChange | None
             actions: list[Action] = []
             try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from gateway import logs, metrics
 from gateway.alerts import AckRefused
-from gateway.runtime import Runtime
+from gateway.runtime import MQTT_OUT, Runtime
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
 
@@ -21,13 +22,22 @@ def alerts_topic(site: str) -> str:
 
 
 class SiteConsumer(MqttConsumer):
-    joined = False
+    forwarder: asyncio.Task[None] | None = None
 
     async def _join(self) -> None:
         # On the first event of whatever kind: a restarted instance gets no mqtt.connect.
-        if self.channel_layer is not None and not self.joined:
-            await self.channel_layer.group_add("alerts", self.channel_name)
-            self.joined = True
+        if self.channel_layer is not None and self.forwarder is None:
+            self.forwarder = asyncio.ensure_future(self._forward())
+
+    async def _forward(self) -> None:
+        """Alert events from MQTT_OUT, which several MQTT processes share: each is published once."""
+        while True:
+            event = await self.channel_layer.receive(MQTT_OUT)
+            try:
+                await self.alert_raised(event)
+            except Exception as err:
+                metrics.deliveries.labels("mqtt", "failed").inc()
+                logs.mqtt.error("could not publish alert event %s: %s", event.get("seq"), err)
 
     async def mqtt_connect(self, event: MqttConnectEvent) -> None:
         await self._join()
@@ -60,6 +70,6 @@ class SiteConsumer(MqttConsumer):
     alert_acknowledged = alert_cleared = alert_repeated = alert_raised
 
     async def mqtt_disconnect(self, event: Any) -> None:
-        if event["final"] and self.joined:
-            await self.channel_layer.group_discard("alerts", self.channel_name)
+        if event["final"] and self.forwarder is not None:
+            self.forwarder.cancel()
         await super().mqtt_disconnect(event)

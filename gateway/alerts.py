@@ -115,11 +115,20 @@ class AlertBook:
         )
         return AlertChange.make(event, counter.seq, snapshot, tuple(alert.groups))
 
-    def raise_sync(self, rule: Rule, sensor: Sensor, value: Value | None) -> AlertChange:
+    def raise_sync(self, rule: Rule, sensor: Sensor, value: Value | None) -> AlertChange | None:
+        """A new alert; None when this rule already has one open for this sensor.
+
+        Only one process raises for a given message, but two processes with shared
+        subscriptions can race on messages a millisecond apart: the database decides.
+        """
         groups = sorted({"alerts", f"alerts.{sensor.zone}", f"sensor.{sensor.id}", *rule.notify})
         for _ in range(5):
             try:
                 with transaction.atomic():
+                    # Taken first: raises of this site are serialized, so the check below holds.
+                    SiteCounter.objects.select_for_update().get_or_create(site=self.site)
+                    if self._open(rule.id, sensor.id) is not None:
+                        return None
                     alert = Alert.objects.create(
                         id="".join(secrets.choice(_ALPHABET) for _ in range(6)),
                         site=self.site,

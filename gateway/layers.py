@@ -67,6 +67,40 @@ _redis_log.setLevel(logging.INFO)  # the overflow line is INFO; below that it is
 
 
 class RedisLayer(RedisChannelLayer):
+    """channels_redis, plus: memberships of this process renewed before Redis forgets them.
+
+    channels_redis drops a group member `group_expiry` (a day) after it joined, so
+    that a dead process's channels do not stay forever. Consumers that live longer
+    (a Telegram chat, the site's MQTT publisher, a sensor) would silently stop
+    hearing alerts; this process re-joins what it still holds, a few times per expiry.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._joined: set[tuple[str, str]] = set()
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def group_add(self, group: str, channel: str) -> None:
+        await super().group_add(group, channel)
+        self._joined.add((group, channel))
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.ensure_future(self._renew())
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self._joined.discard((group, channel))
+        await super().group_discard(group, channel)
+
+    async def _renew(self) -> None:
+        while self._joined:
+            # Often enough that a Redis that lost its data has every member back within minutes.
+            await asyncio.sleep(min(self.group_expiry / 4, 600))
+            for group, channel in list(self._joined):
+                try:
+                    await super().group_add(group, channel)
+                except Exception as err:  # Redis away: the next round tries again, well within expiry
+                    logs.layer.warning("could not renew group %s (%s)", group, err)
+                    break
+
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         try:
             await super().send(channel, message)

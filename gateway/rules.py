@@ -27,6 +27,9 @@ class Transition:
     kind: Literal["raise", "clear", "repeat"]
     rule: Rule
     value: Value | None
+    # False when another process saw what caused it (shared subscriptions): that process acts on it,
+    # this one only keeps its state the same.
+    local: bool = True
 
 
 def matches(cond: Condition, value: Value | None) -> bool:
@@ -50,6 +53,8 @@ class _RuleState:
     pending_since: float | None = None
     last_raised: float | None = None
     last_notified: float = 0.0
+    # Whether this process started the hold or raised the alert, and so acts when its timer is due.
+    local: bool = True
 
 
 class SensorRules:
@@ -64,6 +69,8 @@ class SensorRules:
         self.last_seen = now
         self.suppressed = 0  # raises dropped by cooldown
         self.after_gap = False  # the next value is the first after a restart or an offline spell
+        self.seen_local = True  # the last message came to this process (it acts if silence follows)
+        self._local = True  # of the message being handled
 
     @property
     def online(self) -> bool | None:
@@ -95,7 +102,11 @@ class SensorRules:
         if state is not None:
             state.acknowledged = True
 
-    def on_value(self, value: Value, now: float, retained: bool = False) -> list[Transition]:
+    def on_value(
+        self, value: Value, now: float, retained: bool = False, local: bool = True
+    ) -> list[Transition]:
+        """A reading. `local=False`: a peer process got it; the same state, transitions marked not local."""
+        self._local = self.seen_local = local
         out: list[Transition] = []
         was_online = self.online
         unchanged = self.value is not None and value == self.value and type(value) is type(self.value)
@@ -112,7 +123,7 @@ class SensorRules:
                 clears = matches(rule.clear, value) if rule.clear else not matches(rule.when, value)
                 if clears:
                     state.active, state.pending_since = False, None
-                    out.append(Transition("clear", rule, value))
+                    out.append(Transition("clear", rule, value, local))
             elif matches(rule.when, value):
                 if not (quiet and rule.for_ == 0):
                     self._hold(rule, state, now, out)
@@ -120,7 +131,8 @@ class SensorRules:
                 state.pending_since = None
         return out
 
-    def on_availability(self, available: bool, now: float) -> list[Transition]:
+    def on_availability(self, available: bool, now: float, local: bool = True) -> list[Transition]:
+        self._local = self.seen_local = local
         out: list[Transition] = []
         was_online = self.online
         self.available, self.last_seen = available, now
@@ -130,14 +142,21 @@ class SensorRules:
         return out
 
     def tick(self, now: float) -> list[Transition]:
+        """Timers: silence past expire_after, `for` holds and `repeat`.
+
+        Each acts where its cause was seen: silence where the last message came,
+        a hold where it started, a repeat where the alert was raised.
+        """
         out: list[Transition] = []
         expire = self.sensor.expire_after
         if expire and not self.expired and now - self.last_seen >= expire:
             was_online = self.online
             self.expired = True
+            self._local = self.seen_local
             self._availability_changed(was_online, now, out)
         for rule in self.rules:
             state = self.states[rule.id]
+            self._local = state.local
             if state.pending_since is not None and now - state.pending_since >= rule.for_:
                 self._raise(rule, state, now, out)
             elif (
@@ -147,7 +166,8 @@ class SensorRules:
                 and now - state.last_notified >= rule.repeat
             ):
                 state.last_notified = now
-                out.append(Transition("repeat", rule, self.value))
+                out.append(Transition("repeat", rule, self.value, state.local))
+        self._local = True
         return out
 
     def next_deadline(self) -> float | None:
@@ -178,12 +198,12 @@ class SensorRules:
                 state.pending_since = None
                 if state.active:
                     state.active = False
-                    out.append(Transition("clear", rule, self.value))
+                    out.append(Transition("clear", rule, self.value, self._local))
 
     def _hold(self, rule: Rule, state: _RuleState, now: float, out: list[Transition]) -> None:
         if rule.for_ > 0:
             if state.pending_since is None:
-                state.pending_since = now
+                state.pending_since, state.local = now, self._local
             if now - state.pending_since < rule.for_:
                 return
         self._raise(rule, state, now, out)
@@ -194,6 +214,6 @@ class SensorRules:
             # Dropped, not delayed: the next message that still matches may raise.
             self.suppressed += 1
             return
-        state.active, state.acknowledged = True, False
+        state.active, state.acknowledged, state.local = True, False, self._local
         state.last_raised = state.last_notified = now
-        out.append(Transition("raise", rule, self.value))
+        out.append(Transition("raise", rule, self.value, self._local))

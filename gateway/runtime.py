@@ -5,7 +5,6 @@ It travels in every scope as `scope["gateway"]` (see `gateway.asgi.WithRuntime`)
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,10 @@ from gateway.config import Config
 from gateway.health import Health
 from gateway.security import LoginBrake
 from gateway.sensors import SensorBoard
+
+# The channel of `gateway/<site>/alerts`: one MQTT process takes each event (consumers.site).
+MQTT_OUT = "gateway.mqtt-alerts"
+_handover_log = logs.RateLimit(interval=10.0)
 
 
 @dataclass
@@ -34,6 +37,8 @@ class Runtime:
     reload_listeners: set[Callable[[], None]] = field(default_factory=set)
     # sensor id -> {rule id: acknowledged}, read once at start-up for the rule engines.
     open_rules: dict[str, dict[str, bool]] = field(default_factory=dict)
+    # Whether alert events go to MQTT_OUT: a process with MQTT reads it, or one elsewhere on Redis.
+    mqtt_out: bool = False
     # Wrong dashboard tokens, per client address.
     login_brake: LoginBrake = field(default_factory=LoginBrake)
 
@@ -64,24 +69,15 @@ class Runtime:
         """
         layer = self.layer
         channel = await layer.new_channel()
-
-        async def rejoin() -> None:
-            while True:
-                # Again every hour: Redis forgets group members after a day.
-                await layer.group_add("sensors", channel)
-                await asyncio.sleep(3600)
-
-        async def receive() -> None:
-            while True:
-                message = await layer.receive(channel)
-                if message.get("type") != "sensor.update":
-                    continue
-                try:
-                    self.board.apply(message["sensor"])
-                except (KeyError, TypeError, ValueError) as err:
-                    logs.sensors.warning("ignored a malformed sensor event: %s", err)
-
-        await asyncio.gather(rejoin(), receive())
+        await layer.group_add("sensors", channel)  # renewed by the layer (gateway.layers.RedisLayer)
+        while True:
+            message = await layer.receive(channel)
+            if message.get("type") != "sensor.update":
+                continue
+            try:
+                self.board.apply(message["sensor"])
+            except (KeyError, TypeError, ValueError) as err:
+                logs.sensors.warning("ignored a malformed sensor event: %s", err)
 
     async def broadcast(self, change: AlertChange, received: float | None = None) -> None:
         """Hand an alert change to every group it belongs to, encoded once.
@@ -99,4 +95,23 @@ class Runtime:
         if received is not None:
             message["received"] = received
         for group in change.groups:
-            await self.layer.group_send(group, message)
+            await self._hand_over(self.layer.group_send, group, message)
+        if self.mqtt_out:
+            # One MQTT process publishes it, however many run: they take turns on this channel.
+            await self._hand_over(self.layer.send, MQTT_OUT, message)
+
+    async def _hand_over(self, send: Callable[..., Any], name: str, message: dict[str, Any]) -> None:
+        # The alert is stored: a layer that is full or away costs this delivery, not the consumer.
+        try:
+            await send(name, message)
+        except Exception as err:
+            metrics.deliveries.labels("layer", "failed").inc()
+            allowed, held = _handover_log.allow(name)
+            if allowed:
+                logs.alerts.error(
+                    "alert event %s not handed to %s: %s (%d more not logged)",
+                    message["seq"],
+                    name,
+                    err,
+                    held,
+                )

@@ -146,6 +146,9 @@ class Gateway:
         self._signals()
         config = self.config
         runtime = self.runtime = Runtime(config, self.health)
+        from gateway.redis_url import is_redis
+
+        runtime.mqtt_out = "mqtt" in self.protocols or is_redis(config.gateway.channel_layer)
         await runtime.load()
         application = build_application(runtime)
         try:

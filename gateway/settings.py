@@ -13,6 +13,7 @@ from gateway.redis_url import layer_host
 # Per-channel queue length. Channels' default of 100 drops silently under an
 # alert burst to a busy dashboard; overflows past this are counted (gateway.layers).
 CHANNEL_CAPACITY = 2000
+GROUP_EXPIRY_NEVER = 100 * 365 * 86400
 
 
 def database(config: Config) -> dict[str, Any]:
@@ -49,7 +50,9 @@ def channel_layers(config: Config) -> dict[str, Any]:
         return {
             "default": {
                 "BACKEND": "gateway.layers.MemoryLayer",
-                "CONFIG": {"capacity": CHANNEL_CAPACITY},
+                # Members leave when their consumer ends; a day's expiry (the default) would
+                # silently drop chats and the MQTT publisher from `alerts` after a day's uptime.
+                "CONFIG": {"capacity": CHANNEL_CAPACITY, "group_expiry": GROUP_EXPIRY_NEVER},
             }
         }
     return {

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
+from channels_redis.core import RedisChannelLayer
 
 from gateway import metrics
-from gateway.layers import MemoryLayer
+from gateway.config import load_config
+from gateway.layers import MemoryLayer, RedisLayer
+from tests.conftest import Service
 
 
 async def test_memory_layer_counts_and_logs_overflow(caplog: pytest.LogCaptureFixture) -> None:
@@ -22,3 +26,27 @@ async def test_memory_layer_counts_and_logs_overflow(caplog: pytest.LogCaptureFi
     assert "channel layer full: dropped 1 message(s) for alerts" in caplog.text
     # What fitted is delivered, in order.
     assert [(await layer.receive(channel))["n"] for _ in range(2)] == [0, 1]
+
+
+async def test_redis_layer_renews_memberships_before_they_expire(redis_server: Service) -> None:
+    # channels_redis forgets a member group_expiry after it joined; a chat or the MQTT publisher lives longer.
+    layer = RedisLayer(hosts=[f"redis://127.0.0.1:{redis_server.port}/0"], group_expiry=2)
+    plain = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{redis_server.port}/0"], group_expiry=2)
+    kept, forgotten = await layer.new_channel(), await plain.new_channel()
+    await layer.group_add("alerts", kept)
+    await plain.group_add("alerts", forgotten)
+    await asyncio.sleep(3)  # past the expiry: the point of the test is the clock
+    await layer.group_send("alerts", {"type": "alert.raised", "n": 1})
+    assert (await asyncio.wait_for(layer.receive(kept), 2))["n"] == 1
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(plain.receive(forgotten), 0.5)
+    await layer.group_discard("alerts", kept)
+    await layer.flush()
+    await plain.close_pools()
+    await layer.close_pools()
+
+
+def test_memory_layer_keeps_members_past_a_day() -> None:
+    from gateway.settings import GROUP_EXPIRY_NEVER, channel_layers
+
+    assert channel_layers(load_config(None))["default"]["CONFIG"]["group_expiry"] == GROUP_EXPIRY_NEVER

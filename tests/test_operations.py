@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 from prometheus_client.parser import text_string_to_metric_families
@@ -206,3 +208,92 @@ async def test_split_processes_over_redis_sentinel(
         await ws.close()
     finally:
         sentinel.stop()
+
+
+PULSE = """
+[[sensors]]
+id = "pulse"
+name = "Pulse"
+zone = "house"
+topic = "sensors/pulse"
+format = "plain"
+expire_after = "1500ms"
+
+[[rules]]
+id = "pulse-silent"
+sensor = "pulse"
+when = { offline = true }
+severity = "warning"
+message = "{sensor.name} went silent"
+"""
+
+
+async def test_processes_sharing_a_subscription_keep_one_rule_state(
+    gateway_factory: GatewayFactory, mosquitto: Service, redis_server: Service, tmp_path: Path
+) -> None:
+    layer = f"redis://127.0.0.1:{redis_server.port}/0"
+    database = f"sqlite:///{tmp_path}/shared.sqlite3"  # one box: both processes on one file
+    procs = []
+    for name in ("a", "b"):
+        gw = gateway_factory(
+            mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}",
+            layer=layer,
+            protocol="5",
+            database=database,
+            name=name,
+            start=False,
+            extra=PULSE,
+        )
+        text = gw.config_path.read_text().replace(
+            'client_id = "gateway-test-test"', f'client_id = "gateway-test-{name}"\nshared_group = "sensors"'
+        )
+        gw.config_path.write_text(text)
+        gw.start()
+        procs.append(gw)
+    ws = await ws_connect(procs[0])
+    await recv_json(ws)
+    heard: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda c, u, m: loop.call_soon_threadsafe(heard.put_nowait, json.loads(m.payload))
+    subscribed = asyncio.Event()
+    watcher.on_subscribe = lambda *a: loop.call_soon_threadsafe(subscribed.set)
+    watcher.on_connect = lambda c, *a: c.subscribe("gateway/test/alerts", 1)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+    await asyncio.wait_for(subscribed.wait(), 5)
+
+    # Opened in one process, closed in the other (the broker takes turns): each raise is cleared, once.
+    raised = set()
+    for _ in range(6):
+        await publish(mosquitto.port, DOOR, '{"contact": false}')
+        raised.add((await recv_until(ws, alert_event("raised"), timeout=10))["alert"]["id"])
+        await publish(mosquitto.port, DOOR, '{"contact": true}')
+        cleared = await recv_until(ws, alert_event("cleared"), timeout=10)
+        assert cleared["alert"]["id"] in raised
+    assert len(raised) == 6
+    logs = [gw.log for gw in procs]
+    assert all("raised: Front door opened" in log or "cleared: Front door" in log for log in logs)
+    assert sum(log.count("raised: Front door opened") for log in logs) == 6
+
+    # A sensor every 0.8 s, so each process alone sees 1.6 s gaps, past its 1.5 s expire_after.
+    for i in range(6):
+        await publish(mosquitto.port, "sensors/pulse", str(i))
+        await asyncio.sleep(0.8)  # the sensor's pace, not a wait for an event
+    assert not any("Pulse went silent" in gw.log for gw in procs)
+    silent = await recv_until(
+        ws, lambda m: m.get("event") == "raised" and m["alert"]["rule"] == "pulse-silent"
+    )
+    assert silent["alert"]["message"] == "Pulse went silent"
+    await until(lambda: sum(gw.log.count("raised: Pulse went silent") for gw in procs) == 1, what="one")
+    status, body = http_get(procs[0].url + "/api/alerts?state=open", token="ops-secret-token")
+    assert status == 200 and [a["rule"] for a in body["alerts"]] == ["pulse-silent"]
+    await ws.close()
+
+    # gateway/<site>/alerts carries each event once, though both processes publish.
+    seqs = []
+    while not seqs or seqs[-1] != silent["seq"]:
+        seqs.append((await asyncio.wait_for(heard.get(), 10))["seq"])
+    watcher.loop_stop()
+    watcher.disconnect()
+    assert len(seqs) == 13 and len(set(seqs)) == 13, seqs
