@@ -52,11 +52,11 @@ def run(config: Config, protocols: list[str], log_level: str = "INFO") -> int:
     from protocols.websocket.server import WebStartError
 
     logs.setup(log_level)
-    if (
-        "web" not in protocols
-        and config.gateway.channel_layer == "memory"
-        and len(protocols) < len(PROTOCOLS)
-    ):
+    if protocols == ["telegram"] and not config.telegram_enabled:
+        print("gateway: --protocol telegram needs telegram.token in the config", file=sys.stderr)
+        return EXIT_CONFIG
+    wanted = set(PROTOCOLS) if config.telegram_enabled else {"web", "mqtt"}
+    if config.gateway.channel_layer == "memory" and not wanted <= set(protocols):
         logs.server.warning(
             "split mode with the in-memory channel layer: other processes will not hear this one"
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -73,12 +75,19 @@ def secret_key(state_dir: Path) -> str:
     """A key kept in state_dir, so sessions survive restarts."""
     path = state_dir / "secret_key"
     try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        key = secrets.token_urlsafe(48)
-        path.write_text(key)
-        path.chmod(0o600)
-        return key
+        # Created exclusively, mode 600 from the start: split processes starting together agree.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.01)  # the process that created it is writing it
+        raise RuntimeError(f"{path} is empty: delete it to have a new key made") from None
+    key = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as file:
+        file.write(key)
+    return key
 
 
 def build(config: Config) -> dict[str, Any]:

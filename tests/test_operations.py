@@ -297,3 +297,17 @@ async def test_processes_sharing_a_subscription_keep_one_rule_state(
     watcher.loop_stop()
     watcher.disconnect()
     assert len(seqs) == 13 and len(set(seqs)) == 13, seqs
+
+
+async def test_a_telegram_process_without_a_token_says_so(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(start=False)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway", "run", "--config", str(gw.config_path), "--protocol", "telegram"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 2
+    assert "--protocol telegram needs telegram.token in the config" in done.stderr

@@ -49,7 +49,9 @@ class WebServer:
             self.application,
             endpoints=[f"tcp:port={self.port}:interface={host}"],
             signal_handlers=False,
-            **self.options,
+            # daphne closes every WebSocket after a day by default; a wall screen stays. Dead
+            # peers are found by daphne's pings (20 s) and the dashboard's own.
+            **{"websocket_timeout": -1, **self.options},
         )
         # Server.run() ends in reactor.run(); here the loop is already running,
         # so only start the reactor's bookkeeping and return.
