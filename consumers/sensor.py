@@ -158,9 +158,11 @@ class SensorConsumer(MqttConsumer):
             actions: list[Action] = []
             try:
                 if t.kind == "raise":
-                    change, actions = await book.raise_alert(t.rule, sensor, t.value), t.rule.on_raise
+                    change = await book.raise_alert(t.rule, sensor, t.value, self.rules.online)
+                    actions = t.rule.on_raise
                 elif t.kind == "clear":
-                    change, actions = await book.clear(t.rule.id, sensor.id, t.value), t.rule.on_clear
+                    change = await book.clear(t.rule.id, sensor.id, t.value, self.rules.online)
+                    actions = t.rule.on_clear
                 else:
                     change = await book.repeat(t.rule.id, sensor.id)
             except Exception:

@@ -20,7 +20,7 @@ from django.db.models import Count
 
 from gateway.config import Rule, Sensor
 from gateway.formats import Value
-from gateway.models import Alert, AlertEvent, SiteCounter
+from gateway.models import Alert, AlertEvent, SensorState, SiteCounter
 
 __all__ = ["AckRefused", "AlertBook", "AlertChange", "fill", "render_message"]
 
@@ -115,7 +115,19 @@ class AlertBook:
         )
         return AlertChange.make(event, counter.seq, snapshot, tuple(alert.groups))
 
-    def raise_sync(self, rule: Rule, sensor: Sensor, value: Value | None) -> AlertChange | None:
+    def _reading(self, sensor_id: str, value: Value | None, online: bool | None) -> None:
+        # The reading behind a change is saved with it: after a crash, the rules must not
+        # start from an older value than the alerts they see (the board saves lazily).
+        SensorState.objects.bulk_create(
+            [SensorState(site=self.site, sensor=sensor_id, value=value, online=online, updated_at=_now())],
+            update_conflicts=True,
+            unique_fields=["site", "sensor"],
+            update_fields=["value", "online", "updated_at"],
+        )
+
+    def raise_sync(
+        self, rule: Rule, sensor: Sensor, value: Value | None, online: bool | None = True
+    ) -> AlertChange | None:
         """A new alert; None when this rule already has one open for this sensor.
 
         Only one process raises for a given message, but two processes with shared
@@ -129,6 +141,7 @@ class AlertBook:
                     SiteCounter.objects.select_for_update().get_or_create(site=self.site)
                     if self._open(rule.id, sensor.id) is not None:
                         return None
+                    self._reading(sensor.id, value, online)
                     alert = Alert.objects.create(
                         id="".join(secrets.choice(_ALPHABET) for _ in range(6)),
                         site=self.site,
@@ -162,11 +175,14 @@ class AlertBook:
             alert.save(update_fields=["state", "acknowledged_at", "acknowledged_by"])
             return self._record("acknowledged", alert)
 
-    def clear_sync(self, rule_id: str, sensor_id: str, value: Value | None) -> AlertChange | None:
+    def clear_sync(
+        self, rule_id: str, sensor_id: str, value: Value | None, online: bool | None = True
+    ) -> AlertChange | None:
         with transaction.atomic():
             alert = self._open(rule_id, sensor_id)
             if alert is None:
                 return None
+            self._reading(sensor_id, value, online)
             alert.state, alert.cleared_at, alert.value = "cleared", _now(), value
             alert.save(update_fields=["state", "cleared_at", "value"])
             return self._record("cleared", alert)
