@@ -108,7 +108,8 @@ class SensorConsumer(MqttConsumer):
             return
         metrics.mqtt_messages.labels("ok").inc()
         if self.peers:
-            await self.channel_layer.group_send(
+            await self.runtime.hand_over(
+                self.channel_layer.group_send,
                 f"sensor.{self.sensor.id}",
                 {"type": "sensor.observed", "origin": self.channel_name, "at": received, **observed},
             )
@@ -232,8 +233,8 @@ class SensorConsumer(MqttConsumer):
         self.last_sensor_event = self.loop.time()
         snap = self.runtime.board.sensors[self.sensor.id].as_json()
         text = json.dumps({"type": "sensor", "sensor": snap}, separators=(",", ":"))
-        await self.runtime.layer.group_send(
-            "sensors", {"type": "sensor.update", "sensor": snap, "text": text}
+        await self.runtime.hand_over(
+            self.runtime.layer.group_send, "sensors", {"type": "sensor.update", "sensor": snap, "text": text}
         )
 
     # Alert events of this sensor (group sensor.<id>): only acknowledgements matter here.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -79,6 +80,7 @@ class RedisLayer(RedisChannelLayer):
         super().__init__(*args, **kwargs)
         self._joined: set[tuple[str, str]] = set()
         self._renewer: asyncio.Task[None] | None = None
+        self._renew_now = asyncio.Event()
 
     async def group_add(self, group: str, channel: str) -> None:
         await super().group_add(group, channel)
@@ -91,15 +93,28 @@ class RedisLayer(RedisChannelLayer):
         await super().group_discard(group, channel)
 
     async def _renew(self) -> None:
+        outage = False
         while self._joined:
-            # Often enough that a Redis that lost its data has every member back within minutes.
-            await asyncio.sleep(min(self.group_expiry / 4, 600))
-            for group, channel in list(self._joined):
-                try:
+            # Often enough that a Redis that lost its data has every member back within minutes;
+            # every second while a receive has failed, until they are back.
+            with contextlib.suppress(TimeoutError):
+                wait = 1.0 if outage else min(self.group_expiry / 4, RENEW_SECONDS)
+                await asyncio.wait_for(self._renew_now.wait(), wait)
+            if self._renew_now.is_set():
+                self._renew_now.clear()
+                outage = True
+                await asyncio.sleep(1.0)  # not in the instant a receive failed
+            try:
+                for group, channel in list(self._joined):
                     await super().group_add(group, channel)
-                except Exception as err:  # Redis away: the next round tries again, well within expiry
-                    logs.layer.warning("could not renew group %s (%s)", group, err)
-                    break
+            except Exception as err:  # Redis away: try again soon, well within the expiry
+                if not outage:
+                    logs.layer.warning("could not renew group memberships (%s); retrying", err)
+                outage = True
+                continue
+            if outage:
+                logs.layer.info("redis is back: %d group memberships renewed", len(self._joined))
+            outage = False
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         try:
@@ -114,11 +129,22 @@ class RedisLayer(RedisChannelLayer):
         while True:
             try:
                 return await super().receive(channel)
-            except (TimeoutError, ConnectionError, OSError) as err:
-                logs.layer.warning("redis receive failed (%s); retrying in %.1fs", err, delay)
             except Exception as err:  # redis.exceptions.* do not all derive from OSError
-                if type(err).__module__.split(".")[0] != "redis":
+                if not isinstance(err, TimeoutError | ConnectionError | OSError) and (
+                    type(err).__module__.split(".")[0] != "redis"
+                ):
                     raise
-                logs.layer.warning("redis receive failed (%s); retrying in %.1fs", err, delay)
+                allowed, held = _receive_log.allow("receive")
+                if allowed:
+                    logs.layer.warning(
+                        "redis receive failed (%s); retrying in %.1fs (%d more not logged)", err, delay, held
+                    )
+            # Redis may come back without our memberships (a restart that lost its data):
+            # the renewer tries every second until they are back.
+            self._renew_now.set()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+RENEW_SECONDS = 600.0
+_receive_log = logs.RateLimit(interval=5.0)

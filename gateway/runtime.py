@@ -95,12 +95,12 @@ class Runtime:
         if received is not None:
             message["received"] = received
         for group in change.groups:
-            await self._hand_over(self.layer.group_send, group, message)
+            await self.hand_over(self.layer.group_send, group, message)
         if self.mqtt_out:
             # One MQTT process publishes it, however many run: they take turns on this channel.
-            await self._hand_over(self.layer.send, MQTT_OUT, message)
+            await self.hand_over(self.layer.send, MQTT_OUT, message)
 
-    async def _hand_over(self, send: Callable[..., Any], name: str, message: dict[str, Any]) -> None:
+    async def hand_over(self, send: Callable[..., Any], name: str, message: dict[str, Any]) -> None:
         # The alert is stored: a layer that is full or away costs this delivery, not the consumer.
         try:
             await send(name, message)
@@ -108,9 +108,10 @@ class Runtime:
             metrics.deliveries.labels("layer", "failed").inc()
             allowed, held = _handover_log.allow(name)
             if allowed:
-                logs.alerts.error(
-                    "alert event %s not handed to %s: %s (%d more not logged)",
-                    message["seq"],
+                logs.layer.error(
+                    "%s %s not handed to %s: %s (%d more not logged)",
+                    message["type"],
+                    message.get("seq", ""),
                     name,
                     err,
                     held,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import paho.mqtt.client as paho
@@ -15,6 +16,7 @@ from tests.conftest import (
     publish,
     recv_json,
     recv_until,
+    split_pair,
     until,
     ws_connect,
 )
@@ -87,4 +89,30 @@ async def test_a_crash_right_after_a_clear_does_not_swallow_the_next_raise(
     await publish(mosquitto.port, DOOR, '{"contact": false}')
     raised = await recv_until(ws, alert_event("raised"), timeout=10)
     assert raised["alert"]["message"] == "Front door opened"
+    await ws.close()
+
+
+async def test_a_redis_outage_in_split_mode_heals_and_counts_what_it_lost(
+    gateway_factory: GatewayFactory, mosquitto: Service, redis_server: Service
+) -> None:
+    web, mqtt_only = split_pair(gateway_factory, mosquitto.port, f"redis://127.0.0.1:{redis_server.port}/0")
+    ws = await ws_connect(web)
+    hello = await recv_json(ws)
+    await until(lambda: "ready in" in mqtt_only.log, what="the MQTT process")
+
+    redis_server.stop()  # and it comes back empty: no persistence, no group memberships
+    await publish(mosquitto.port, DOOR, '{"contact": false}')
+    await until(lambda: "not handed to alerts:" in mqtt_only.log, what="the lost hand-over, logged")
+    redis_server.start()
+    for gw in (web, mqtt_only):
+        await until(lambda gw=gw: "redis is back" in gw.log, timeout=20, what="memberships renewed")
+
+    await publish(mosquitto.port, DOOR, '{"contact": true}')
+    cleared = await recv_until(ws, alert_event("cleared"), timeout=10)
+    # What the outage kept from the dashboard is in the database: resume brings it.
+    await ws.send(json.dumps({"type": "resume", "after": hello["seq"]}))
+    replayed = await recv_until(ws, alert_event("raised"))
+    assert replayed["alert"]["id"] == cleared["alert"]["id"]
+    assert mqtt_only.proc is not None and mqtt_only.proc.poll() is None
+    assert web.wait_healthy()["status"] == "ok"
     await ws.close()
