@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -16,10 +17,38 @@ from gateway.runtime import Runtime
 MAX_CLIENT_MESSAGE = 64 * 1024
 RESUME_LIMIT = 1000
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
+# Per connection: a dashboard sends a few messages a minute; a burst of acks fits, a flood does not.
+RATE, BURST = 20.0, 40.0
+# A client that goes on flooding past this many dropped messages is closed.
+FLOOD_CLOSE = 1000
+
+
+_cap_log = logs.RateLimit(interval=10.0)
 
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+# autobahn allows applications 1000 or 3000-4999 only: 1012 (service restart) becomes 4012.
+CLOSE_SERVICE_RESTART = 4012
+# Every open dashboard socket of this process, for `restart_all`.
+_open_sockets: weakref.WeakSet[AlertSocket] = weakref.WeakSet()
+
+
+async def restart_all() -> None:
+    """After a channel-layer outage: close every socket (4012), so clients reconnect and `resume`.
+
+    Events sent while Redis was away never reached this process; a fresh socket and
+    `resume` from the client's last seq bring them from the database, in order.
+    """
+    sockets = list(_open_sockets)
+    if sockets:
+        logs.web.warning("closing %d WebSockets after the channel-layer outage: they resume", len(sockets))
+    for socket in sockets:
+        await socket.close(code=CLOSE_SERVICE_RESTART)
 
 
 class AlertSocket(AsyncWebsocketConsumer):
@@ -27,6 +56,10 @@ class AlertSocket(AsyncWebsocketConsumer):
     counted = False
     last_seq = 0
     who = ""
+    tokens = BURST
+    refilled = 0.0
+    dropped = 0
+    warned = 0.0
 
     async def connect(self) -> None:
         self.runtime: Runtime = self.scope["gateway"]
@@ -34,6 +67,17 @@ class AlertSocket(AsyncWebsocketConsumer):
         if not origin_allowed(self.scope, config.http.allowed_origins):
             metrics.bad_input.labels("websocket", "origin").inc()
             logs.web.warning("refused a WebSocket from origin %s", dict(self.scope["headers"]).get(b"origin"))
+            await self.close()  # before accept: HTTP 403 at the handshake
+            return
+        if metrics.websocket_connections._value.get() >= config.http.max_websockets:
+            metrics.bad_input.labels("websocket", "connection_cap").inc()
+            allowed, held = _cap_log.allow("cap")
+            if allowed:
+                logs.web.warning(
+                    "refused a WebSocket: %d open, http.max_websockets reached (%d more not logged)",
+                    config.http.max_websockets,
+                    held,
+                )
             await self.close()  # before accept: HTTP 403 at the handshake
             return
         who = scope_owner(self.scope, config.auth.tokens)
@@ -50,6 +94,7 @@ class AlertSocket(AsyncWebsocketConsumer):
         self.last_seq, alerts = await self.runtime.book.snapshot()
         await self.accept()
         self.counted = True
+        _open_sockets.add(self)
         metrics.websocket_connections.inc()
         hello = {
             "type": "hello",
@@ -70,6 +115,8 @@ class AlertSocket(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.counted:
             return
+        if not await self._within_rate():
+            return
         if text_data is None:
             return await self._error("binary frames are not supported; send JSON text")
         if len(text_data) > MAX_CLIENT_MESSAGE:
@@ -89,6 +136,26 @@ class AlertSocket(AsyncWebsocketConsumer):
             await self._resume(msg.get("after"))
         else:
             await self._error(f"unknown message type {kind[:40]!r}; expected ack, resume or ping")
+
+    async def _within_rate(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(BURST, self.tokens + (now - self.refilled) * RATE)
+        self.refilled = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.dropped += 1
+        metrics.bad_input.labels("websocket", "rate").inc()
+        if self.dropped >= FLOOD_CLOSE:
+            logs.web.warning(
+                "closed a WebSocket of %s: it kept flooding (%d dropped)", self.who, self.dropped
+            )
+            await self.close(code=CLOSE_POLICY)
+        elif now - self.warned >= 1.0:
+            self.warned = now
+            error = f"too many messages: at most {RATE:.0f} a second; the rest are dropped"
+            await self.send(text_data=_dumps({"type": "error", "error": error}))
+        return False
 
     async def _error(self, error: str) -> None:
         metrics.bad_input.labels("websocket", "message").inc()

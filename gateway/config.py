@@ -97,6 +97,10 @@ class GatewaySection(_Section):
 class HttpSection(_Section):
     bind: str = "127.0.0.1:8000"
     allowed_origins: list[str] = []
+    # WebSockets this process holds at most; more are refused at the handshake.
+    max_websockets: int = Field(default=4096, ge=1)
+    # Bytes waiting to reach one WebSocket client before it is dropped as too slow.
+    websocket_send_buffer: int = Field(default=262144, ge=4096)
 
     @field_validator("bind")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.exceptions import ChannelFull
@@ -44,6 +45,20 @@ class MemoryLayer(InMemoryChannelLayer):
         if dropped:
             overflowed(group, dropped)
 
+    async def _drop_connections(self) -> None:
+        """Close every pooled connection, the busy ones too, so each command starts on a fresh one.
+
+        Seen here: after Redis restarted, a blocking pop that channels_redis issued
+        around the restart waited forever on its connection, holding the receive
+        lock of every consumer of this process. Its connection closed, it fails,
+        is retried, and the receiving goes on; a message it had popped is safe in
+        channels_redis's backup queue.
+        """
+        for loop_layer in list(self._layers.values()):
+            for connection in list(loop_layer._connections.values()):
+                with contextlib.suppress(Exception):
+                    await connection.connection_pool.disconnect(inuse_connections=True)
+
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         try:
             await super().send(channel, message)
@@ -81,6 +96,8 @@ class RedisLayer(RedisChannelLayer):
         self._joined: set[tuple[str, str]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._renew_now = asyncio.Event()
+        # Called once memberships are back after an outage (the dashboard sockets start afresh).
+        self.recovered: list[Callable[[], Awaitable[None]]] = []
 
     async def group_add(self, group: str, channel: str) -> None:
         await super().group_add(group, channel)
@@ -114,7 +131,27 @@ class RedisLayer(RedisChannelLayer):
                 continue
             if outage:
                 logs.layer.info("redis is back: %d group memberships renewed", len(self._joined))
+                await self._drop_connections()
+                for callback in self.recovered:
+                    try:
+                        await callback()
+                    except Exception:
+                        logs.layer.exception("after the outage, %r failed", callback)
             outage = False
+
+    async def _drop_connections(self) -> None:
+        """Close every pooled connection, the busy ones too, so each command starts on a fresh one.
+
+        Seen here: after Redis restarted, a blocking pop that channels_redis issued
+        around the restart waited forever on its connection, holding the receive
+        lock of every consumer of this process. Its connection closed, it fails,
+        is retried, and the receiving goes on; a message it had popped is safe in
+        channels_redis's backup queue.
+        """
+        for loop_layer in list(self._layers.values()):
+            for connection in list(loop_layer._connections.values()):
+                with contextlib.suppress(Exception):
+                    await connection.connection_pool.disconnect(inuse_connections=True)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         try:

@@ -159,9 +159,21 @@ class Gateway:
             if "web" in self.protocols:
                 from protocols.websocket.server import WebServer
 
-                self.web = WebServer(application, config.http.host, config.http.port)
+                self.web = WebServer(
+                    application,
+                    config.http.host,
+                    config.http.port,
+                    send_buffer=config.http.websocket_send_buffer,
+                )
                 await self.web.start()
                 self.health.set("web", True)
+                from channels.layers import get_channel_layer
+
+                from consumers.dashboard import restart_all
+
+                layer = get_channel_layer()
+                if hasattr(layer, "recovered"):
+                    layer.recovered.append(restart_all)
             if "web" in self.protocols and "mqtt" not in self.protocols:
                 # Split mode: sensor readings come from the MQTT processes over the channel layer.
                 self._follower = asyncio.ensure_future(runtime.follow_sensors())

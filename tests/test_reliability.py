@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import socket
+from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import (
     GatewayFactory,
+    GatewayProcess,
     Service,
     alert_event,
     http_get,
@@ -106,13 +112,112 @@ async def test_a_redis_outage_in_split_mode_heals_and_counts_what_it_lost(
     redis_server.start()
     for gw in (web, mqtt_only):
         await until(lambda gw=gw: "redis is back" in gw.log, timeout=20, what="memberships renewed")
+    # The web process restarts its sockets (4012): a dashboard reconnects and resumes from its seq.
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4012
+    ws = await ws_connect(web)
+    await recv_json(ws)
+    await ws.send(json.dumps({"type": "resume", "after": hello["seq"]}))
+    replayed = await recv_until(ws, alert_event("raised"))  # what the outage kept from it
+    assert replayed["alert"]["message"] == "Front door opened"
 
     await publish(mosquitto.port, DOOR, '{"contact": true}')
     cleared = await recv_until(ws, alert_event("cleared"), timeout=10)
-    # What the outage kept from the dashboard is in the database: resume brings it.
-    await ws.send(json.dumps({"type": "resume", "after": hello["seq"]}))
-    replayed = await recv_until(ws, alert_event("raised"))
-    assert replayed["alert"]["id"] == cleared["alert"]["id"]
+    assert cleared["alert"]["id"] == replayed["alert"]["id"]
     assert mqtt_only.proc is not None and mqtt_only.proc.poll() is None
     assert web.wait_healthy()["status"] == "ok"
     await ws.close()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def metric(gw: GatewayProcess, name: str) -> float:
+    status, text = http_get(gw.url + "/metrics")
+    assert status == 200
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def never_reading_client(gw: GatewayProcess) -> socket.socket:
+    """A WebSocket client that completes the handshake, then never reads again (tiny receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(("127.0.0.1", gw.http_port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws/alerts/?token=ops-secret-token HTTP/1.1\r\nHost: 127.0.0.1:{gw.http_port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert sock.recv(12) == b"HTTP/1.1 101"
+    return sock
+
+
+async def test_websocket_abuse_leaves_a_normal_client_whole(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(start=False)
+    text = gw.config_path.read_text()
+    gw.config_path.write_text(text.replace("[http]\n", "[http]\nwebsocket_send_buffer = 16384\n", 1))
+    gw.start()
+    normal = await ws_connect(gw)
+    await recv_json(normal)
+    assert gw.proc is not None
+    rss_before = rss_mib(gw.proc.pid)
+
+    # 200 clients that vanish without a close frame.
+    for _ in range(4):
+        sockets = await asyncio.gather(*(ws_connect(gw) for _ in range(50)))
+        for ws in sockets:
+            ws.transport.abort()
+    # A 1 MB frame: the connection is dropped as it arrives (1009), nobody else disturbed.
+    big = await ws_connect(gw, max_size=None)
+    await recv_json(big)
+    await big.send("x" * 1_000_000)
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(big.recv(), 5)
+    assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
+    # 1,000 junk messages in about a second from one client: most are dropped, it is told so.
+    flood = await ws_connect(gw)
+    await recv_json(flood)
+    for i in range(1000):
+        await flood.send("junk")
+        if i % 100 == 99:
+            await asyncio.sleep(0.1)
+    told = await recv_until(flood, lambda m: "too many messages" in m.get("error", ""))
+    assert told["type"] == "error"
+    # A client that stops reading while alerts pour out: dropped, not buffered without end.
+    slow = await asyncio.to_thread(never_reading_client, gw)
+    raised = 0
+    for i in range(400):
+        contact = "true" if i % 2 else "false"
+        await publish(gw.mqtt_port, "zigbee2mqtt/front_door", f'{{"contact": {contact}}}')
+        if i % 2 == 0:
+            msg = await recv_until(normal, alert_event("raised"))
+            raised += 1
+            assert msg["alert"]["message"] == "Front door opened"
+        if "dropped WebSocket client" in gw.log:
+            break
+    assert "dropped WebSocket client" in gw.log
+    slow.close()
+
+    # The normal client got every alert; the gateway is healthy and back to its size.
+    assert raised >= 1
+    await until(lambda: metric(gw, "gateway_websocket_connections") == 2, what="the leftovers reaped")
+    assert metric(gw, 'gateway_bad_input_total{protocol="websocket",reason="rate"}') >= 500
+    assert metric(gw, 'gateway_bad_input_total{protocol="websocket",reason="slow_client"}') == 1
+    assert gw.wait_healthy()["status"] == "ok"
+    await flood.close()
+    await until(lambda: metric(gw, "gateway_websocket_connections") == 1, what="the flood client gone")
+    assert rss_mib(gw.proc.pid) - rss_before < 10
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact": true}')
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact": false}')
+    await recv_until(normal, alert_event("raised"))
+    await normal.close()

@@ -8,21 +8,63 @@ so HTTP, WebSocket, MQTT and Telegram share one thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from typing import Any
 
-from gateway import logs
+from gateway import logs, metrics
+
+# A client message larger than this closes its socket (1009) before it is even read whole;
+# one over the consumer's 64 KiB (still small) gets an error and the socket stays open.
+MAX_MESSAGE = 256 * 1024
 
 
 class WebStartError(Exception):
     pass
 
 
+def buffered(transport: Any) -> int:
+    """Bytes Twisted holds for a TCP transport, not yet taken by the kernel."""
+    return len(getattr(transport, "dataBuffer", b"")) + int(getattr(transport, "_tempDataLen", 0))
+
+
+def bounded_protocol(base: type, limit: int) -> type:
+    """daphne's WebSocket protocol that drops a client which stopped reading, not the process."""
+
+    class BoundedWebSocketProtocol(base):  # type: ignore[misc, valid-type]
+        def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+            # Alerts are small writes: no Nagle delay behind an unacknowledged one. And the
+            # kernel's share of a slow client's backlog is bounded too, not autotuned to MiBs.
+            with contextlib.suppress(AttributeError, OSError):
+                self.transport.setTcpNoDelay(True)
+                self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
+            super().connectionMade()
+
+        def serverSend(self, content: Any, binary: bool = False) -> None:  # noqa: N802 - daphne's name
+            waiting = buffered(self.transport)
+            if waiting > limit:
+                if not getattr(self, "dropped_slow", False):
+                    self.dropped_slow = True
+                    metrics.bad_input.labels("websocket", "slow_client").inc()
+                    logs.web.warning(
+                        "dropped WebSocket client %s: %d bytes it did not read", self.client_addr, waiting
+                    )
+                    self.dropConnection(abort=True)
+                return
+            super().serverSend(content, binary)
+
+    return BoundedWebSocketProtocol
+
+
 class WebServer:
     name = "web"
 
-    def __init__(self, application: Any, host: str, port: int, **options: Any) -> None:
+    def __init__(
+        self, application: Any, host: str, port: int, send_buffer: int = 262144, **options: Any
+    ) -> None:
         self.application = application
         self.host, self.port = host, port
+        self.send_buffer = send_buffer
         self.options = options
         self._daphne: Any = None
         self.port_bound: int | None = None
@@ -51,7 +93,12 @@ class WebServer:
             signal_handlers=False,
             # daphne closes every WebSocket after a day by default; a wall screen stays. Dead
             # peers are found by daphne's pings (20 s) and the dashboard's own.
-            **{"websocket_timeout": -1, **self.options},
+            **{
+                "websocket_timeout": -1,
+                "websocket_max_message_size": MAX_MESSAGE,
+                "websocket_max_frame_size": MAX_MESSAGE,
+                **self.options,
+            },
         )
         # Server.run() ends in reactor.run(); here the loop is already running,
         # so only start the reactor's bookkeeping and return.
@@ -65,6 +112,8 @@ class WebServer:
             daphne.run()
         finally:
             reactor.run = real_run  # type: ignore[method-assign, misc]
+        # Before the loop accepts anyone: every connection gets the bounded protocol.
+        daphne.ws_factory.protocol = bounded_protocol(daphne.ws_factory.protocol, self.send_buffer)
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(d.asFuture(loop) for d in daphne.listeners))
         if errors:
