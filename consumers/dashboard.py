@@ -13,6 +13,7 @@ from gateway import logs, metrics
 from gateway.alerts import AckRefused
 from gateway.auth import origin_allowed, scope_owner
 from gateway.runtime import Runtime
+from protocols.dispatch import DirectDispatch
 
 MAX_CLIENT_MESSAGE = 64 * 1024
 RESUME_LIMIT = 1000
@@ -51,7 +52,7 @@ async def restart_all() -> None:
         await socket.close(code=CLOSE_SERVICE_RESTART)
 
 
-class AlertSocket(AsyncWebsocketConsumer):
+class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
     groups: list[str] = []  # joined by hand after auth, not by the base class
     counted = False
     last_seq = 0
@@ -196,6 +197,6 @@ class AlertSocket(AsyncWebsocketConsumer):
         await self.send(text_data=event["text"])
 
 
-class NotFoundSocket(AsyncWebsocketConsumer):
+class NotFoundSocket(DirectDispatch, AsyncWebsocketConsumer):
     async def connect(self) -> None:
         await self.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async as sync_to_async  # closes a broken or stale connection first
 from django.db import transaction
 
 from gateway.models import TelegramChat, TelegramMessage, TelegramSubscription

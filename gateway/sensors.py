@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async as sync_to_async  # closes a broken or stale connection first
 
 from gateway import logs
 from gateway.alerts import iso

@@ -36,6 +36,9 @@ def database(config: Config) -> dict[str, Any]:
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(path),
+        # One connection kept open (the default 0 reopens the file, and reruns the PRAGMAs, per call).
+        "CONN_MAX_AGE": None,
+        "CONN_HEALTH_CHECKS": True,
         "OPTIONS": {
             # WAL lets dashboards read while an alert is written; IMMEDIATE takes
             # the write lock up front instead of failing half-way with "locked".

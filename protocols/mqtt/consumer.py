@@ -5,12 +5,13 @@ from __future__ import annotations
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 
+from protocols.dispatch import DirectDispatch
 from protocols.mqtt.types import MqttConnectEvent, MqttDisconnectEvent, MqttMessageEvent
 
 __all__ = ["MqttConsumer"]
 
 
-class MqttConsumer(AsyncConsumer):
+class MqttConsumer(DirectDispatch, AsyncConsumer):
     """One instance per device scope; events dispatch by type (`mqtt.message` -> `mqtt_message`)."""
 
     async def mqtt_connect(self, event: MqttConnectEvent) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 
+from protocols.dispatch import DirectDispatch
 from protocols.telegram.types import (
     Button,
     TelegramCallbackQueryEvent,
@@ -25,7 +26,7 @@ def button(text: str, data: str) -> Button:
     return {"text": text, "data": data}
 
 
-class TelegramConsumer(AsyncConsumer):
+class TelegramConsumer(DirectDispatch, AsyncConsumer):
     """One instance per chat. Events dispatch by type (`telegram.message` -> `telegram_message`),
     and a command goes on to `command_<name>(event)` (`/subscribe house` -> `command_subscribe`)."""
 
