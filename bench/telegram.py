@@ -34,8 +34,7 @@ import paho.mqtt.client as paho
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.latency import healthy, rss_mib  # noqa: E402
-from tests.conftest import free_port, wait_port  # noqa: E402
+from bench.common import free_port, healthy, rss_mib, wait_port  # noqa: E402
 from tests.telegram_standin import BotApiStandin  # noqa: E402
 
 TOKEN = "123456:BENCH-token-for-the-gateway-bench_01"
