@@ -221,3 +221,40 @@ async def test_websocket_abuse_leaves_a_normal_client_whole(gateway_factory: Gat
     await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact": false}')
     await recv_until(normal, alert_event("raised"))
     await normal.close()
+
+
+async def test_bad_sensor_payloads_are_counted_logged_once_and_survived(
+    gateway_factory: GatewayFactory, mosquitto: Service
+) -> None:
+    gw = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}")
+    ws = await ws_connect(gw)
+    await recv_json(ws)
+    bad = [
+        b"{not json",
+        b"\xff\xfe\x00\x81",  # not UTF-8
+        b'{"temp": {"water": 1}, "pad": "' + b"x" * 70_000 + b'"}',  # over mqtt.max_payload (64 KiB)
+        b'{"temp": {"water": NaN}}',
+        b'{"temp": {"water": Infinity}}',
+        b"[" * 10_000 + b"]" * 10_000,  # nested 10,000 deep
+        b'{"temp": {"water": [1, 2]}}',  # a list where a reading belongs
+        b'{"temp": "hot"}',  # the field's parent is not an object
+        b"",
+    ]
+    before = metric(gw, 'gateway_mqtt_messages_total{outcome="bad_payload"}')
+    for payload in bad:
+        await publish(mosquitto.port, "sensors/boiler", payload)
+    # Other sensors carry on meanwhile, and the gateway stays healthy.
+    await publish(mosquitto.port, DOOR, '{"contact": false}')
+    await recv_until(ws, alert_event("raised"))
+    await until(
+        lambda: metric(gw, 'gateway_mqtt_messages_total{outcome="bad_payload"}') - before == len(bad),
+        what="every bad payload counted",
+    )
+    assert gw.wait_healthy()["status"] == "ok"
+    # Logged, but rate-limited: one line for the burst from this sensor.
+    assert gw.log.count("sensor boiler: ignored a message on sensors/boiler") == 1
+    # And the sensor itself still works.
+    await publish(mosquitto.port, "sensors/boiler", '{"temp": {"water": 95}}')
+    hot = await recv_until(ws, alert_event("raised"))
+    assert hot["alert"]["message"] == "Boiler at 95"
+    await ws.close()
