@@ -68,6 +68,8 @@ def test_any_frame_is_answered_and_the_socket_stays(gateway: GatewayProcess, fra
 
 
 def _is_ping(frame: Any) -> bool:
+    if not isinstance(frame, str):
+        return False  # binary frames are refused whatever they hold
     try:
         message = json.loads(frame)
     except (ValueError, TypeError):
