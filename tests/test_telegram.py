@@ -381,3 +381,29 @@ async def test_token_never_in_logs_errors_or_health(
         await stop(gw)
     for text in (gw.log, json.dumps(health), check.stdout, check.stderr):
         assert TOKEN not in text and TOKEN.split(":")[1] not in text
+
+
+async def test_a_flooding_chat_is_throttled_and_odd_updates_are_ignored(
+    gateway_factory: GatewayFactory, standin: BotApiStandin
+) -> None:
+    gw = await make(gateway_factory, standin, [ALICE, BOB])
+    for _ in range(40):  # a script hammering the bot
+        standin.user_says(BOB, "/status")
+    standin.user_says(BOB, "/start " + "x" * 10_000)  # longer than Telegram allows: not from Telegram
+    standin._enqueue({"edited_message": {"text": "/status", "chat": {"id": ALICE, "type": "private"}}})
+    standin._enqueue({"message": {"message_id": "not a number", "text": "/help", "chat": {"id": ALICE}}})
+    # Another chat is answered at once, whatever the flood.
+    assert "0 open alerts" in await say(standin, ALICE, "/status")
+    await until(lambda: "chat 1002 sends too fast" in gw.log, what="the throttle")
+    status, text = http_get(gw.url + "/metrics")
+    assert status == 200
+    counts = {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gateway_telegram_updates_total{")
+    }
+    # The burst of 8 gets through (answered one a second, as Telegram allows), the rest is dropped.
+    assert 30 <= counts["update_throttled"] <= 32, counts
+    assert counts["update_malformed"] == 1 and counts["update_ignored"] >= 2, counts
+    assert "aiogram could not read an update batch" in gw.log
+    assert gw.wait_healthy()["protocols"]["telegram"]["up"] is True

@@ -32,10 +32,16 @@ from protocols.telegram.lease import Lease
 from protocols.telegram.types import Chat, TelegramScope, User
 
 log = logs.telegram
+_malformed_log = logs.RateLimit(interval=30.0)
 
 __all__ = ["TelegramServer", "TelegramSettings", "parse_command"]
 
 ALLOWED_UPDATES = ["message", "callback_query"]
+# What one chat may send: a burst of commands, then one a second; the rest is dropped and counted,
+# so a flooding chat cannot fill the outbox with replies ahead of its own alerts and everyone else's.
+CHAT_BURST, CHAT_RATE = 8.0, 1.0
+# Telegram's own limit for a message's text: anything longer did not come from Telegram.
+MAX_TEXT = 4096
 
 
 @dataclass
@@ -78,6 +84,10 @@ class _Instance:
     task: asyncio.Task[None] | None = None
     restarts: int = 0
     gone: bool = False  # told the application its chat is gone; reset when the chat writes again
+    # Incoming flood control: a token bucket per chat.
+    tokens: float = CHAT_BURST
+    refilled: float = 0.0
+    throttled_logged: float = -1e9
 
 
 class TelegramServer:
@@ -229,6 +239,21 @@ class TelegramServer:
                     self._down(f"429, retry after {err.retry_after}s")
                     await asyncio.sleep(err.retry_after)
                     continue
+                except ag.errors.ClientDecodeError as err:
+                    # One update aiogram cannot read must not wedge every poll after it: take the
+                    # batch as plain JSON, which `feed` checks field by field.
+                    allowed, _ = _malformed_log.allow("batch")
+                    if allowed:
+                        log.warning("aiogram could not read an update batch (%s); taking it as JSON", err)
+                    try:
+                        raw = await self._raw_updates(offset)
+                    except (OSError, TimeoutError, ValueError, KeyError) as raw_err:
+                        self._down(_describe(raw_err))
+                    else:
+                        for update in raw:
+                            offset = int(update["update_id"]) + 1
+                            self.feed(update)
+                        continue
                 except (ag.errors.TelegramAPIError, OSError, TimeoutError) as err:
                     self._down(_describe(err))
                 else:
@@ -247,6 +272,24 @@ class TelegramServer:
                 # Confirm the last batch, or the next poller would get it again.
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(bot.get_updates(offset=offset, timeout=0, limit=1), 2.0)
+
+    async def _raw_updates(self, offset: int | None) -> list[dict[str, Any]]:
+        import json
+
+        import aiohttp
+
+        url = f"{self.settings.api_url.rstrip('/')}/bot{self.settings.token}/getUpdates"
+        params = {"timeout": "0", "allowed_updates": json.dumps(ALLOWED_UPDATES)}
+        if offset is not None:
+            params["offset"] = str(offset)
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session,
+            session.get(url, params=params) as response,
+        ):
+            body = await response.json(content_type=None)
+        if not isinstance(body, dict) or not body.get("ok") or not isinstance(body.get("result"), list):
+            raise ValueError(f"getUpdates answered {response.status}")
+        return [u for u in body["result"] if isinstance(u, dict) and isinstance(u.get("update_id"), int)]
 
     async def _set_webhook(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -287,23 +330,45 @@ class TelegramServer:
         """Route one update (a Bot API `Update` as JSON) to its chat's instance; False if not taken."""
         if not self.leading.is_set():
             return False
-        if "message" in update:
-            self._on_message(update["message"])
-        elif "callback_query" in update:
-            self._on_callback(update["callback_query"])
-        else:
-            self.count("update_ignored")
+        try:
+            if isinstance(update.get("message"), dict):
+                self._on_message(update["message"])
+            elif isinstance(update.get("callback_query"), dict):
+                self._on_callback(update["callback_query"])
+            else:
+                self.count("update_ignored")
+        except (KeyError, TypeError, ValueError) as err:
+            # A malformed update costs itself, never the updates after it.
+            self.count("update_malformed")
+            allowed, held = _malformed_log.allow("update")
+            if allowed:
+                log.warning("ignored a malformed update (%s; %d more not logged)", err, held)
         return True
+
+    def _within_rate(self, inst: _Instance) -> bool:
+        now = time.monotonic()
+        inst.tokens = min(CHAT_BURST, inst.tokens + (now - inst.refilled) * CHAT_RATE)
+        inst.refilled = now
+        if inst.tokens >= 1:
+            inst.tokens -= 1
+            return True
+        self.count("update_throttled")
+        if now - inst.throttled_logged >= 60:
+            inst.throttled_logged = now
+            log.warning(
+                "chat %s sends too fast: updates dropped (at most %g a second)", inst.chat_id, CHAT_RATE
+            )
+        return False
 
     def _on_message(self, message: dict[str, Any]) -> None:
         text = message.get("text")
         chat = message.get("chat")
-        if not isinstance(text, str) or not isinstance(chat, dict):
-            self.count("update_ignored")  # stickers, photos, joins...
+        if not isinstance(text, str) or not isinstance(chat, dict) or len(text) > MAX_TEXT:
+            self.count("update_ignored")  # stickers, photos, joins, or not from Telegram at all
             return
         sender = _user(message.get("from"))
         inst = self._instance_for(_chat(chat), sender)
-        if inst is None:
+        if inst is None or not self._within_rate(inst):
             return
         inst.gone = False
         command, args = parse_command(text, self.bot_user["username"])
@@ -328,7 +393,7 @@ class TelegramServer:
             self.count("update_ignored")
             return
         inst = self._instance_for(_chat(chat), sender)
-        if inst is None:
+        if inst is None or not self._within_rate(inst):
             return
         self.count("callback_query")
         inst.queue.put_nowait(
