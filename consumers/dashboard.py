@@ -183,9 +183,10 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
 
     async def alert_raised(self, event: dict[str, Any]) -> None:
         # One event may come through several groups, and may race hello or resume.
-        if event["seq"] <= self.last_seq:
-            return
-        self.last_seq = event["seq"]
+        if event.get("saved", True):
+            if event["seq"] <= self.last_seq:
+                return
+            self.last_seq = event["seq"]
         await self.send(text_data=event["text"])
         metrics.deliveries.labels("websocket", "ok").inc()
         if "received" in event:

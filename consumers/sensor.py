@@ -52,6 +52,8 @@ class SensorConsumer(MqttConsumer):
             self.loop.time(),
         )
         self.lock = asyncio.Lock()
+        # rule id -> (alert, saved) last raised here: what a clear refers to if the database is away
+        self.announced: dict[str, tuple[dict[str, Any], bool]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.timer: asyncio.TimerHandle | None = None
         self.last_sensor_event = 0.0
@@ -159,16 +161,42 @@ class SensorConsumer(MqttConsumer):
             actions: list[Action] = []
             try:
                 if t.kind == "raise":
-                    change = await book.raise_alert(t.rule, sensor, t.value, self.rules.online)
                     actions = t.rule.on_raise
+                    change = await book.raise_alert(t.rule, sensor, t.value, self.rules.online)
                 elif t.kind == "clear":
-                    change = await book.clear(t.rule.id, sensor.id, t.value, self.rules.online)
                     actions = t.rule.on_clear
+                    change = await book.clear(t.rule.id, sensor.id, t.value, self.rules.online)
                 else:
                     change = await book.repeat(t.rule.id, sensor.id)
-            except Exception:
-                log.exception("sensor %s: could not store the %s of rule %s", sensor.id, t.kind, t.rule.id)
-                continue
+            except Exception as err:
+                # The database is locked, full or gone. The alert still goes out to whoever is
+                # connected (marked unsaved, seq 0), and its actions run: a siren must sound.
+                log.error(
+                    "sensor %s: could not store the %s of rule %s (%s); announcing it unsaved",
+                    sensor.id,
+                    t.kind,
+                    t.rule.id,
+                    err,
+                )
+                metrics.deliveries.labels("database", "failed").inc()
+                known = self.announced.pop(t.rule.id, None)
+                if t.kind == "raise":
+                    change = AlertChange.unsaved("raised", t.rule, sensor, t.value, None)
+                elif t.kind == "clear" and known is not None:
+                    change = AlertChange.unsaved("cleared", t.rule, sensor, t.value, known[0])
+                else:
+                    continue
+            else:
+                if change is None and t.kind == "clear":
+                    known = self.announced.pop(t.rule.id, None)
+                    if known is not None and not known[1]:
+                        # Raised while the database was away: clear what the clients were told of.
+                        change = AlertChange.unsaved("cleared", t.rule, sensor, t.value, known[0])
+            if change is not None:
+                if change.event == "raised":
+                    self.announced[t.rule.id] = (change.alert, change.saved)
+                elif change.event == "cleared":
+                    self.announced.pop(t.rule.id, None)
             if change is None:
                 continue
             log.info("alert %s %s: %s", change.alert["id"], change.event, change.alert["message"])

@@ -103,6 +103,8 @@ class ChatConsumer(TelegramConsumer):
     # Alerts from the channel layer
 
     async def alert_raised(self, event: dict[str, Any]) -> None:
+        if not event.get("saved", True):
+            return  # the database refused it: nowhere to record the message; dashboards show it
         kind = event["type"].removeprefix("alert.")
         await self._on_alert(kind, event["seq"], event["alert"], event.get("received"))
 

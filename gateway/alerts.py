@@ -63,12 +63,47 @@ class AlertChange:
     alert: dict[str, Any]
     groups: tuple[str, ...] = ()
     text: str = field(default="", compare=False)
+    # False: the database refused it (locked, full); announced all the same, with seq 0.
+    saved: bool = True
 
     @classmethod
-    def make(cls, event: str, seq: int, alert: dict[str, Any], groups: tuple[str, ...] = ()) -> AlertChange:
+    def make(
+        cls, event: str, seq: int, alert: dict[str, Any], groups: tuple[str, ...] = (), saved: bool = True
+    ) -> AlertChange:
         # Encoded once here, sent as-is to every WebSocket and MQTT subscriber.
-        envelope = {"type": "alert", "event": event, "seq": seq, "alert": alert}
-        return cls(event, seq, alert, groups, json.dumps(envelope, separators=(",", ":")))
+        envelope: dict[str, Any] = {"type": "alert", "event": event, "seq": seq, "alert": alert}
+        if not saved:
+            envelope["saved"] = False
+        return cls(event, seq, alert, groups, json.dumps(envelope, separators=(",", ":")), saved)
+
+    @classmethod
+    def unsaved(
+        cls, event: str, rule: Rule, sensor: Sensor, value: Value | None, raised: dict[str, Any] | None
+    ) -> AlertChange:
+        """A raise or clear the database would not take: the alert as it would have been stored."""
+        now = iso(_now())
+        alert = (
+            dict(raised)
+            if raised
+            else {
+                "id": "".join(secrets.choice(_ALPHABET) for _ in range(6)),
+                "rule": rule.id,
+                "sensor": sensor.id,
+                "zone": sensor.zone,
+                "severity": rule.severity,
+                "state": "active",
+                "message": render_message(rule.message, rule, sensor, value, ""),
+                "value": value,
+                "raised_at": now,
+                "acknowledged_at": None,
+                "acknowledged_by": None,
+                "cleared_at": None,
+            }
+        )
+        if event == "cleared":
+            alert.update(state="cleared", cleared_at=now, value=value)
+        groups = sorted({"alerts", f"alerts.{sensor.zone}", f"sensor.{sensor.id}", *rule.notify})
+        return cls.make(event, 0, alert, tuple(groups), saved=False)
 
     @property
     def envelope(self) -> dict[str, Any]:

@@ -91,6 +91,7 @@ class Runtime:
             "seq": change.seq,
             "alert": change.alert,
             "text": change.text,
+            "saved": change.saved,
         }
         if received is not None:
             message["received"] = received

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import socket
+import sqlite3
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -257,4 +258,47 @@ async def test_bad_sensor_payloads_are_counted_logged_once_and_survived(
     await publish(mosquitto.port, "sensors/boiler", '{"temp": {"water": 95}}')
     hot = await recv_until(ws, alert_event("raised"))
     assert hot["alert"]["message"] == "Boiler at 95"
+    await ws.close()
+
+
+async def test_a_locked_database_still_lets_alerts_reach_live_clients(
+    gateway_factory: GatewayFactory, mosquitto: Service
+) -> None:
+    gw = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}")
+    ws = await ws_connect(gw)
+    hello = await recv_json(ws)
+    siren: asyncio.Queue[bytes] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="siren")
+    watcher.on_message = lambda c, u, m: loop.call_soon_threadsafe(siren.put_nowait, m.payload)
+    subscribed = asyncio.Event()
+    watcher.on_subscribe = lambda *a: loop.call_soon_threadsafe(subscribed.set)
+    watcher.on_connect = lambda c, *a: c.subscribe("zigbee2mqtt/siren/set", 1)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+    await asyncio.wait_for(subscribed.wait(), 5)
+
+    # Another program holds the database's write lock past the gateway's 5 s wait.
+    blocker = sqlite3.connect(gw.workdir / "var" / "gateway.sqlite3", timeout=1, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        await publish(mosquitto.port, DOOR, '{"contact": false}')
+        raised = await recv_until(ws, alert_event("raised"), timeout=15)
+        assert raised["saved"] is False and raised["seq"] == 0
+        assert raised["alert"]["message"] == "Front door opened"
+        assert json.loads(await asyncio.wait_for(siren.get(), 5))["state"] == "ON"  # the siren sounds
+        assert "could not store the raise of rule door-opened" in gw.log
+        assert gw.wait_healthy()["status"] == "ok"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    # The database is back: the clear refers to the alert the clients saw, and later ones are stored.
+    await publish(mosquitto.port, DOOR, '{"contact": true}')
+    cleared = await recv_until(ws, alert_event("cleared"), timeout=10)
+    assert cleared["alert"]["id"] == raised["alert"]["id"] and cleared["saved"] is False
+    await publish(mosquitto.port, DOOR, '{"contact": false}')
+    stored = await recv_until(ws, alert_event("raised"), timeout=10)
+    assert "saved" not in stored and stored["seq"] == hello["seq"] + 1
+    watcher.loop_stop()
+    watcher.disconnect()
     await ws.close()
