@@ -115,7 +115,7 @@ def main() -> int:
     ok = (
         result["alert_events_lost"] == 0
         and result["errors"] == 0
-        and result["readings_handled"] == result["readings_published"]
+        and result["messages_handled"] == result["messages_published"]
     )
     return 0 if ok and float(str(result["rss_growth_percent"])) < 10 else 1
 
