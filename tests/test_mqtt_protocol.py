@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 from django.conf import settings
 
@@ -13,7 +15,7 @@ from protocols.mqtt.events import validate_outgoing
 from protocols.mqtt.routing import TopicRouter, route, topic_matches
 from protocols.mqtt.server import Device, MqttServer, MqttSettings
 from protocols.mqtt.testing import MqttCommunicator
-from tests.conftest import Service, publish
+from tests.conftest import Service, publish, until
 
 if not settings.configured:
     settings.configure(CHANNEL_LAYERS={})
@@ -133,3 +135,49 @@ async def test_server_routes_per_device_discovers_lazily_and_survives_a_broker_r
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_unknown_topics_under_a_wildcard_route_are_capped_and_expire(mosquitto: Service) -> None:
+    scopes: list[str] = []
+    ended: list[str] = []
+    outcomes: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scopes.append(scope["device"])
+        while True:
+            event = await receive()
+            if event["type"] == "mqtt.disconnect" and event.get("final"):
+                ended.append(scope["device"])
+                return
+
+    settings = MqttSettings(
+        address=BrokerAddress("127.0.0.1", mosquitto.port),
+        client_id="lazy-test",
+        protocol="3.1.1",
+        discover=("things/#",),
+        max_lazy_devices=100,
+        lazy_idle=3.0,
+    )
+    server = MqttServer(settings, app, [], count=outcomes.append)
+    stop = asyncio.Event()
+    serving = asyncio.ensure_future(server.serve(stop))
+    await asyncio.wait_for(server.connected.wait(), 5)
+
+    def two_thousand_strangers() -> None:
+        sender = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="many-things")
+        sender.connect("127.0.0.1", mosquitto.port)
+        sender.loop_start()
+        for i in range(2000):  # devices nobody configured, under the wildcard route
+            sender.publish(f"things/{i}", b"1", qos=1).wait_for_publish(5)
+        sender.loop_stop()
+        sender.disconnect()
+
+    await asyncio.to_thread(two_thousand_strangers)
+    await until(lambda: outcomes.count("lazy_cap") >= 1800, what="the cap")
+    assert len(set(scopes)) == 100  # no more scopes than the cap, however many topics
+    # Silent for lazy_idle: they end, and their places are free again.
+    await until(lambda: len(ended) == 100, what="the idle scopes ended")
+    await publish(mosquitto.port, "things/new", b"1")
+    await until(lambda: "things/new" in scopes, what="a new scope")
+    stop.set()
+    await asyncio.wait_for(serving, 10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +56,7 @@ class MqttSettings:
     backoff_max: float = 30.0
     discover: tuple[str, ...] = ()  # filters on which unknown topics get a lazy device
     max_lazy_devices: int = 1000
+    lazy_idle: float = 600.0  # a lazy device silent this long ends, and frees its place
     qos: int = 1
 
 
@@ -76,6 +78,7 @@ class _Instance:
     filters: set[str] = field(default_factory=set)
     restarts: int = 0
     dead: bool = False
+    last_used: float = 0.0
 
 
 class MqttServer:
@@ -102,6 +105,7 @@ class MqttServer:
         self._exact: dict[str, list[_Instance]] = {}
         self._wild: list[tuple[str, _Instance]] = []
         self._lazy: dict[str, _Instance] = {}
+        self._lazy_sweep: asyncio.TimerHandle | None = None
         self._generation = 0
         self._client: AsyncioClient | None = None
         self._lost: asyncio.Future[str] | None = None
@@ -190,6 +194,8 @@ class MqttServer:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        if self._lazy_sweep is not None:
+            self._lazy_sweep.cancel()
         client = self._client
         if client is not None and client.is_connected():
             if self.settings.status_topic:
@@ -365,6 +371,7 @@ class MqttServer:
             if lazy is None and any(topic_matches(f, topic) for f in self.settings.discover):
                 lazy = self._add_lazy(topic)
             if lazy is not None:
+                lazy.last_used = time.monotonic()
                 targets.append(lazy)
         return targets
 
@@ -374,6 +381,8 @@ class MqttServer:
             return None
         inst = self._add_instance(Device(id=topic, topics=(topic,), lazy=True), subscribe=False)
         self._lazy[topic] = inst
+        if self._lazy_sweep is None:
+            self._lazy_sweep = asyncio.get_running_loop().call_later(self.settings.lazy_idle / 2, self._sweep)
         if self.connected.is_set():
             inst.queue.put_nowait(
                 (
@@ -386,6 +395,18 @@ class MqttServer:
                 )
             )
         return inst
+
+    def _sweep(self) -> None:
+        """End lazy devices that fell silent: a wildcard route's scopes are capped and they expire."""
+        self._lazy_sweep = None
+        now = time.monotonic()
+        for topic, inst in list(self._lazy.items()):
+            if now - inst.last_used >= self.settings.lazy_idle and inst.queue.empty():
+                del self._lazy[topic]
+                self._remove_instance(inst)
+                self.count("lazy_expired")
+        if self._lazy:
+            self._lazy_sweep = asyncio.get_running_loop().call_later(self.settings.lazy_idle / 2, self._sweep)
 
     def _add_instance(self, device: Device, subscribe: bool = True) -> _Instance:
         s = self.settings
