@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.formats import PayloadError, compare_equal, parse_availability, parse_value
+from protocols.telegram.server import parse_command
 
 
 @pytest.mark.parametrize(
@@ -69,3 +73,39 @@ def test_any_bytes_give_a_value_or_a_payload_error(payload: bytes, fmt: str) -> 
     except PayloadError:
         return
     assert isinstance(value, bool | int | float | str)
+
+
+json_documents = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+).map(lambda doc: json.dumps(doc).encode())
+
+
+@given(
+    st.one_of(st.binary(max_size=300), json_documents), st.sampled_from(["json", "zigbee2mqtt", "tasmota"])
+)
+def test_any_json_document_gives_a_value_or_a_payload_error(payload: bytes, fmt: str) -> None:
+    try:
+        value = parse_value(payload, fmt, "temp.water")
+    except PayloadError:
+        return
+    assert isinstance(value, bool | int | float | str)
+    assert not isinstance(value, float) or math.isfinite(value)  # no NaN or Infinity gets through
+
+
+@given(st.one_of(st.binary(max_size=200), json_documents))
+def test_any_availability_payload_is_online_offline_or_an_error(payload: bytes) -> None:
+    try:
+        assert parse_availability(payload) in (True, False)
+    except PayloadError:
+        pass
+
+
+@given(st.text(max_size=200))
+def test_any_telegram_text_parses_to_a_command_or_none(text: str) -> None:
+    command, args = parse_command(text, "gateway_bot")
+    assert command is None or (command and command == command.lower() and " " not in command)
+    assert all(isinstance(a, str) and a for a in args)
