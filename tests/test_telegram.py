@@ -407,3 +407,28 @@ async def test_a_flooding_chat_is_throttled_and_odd_updates_are_ignored(
     assert counts["update_malformed"] == 1 and counts["update_ignored"] >= 2, counts
     assert "aiogram could not read an update batch" in gw.log
     assert gw.wait_healthy()["protocols"]["telegram"]["up"] is True
+
+
+async def test_an_alert_raised_while_the_api_is_down_survives_a_restart_and_arrives_once(
+    gateway_factory: GatewayFactory, standin: BotApiStandin
+) -> None:
+    gw = await make(gateway_factory, standin, [ALICE])
+    await say(standin, ALICE, "/subscribe")
+    standin.fail("sendMessage", 502, count=1000, chat_id=ALICE)  # Telegram is down for Alice's sends
+    ws = await ws_connect(gw)
+    await recv_json(ws)
+    await publish(gw.mqtt_port, DOOR, '{"contact": false}')
+    alert_id = (await recv_until(ws, alert_event("raised")))["alert"]["id"]
+    await ws.close()
+    await until(lambda: 'outcome="retried"' in http_get(gw.url + "/metrics")[1], what="a retry")
+    assert await stop(gw) == 0  # the queue is in memory: what is owed comes back from the event log
+    standin._faults.clear()  # Telegram is back
+    await start(gw)
+    sent = await standin.wait_sent(2, timeout=30, method="sendMessage", chat_id=ALICE)
+    assert alert_id in sent[-1]["text"]
+    # Once: a later alert goes out, and the first one has not come again.
+    await publish(gw.mqtt_port, DOOR, '{"contact": true}')
+    await publish(gw.mqtt_port, DOOR, '{"contact": false}')
+    await standin.wait_sent(3, timeout=30, method="sendMessage", chat_id=ALICE)
+    texts = [m["text"] for m in to_chat(standin, ALICE)]
+    assert sum(f"Alert id: {alert_id}" in t for t in texts) == 1, texts
