@@ -12,6 +12,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 from channels_redis.core import RedisChannelLayer
+from redis.asyncio import BlockingConnectionPool
 
 from gateway import logs, metrics
 
@@ -117,6 +118,15 @@ class RedisLayer(RedisChannelLayer):
         # Called once memberships are back after an outage (the dashboard sockets start afresh).
         self.recovered: list[Callable[[], Awaitable[None]]] = []
 
+    def create_pool(self, index: int) -> Any:
+        # redis-py's default pool refuses a command once 100 connections are busy ("Too many
+        # connections"): a thousand dashboards joining at once did that. This one waits instead.
+        host = dict(self.hosts[index])
+        address = host.pop("address", None)
+        if address is None:
+            return super().create_pool(index)  # Sentinel: channels_redis's own pool
+        return BlockingConnectionPool.from_url(address, max_connections=POOL_SIZE, timeout=30, **host)
+
     async def group_add(self, group: str, channel: str) -> None:
         await super().group_add(group, channel)
         self._joined.add((group, channel))
@@ -137,8 +147,10 @@ class RedisLayer(RedisChannelLayer):
                 await asyncio.wait_for(self._renew_now.wait(), wait)
             if self._renew_now.is_set():
                 self._renew_now.clear()
-                outage = True
                 await asyncio.sleep(1.0)  # not in the instant a receive failed
+                # An outage is Redis having lost our memberships (it restarted, or we could not
+                # ask it); a passing error of one receive is not.
+                outage = outage or not await self._memberships_intact()
             try:
                 for group, channel in list(self._joined):
                     await super().group_add(group, channel)
@@ -156,6 +168,16 @@ class RedisLayer(RedisChannelLayer):
                     except Exception:
                         logs.layer.exception("after the outage, %r failed", callback)
             outage = False
+
+    async def _memberships_intact(self) -> bool:
+        try:
+            connection = self.connection(0)
+            for group, channel in list(self._joined):
+                if await connection.zscore(self._group_key(group), channel) is None:
+                    return False
+        except Exception:
+            return False
+        return True
 
     async def _drop_connections(self) -> None:
         """Close every pooled connection, the busy ones too, so each command starts on a fresh one.
@@ -202,4 +224,5 @@ class RedisLayer(RedisChannelLayer):
 
 
 RENEW_SECONDS = 600.0
+POOL_SIZE = 200
 _receive_log = logs.RateLimit(interval=5.0)
