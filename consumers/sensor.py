@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 from gateway import logs, metrics
@@ -135,6 +136,10 @@ class SensorConsumer(MqttConsumer):
             transitions = self.rules.on_availability(event["available"], now, local=False)
         else:
             transitions = self.rules.on_value(event["value"], now, retained=event["retain"], local=False)
+        # A raise or clear seen here too is acted on here too: a reading and a peer's report of an
+        # earlier one can arrive in either order, and the database keeps one alert per rule and
+        # sensor open, so the second attempt changes nothing. Timers stay with their owner.
+        transitions = [replace(t, local=True) if t.kind in ("raise", "clear") else t for t in transitions]
         await self._after(transitions, None, local=False)
 
     def _bad_payload(self, topic: str, err: PayloadError) -> None:

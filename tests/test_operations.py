@@ -261,8 +261,18 @@ async def test_processes_sharing_a_subscription_keep_one_rule_state(
     watcher.on_connect = lambda c, *a: c.subscribe("gateway/test/alerts", 1)
     watcher.connect("127.0.0.1", mosquitto.port)
     watcher.loop_start()
-    await asyncio.wait_for(subscribed.wait(), 5)
+    try:
+        await asyncio.wait_for(subscribed.wait(), 5)
+        await _alternate_and_go_silent(mosquitto, procs, ws, heard)
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+        await ws.close()
 
+
+async def _alternate_and_go_silent(
+    mosquitto: Service, procs: list[GatewayProcess], ws: Any, heard: asyncio.Queue[dict[str, Any]]
+) -> None:
     # Opened in one process, closed in the other (the broker takes turns): each raise is cleared, once.
     raised = set()
     for _ in range(6):
@@ -288,14 +298,11 @@ async def test_processes_sharing_a_subscription_keep_one_rule_state(
     await until(lambda: sum(gw.log.count("raised: Pulse went silent") for gw in procs) == 1, what="one")
     status, body = http_get(procs[0].url + "/api/alerts?state=open", token="ops-secret-token")
     assert status == 200 and [a["rule"] for a in body["alerts"]] == ["pulse-silent"]
-    await ws.close()
 
     # gateway/<site>/alerts carries each event once, though both processes publish.
     seqs = []
     while not seqs or seqs[-1] != silent["seq"]:
         seqs.append((await asyncio.wait_for(heard.get(), 10))["seq"])
-    watcher.loop_stop()
-    watcher.disconnect()
     assert len(seqs) == 13 and len(set(seqs)) == 13, seqs
 
 
