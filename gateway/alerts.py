@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from channels.db import database_sync_to_async as sync_to_async  # closes a broken or stale connection first
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count
 
 from gateway.config import Rule, Sensor
@@ -140,25 +140,20 @@ class AlertBook:
 
     # Writes: one transaction each; the caller broadcasts the returned change.
 
-    def _record(self, event: str, alert: Alert) -> AlertChange:
-        counter, _ = SiteCounter.objects.select_for_update().get_or_create(site=self.site)
-        counter.seq += 1
-        counter.save(update_fields=["seq"])
+    # The writes below are plain SQL, each field's value adapted by the field itself: the
+    # ORM built every query anew on each call, which cost more than running it (SQLite).
+
+    def _record(self, event: str, alert: Alert, seq: int) -> AlertChange:
         snapshot = alert_json(alert)
-        AlertEvent.objects.create(
-            site=self.site, seq=counter.seq, event=event, alert_id=alert.id, alert=snapshot, at=_now()
-        )
-        return AlertChange.make(event, counter.seq, snapshot, tuple(alert.groups))
+        row = {"site": self.site, "seq": seq, "event": event, "alert_id": alert.id, "alert": snapshot}
+        _insert(AlertEvent, **row, at=_now())
+        return AlertChange.make(event, seq, snapshot, tuple(alert.groups))
 
     def _reading(self, sensor_id: str, value: Value | None, online: bool | None) -> None:
         # The reading behind a change is saved with it: after a crash, the rules must not
         # start from an older value than the alerts they see (the board saves lazily).
-        SensorState.objects.bulk_create(
-            [SensorState(site=self.site, sensor=sensor_id, value=value, online=online, updated_at=_now())],
-            update_conflicts=True,
-            unique_fields=["site", "sensor"],
-            update_fields=["value", "online", "updated_at"],
-        )
+        row = {"site": self.site, "sensor": sensor_id, "value": value, "online": online, "updated_at": _now()}
+        _insert(SensorState, **row, conflict=("site", "sensor"))
 
     def raise_sync(
         self, rule: Rule, sensor: Sensor, value: Value | None, online: bool | None = True
@@ -172,12 +167,14 @@ class AlertBook:
         for _ in range(5):
             try:
                 with transaction.atomic():
-                    # Taken first: raises of this site are serialized, so the check below holds.
-                    SiteCounter.objects.select_for_update().get_or_create(site=self.site)
+                    # Taken first (the counter row's lock): raises of this site are serialized,
+                    # so the check below holds. Undone when nothing is raised, so no seq is skipped.
+                    seq = _next_seq(self.site)
                     if self._open(rule.id, sensor.id) is not None:
+                        transaction.set_rollback(True)
                         return None
                     self._reading(sensor.id, value, online)
-                    alert = Alert.objects.create(
+                    alert = Alert(
                         id="".join(secrets.choice(_ALPHABET) for _ in range(6)),
                         site=self.site,
                         rule=rule.id,
@@ -190,13 +187,17 @@ class AlertBook:
                         groups=groups,
                         raised_at=_now(),
                     )
-                    return self._record("raised", alert)
+                    _insert(
+                        Alert, **{f.attname: getattr(alert, f.attname) for f in Alert._meta.concrete_fields}
+                    )
+                    return self._record("raised", alert, seq)
             except IntegrityError:
                 continue  # an id collision: draw again
         raise RuntimeError("could not draw a free alert id")
 
     def acknowledge_sync(self, alert_id: str, by: str) -> AlertChange:
         with transaction.atomic():
+            seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
             alert = (
                 Alert.objects.select_for_update().filter(site=self.site, id=alert_id.strip().lower()).first()
             )
@@ -207,35 +208,44 @@ class AlertBook:
             if alert.state == "acknowledged":
                 raise AckRefused(f"alert {alert.id} was already acknowledged by {alert.acknowledged_by}")
             alert.state, alert.acknowledged_at, alert.acknowledged_by = "acknowledged", _now(), by
-            alert.save(update_fields=["state", "acknowledged_at", "acknowledged_by"])
-            return self._record("acknowledged", alert)
+            _update(alert, "state", "acknowledged_at", "acknowledged_by")
+            return self._record("acknowledged", alert, seq)
 
     def clear_sync(
         self, rule_id: str, sensor_id: str, value: Value | None, online: bool | None = True
     ) -> AlertChange | None:
         with transaction.atomic():
+            seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
             alert = self._open(rule_id, sensor_id)
             if alert is None:
+                transaction.set_rollback(True)
                 return None
             self._reading(sensor_id, value, online)
             alert.state, alert.cleared_at, alert.value = "cleared", _now(), value
-            alert.save(update_fields=["state", "cleared_at", "value"])
-            return self._record("cleared", alert)
+            _update(alert, "state", "cleared_at", "value")
+            return self._record("cleared", alert, seq)
 
     def repeat_sync(self, rule_id: str, sensor_id: str) -> AlertChange | None:
         with transaction.atomic():
+            seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
             alert = self._open(rule_id, sensor_id)
             if alert is None or alert.state != "active":
+                transaction.set_rollback(True)
                 return None
-            return self._record("repeated", alert)
+            return self._record("repeated", alert, seq)
 
     def _open(self, rule_id: str, sensor_id: str) -> Alert | None:
-        return (
-            Alert.objects.select_for_update()
-            .filter(site=self.site, rule=rule_id, sensor=sensor_id, state__in=OPEN_STATES)
-            .order_by("-raised_at")
-            .first()
+        # Alert.objects.select_for_update().filter(...).order_by("-raised_at").first(), written out.
+        qn = connection.ops.quote_name
+        states = ", ".join(["%s"] * len(OPEN_STATES))
+        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+        sql = (
+            f"SELECT * FROM {qn(Alert._meta.db_table)} WHERE {qn('site')} = %s AND {qn('rule')} = %s "
+            f"AND {qn('sensor')} = %s AND {qn('state')} IN ({states}) "
+            f"ORDER BY {qn('raised_at')} DESC LIMIT 1{lock}"
         )
+        rows = list(Alert.objects.raw(sql, [self.site, rule_id, sensor_id, *OPEN_STATES]))
+        return rows[0] if rows else None
 
     # Reads
 
@@ -298,3 +308,56 @@ class AlertBook:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _next_seq(site: str) -> int:
+    """The site's next `seq`, in one upsert that holds the counter row until the transaction ends.
+
+    Processes sharing the database serialise here (PostgreSQL: the row lock; SQLite: the
+    write lock BEGIN IMMEDIATE already holds), so seq strictly increases across all of them.
+    """
+    table = connection.ops.quote_name(SiteCounter._meta.db_table)
+    upsert = (
+        f"INSERT INTO {table} (site, seq) VALUES (%s, 1) "
+        f"ON CONFLICT (site) DO UPDATE SET seq = {table}.seq + 1"
+    )
+    with connection.cursor() as cursor:
+        if connection.features.can_return_columns_from_insert:  # SQLite 3.35+, PostgreSQL
+            cursor.execute(upsert + " RETURNING seq", [site])
+        else:
+            cursor.execute(upsert, [site])
+            cursor.execute(f"SELECT seq FROM {table} WHERE site = %s", [site])
+        return int(cursor.fetchone()[0])
+
+
+def _insert(model: Any, conflict: tuple[str, ...] = (), **values: Any) -> None:
+    """INSERT one row (an upsert on `conflict`) without the ORM's per-call query building."""
+    meta = model._meta
+    fields = [meta.get_field(name) for name in values]
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(f.column) for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    params = [f.get_db_prep_save(values[f.name], connection) for f in fields]
+    sql = f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES ({marks})"
+    if conflict:
+        keys = ", ".join(qn(meta.get_field(name).column) for name in conflict)
+        changes = ", ".join(
+            f"{qn(f.column)} = excluded.{qn(f.column)}" for f in fields if f.name not in conflict
+        )
+        sql += f" ON CONFLICT ({keys}) DO UPDATE SET {changes}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _update(obj: Any, *names: str) -> None:
+    """UPDATE these fields of one row by primary key, like obj.save(update_fields=names), minus the ORM."""
+    meta = obj._meta
+    fields = [meta.get_field(name) for name in names]
+    qn = connection.ops.quote_name
+    assignments = ", ".join(f"{qn(f.column)} = %s" for f in fields)
+    params = [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields]
+    params.append(meta.pk.get_db_prep_value(obj.pk, connection))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {qn(meta.pk.column)} = %s", params
+        )
