@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-import weakref
+from collections.abc import Iterable
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -14,6 +15,7 @@ from gateway.alerts import AckRefused
 from gateway.auth import origin_allowed, scope_owner
 from gateway.runtime import Runtime
 from protocols.dispatch import DirectDispatch
+from protocols.websocket.server import FRAMES, FrameWriter, prepare
 
 MAX_CLIENT_MESSAGE = 64 * 1024
 RESUME_LIMIT = 1000
@@ -29,38 +31,136 @@ FLOOD_CLOSE = 1000
 _cap_log = logs.RateLimit(interval=10.0)
 
 
+_sending: set[asyncio.Future[None]] = set()
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
 # autobahn allows applications 1000 or 3000-4999 only: 1012 (service restart) becomes 4012.
 CLOSE_SERVICE_RESTART = 4012
-# Every open dashboard socket of this process, for `restart_all`.
-_open_sockets: weakref.WeakSet[AlertSocket] = weakref.WeakSet()
+ALERT_EVENTS = frozenset({"alert.raised", "alert.acknowledged", "alert.cleared", "alert.repeated"})
 
 
-async def restart_all() -> None:
-    """After a channel-layer outage: close every socket (4012), so clients reconnect and `resume`.
+class Hub:
+    """Every dashboard socket of this process, fed by one channel of the layer.
 
-    Events sent while Redis was away never reached this process; a fresh socket and
-    `resume` from the client's last seq bring them from the database, in order.
+    One membership of "alerts" and "sensors" per process, not per socket: an event
+    costs one channel-layer message here (one Redis message per process in split
+    mode), its frame is built once, and each socket costs one transport write.
+    A socket that is between its snapshot and its `hello`, or in a `resume`, holds
+    what arrives until it is done, so nothing is missed and nothing comes twice.
     """
-    sockets = list(_open_sockets)
-    if sockets:
-        logs.web.warning("closing %d WebSockets after the channel-layer outage: they resume", len(sockets))
-    for socket in sockets:
-        await socket.close(code=CLOSE_SERVICE_RESTART)
+
+    GROUPS = ("alerts", "sensors")
+
+    def __init__(self) -> None:
+        self.sockets: dict[AlertSocket, None] = {}  # insertion-ordered set
+        self._started: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._channel = ""
+
+    async def join(self, socket: AlertSocket) -> None:
+        self.sockets[socket] = None
+        started = self._started
+        if started is None or (started.done() and (started.cancelled() or started.exception())):
+            # The first socket, or the first since joining failed (the layer was away).
+            self._started = started = asyncio.ensure_future(self._start(socket.channel_layer))
+        await asyncio.shield(started)
+
+    def leave(self, socket: AlertSocket) -> None:
+        self.sockets.pop(socket, None)
+
+    async def _start(self, layer: Any) -> None:
+        # The default prefix: channels_redis pops every process-local channel through one list
+        # named by it, so a channel of another prefix waits forever while consumers receive.
+        self._channel = await layer.new_channel()
+        for group in self.GROUPS:  # renewed by the layer (gateway.layers.RedisLayer)
+            await layer.group_add(group, self._channel)
+        self._task = asyncio.ensure_future(self._run(layer))
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self, layer: Any) -> None:
+        while True:
+            try:
+                message = await layer.receive(self._channel)
+            except Exception:  # the Redis layer retries by itself; anything else is a bug to see
+                logs.web.exception("dashboards: receiving from the channel layer failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                self.deliver(message, self.sockets)
+            except Exception:
+                logs.web.exception("a %s event was not delivered to dashboards", message.get("type"))
+
+    def deliver(self, message: dict[str, Any], sockets: Iterable[AlertSocket]) -> None:
+        kind = message.get("type")
+        if kind in ALERT_EVENTS:
+            # An unsaved alert (the database failed) has seq 0 and always goes out.
+            seq = message["seq"] if message.get("saved", True) else None
+        elif kind == "sensor.update":
+            seq = None
+        else:
+            return
+        text: str = message["text"]
+        prepared = None
+        sent = 0
+        for socket in list(sockets):
+            if socket.held is not None:
+                socket.held.append(message)
+                continue
+            if seq is not None and seq <= socket.since:
+                continue  # in its hello already (it raced the snapshot), or a resume's to replay
+            frames = socket.frames
+            if frames is None:  # not under daphne: through ASGI
+                socket.spawn_send(text)
+                sent += 1
+                continue
+            if prepared is None:
+                prepared = prepare(text)
+            sent += frames.send(prepared)
+        if kind != "sensor.update" and sent:
+            metrics.deliveries.labels("websocket", "ok").inc(sent)
+            if "received" in message:
+                metrics.latency.labels("websocket").observe(time.time() - message["received"])
+
+    async def restart_all(self) -> None:
+        """After a channel-layer outage: close every socket (4012), so clients reconnect and `resume`.
+
+        Events sent while Redis was away never reached this process; a fresh socket and
+        `resume` from the client's last seq bring them from the database, in order.
+        """
+        sockets = list(self.sockets)
+        if sockets:
+            logs.web.warning("closing %d WebSockets after the layer's outage: they resume", len(sockets))
+        for socket in sockets:
+            await socket.close(code=CLOSE_SERVICE_RESTART)
+
+
+def hub_of(runtime: Runtime) -> Hub:
+    if runtime.dashboards is None:
+        runtime.dashboards = Hub()
+    return runtime.dashboards  # type: ignore[no-any-return]
 
 
 class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
-    groups: list[str] = []  # joined by hand after auth, not by the base class
+    groups: list[str] = []  # the process's Hub is in the groups, not each socket
     counted = False
-    last_seq = 0
+    # The seq of its hello: events up to it are in the snapshot (or `resume` replays them),
+    # every later one comes live, exactly once, whatever order the layer brings them in.
+    since = 0
     who = ""
     tokens = BURST
     refilled = 0.0
     dropped = 0
     warned = 0.0
+    # Events the Hub holds for this socket while it sends hello or a resume; None when live.
+    held: list[dict[str, Any]] | None = None
+    frames: FrameWriter | None = None
 
     async def connect(self) -> None:
         self.runtime: Runtime = self.scope["gateway"]
@@ -89,29 +189,44 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
         self.who = who
-        # Join before the snapshot: events that race it are filtered by seq below.
-        for group in ("alerts", "sensors"):
-            await self.channel_layer.group_add(group, self.channel_name)
-        self.last_seq, alerts = await self.runtime.book.snapshot()
-        await self.accept()
+        self.frames = self.scope.get(FRAMES)
+        # Join before the snapshot, holding events: those that race it are filtered by seq.
+        self.held = []
         self.counted = True
-        _open_sockets.add(self)
         metrics.websocket_connections.inc()
-        hello = {
-            "type": "hello",
-            "site": config.gateway.site,
-            "seq": self.last_seq,
-            "alerts": alerts,
-            "sensors": self.runtime.board.snapshot(recent=True),
-        }
-        await self.send(text_data=_dumps(hello))
+        self.hub = hub_of(self.runtime)
+        try:
+            await self.hub.join(self)
+            self.since, alerts = await self.runtime.book.snapshot()
+            await self.accept()
+            hello = {
+                "type": "hello",
+                "site": config.gateway.site,
+                "seq": self.since,
+                "alerts": alerts,
+                "sensors": self.runtime.board.snapshot(recent=True),
+            }
+            await self.send(text_data=_dumps(hello))
+        except BaseException:
+            await self.disconnect(0)  # no disconnect event follows a failed connect
+            raise
+        self._release()
+
+    def _release(self) -> None:
+        held, self.held = self.held or [], None
+        for message in held:
+            self.hub.deliver(message, (self,))
+
+    def spawn_send(self, text: str) -> None:
+        task = asyncio.ensure_future(self.send(text_data=text))
+        _sending.add(task)
+        task.add_done_callback(_sending.discard)
 
     async def disconnect(self, code: int) -> None:
         if self.counted:
             self.counted = False
             metrics.websocket_connections.dec()
-            for group in ("alerts", "sensors"):
-                await self.channel_layer.group_discard(group, self.channel_name)
+            self.hub.leave(self)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.counted:
@@ -175,27 +290,13 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
     async def _resume(self, after: Any) -> None:
         if type(after) is not int or after < 0:
             return await self._error('resume needs "after": the last seq seen, a whole number')
-        for change in await self.runtime.book.events_after(after, RESUME_LIMIT):
-            await self.send(text_data=change.text)
-            self.last_seq = max(self.last_seq, change.seq)
-
-    # Channel-layer events
-
-    async def alert_raised(self, event: dict[str, Any]) -> None:
-        # One event may come through several groups, and may race hello or resume.
-        if event.get("saved", True):
-            if event["seq"] <= self.last_seq:
-                return
-            self.last_seq = event["seq"]
-        await self.send(text_data=event["text"])
-        metrics.deliveries.labels("websocket", "ok").inc()
-        if "received" in event:
-            metrics.latency.labels("websocket").observe(time.time() - event["received"])
-
-    alert_acknowledged = alert_cleared = alert_repeated = alert_raised
-
-    async def sensor_update(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=event["text"])
+        # Up to the hello's seq: later events come live, and wait until the replay is out.
+        self.held = self.held if self.held is not None else []
+        try:
+            for change in await self.runtime.book.events_after(after, RESUME_LIMIT, self.since):
+                await self.send(text_data=change.text)
+        finally:
+            self._release()
 
 
 class NotFoundSocket(DirectDispatch, AsyncWebsocketConsumer):

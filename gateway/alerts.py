@@ -284,8 +284,12 @@ class AlertBook:
         counter = SiteCounter.objects.filter(site=self.site).first()
         return counter.seq if counter else 0
 
-    def events_after_sync(self, seq: int, limit: int = 1000) -> list[AlertChange]:
-        rows = AlertEvent.objects.filter(site=self.site, seq__gt=seq).order_by("seq")[:limit]
+    def events_after_sync(self, seq: int, limit: int = 1000, until: int | None = None) -> list[AlertChange]:
+        """The stored events after `seq` (up to `until`, if given), oldest first, at most `limit`."""
+        rows = AlertEvent.objects.filter(site=self.site, seq__gt=seq)
+        if until is not None:
+            rows = rows.filter(seq__lte=until)
+        rows = rows.order_by("seq")[:limit]
         return [AlertChange.make(r.event, r.seq, r.alert) for r in rows]
 
     def snapshot_sync(self) -> tuple[int, list[dict[str, Any]]]:

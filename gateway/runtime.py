@@ -33,6 +33,8 @@ class Runtime:
     chats: ChatBook = field(init=False)
     # The Telegram server of this process, if it runs one (the webhook view feeds it).
     telegram: Any = None
+    # The dashboard sockets of this process (consumers.dashboard.Hub), made by the first one.
+    dashboards: Any = None
     # Called after a reload has replaced `config` (sensor consumers rebuild their rules).
     reload_listeners: set[Callable[[], None]] = field(default_factory=set)
     # sensor id -> {rule id: acknowledged}, read once at start-up for the rule engines.

@@ -169,11 +169,11 @@ class Gateway:
                 self.health.set("web", True)
                 from channels.layers import get_channel_layer
 
-                from consumers.dashboard import restart_all
+                from consumers.dashboard import hub_of
 
                 layer = get_channel_layer()
                 if hasattr(layer, "recovered"):
-                    layer.recovered.append(restart_all)
+                    layer.recovered.append(hub_of(runtime).restart_all)
             if "web" in self.protocols and "mqtt" not in self.protocols:
                 # Split mode: sensor readings come from the MQTT processes over the channel layer.
                 self._follower = asyncio.ensure_future(runtime.follow_sensors())
@@ -361,6 +361,8 @@ class Gateway:
         for task in (self._announcer, self._systemd, self._counting, self._follower):
             if task is not None:
                 task.cancel()
+        if self.runtime is not None and self.runtime.dashboards is not None:
+            self.runtime.dashboards.stop()
         self.notifier.send("STOPPING=1", "STATUS=stopping")
 
     async def _shutdown(self, runtime: Any) -> None:

@@ -83,6 +83,8 @@ async def test_every_message_type_and_bad_frames(gateway_factory: GatewayFactory
 
 async def test_resume_replays_missed_events_once(gateway_factory: GatewayFactory) -> None:
     gw = gateway_factory()
+    watcher = await ws_connect(gw)
+    await recv_json(watcher)
     ws = await ws_connect(gw)
     hello = await recv_json(ws)
     await ws.close()
@@ -90,16 +92,26 @@ async def test_resume_replays_missed_events_once(gateway_factory: GatewayFactory
     await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
     await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":true}')
     await publish(gw.mqtt_port, "sensors/boiler", '{"temp":{"water":90}}')
+    live = [await recv_until(watcher, lambda m: m["type"] == "alert") for _ in range(3)]
+    assert sorted(m["seq"] for m in live) == [hello["seq"] + 1, hello["seq"] + 2, hello["seq"] + 3]
     ws = await ws_connect(gw)
-    assert (await recv_json(ws))["type"] == "hello"
-    # Whatever was not yet stored at resume time arrives live: each event exactly once, in order.
+    again = await recv_json(ws)
+    assert again["type"] == "hello" and again["seq"] == hello["seq"] + 3
     await ws.send(json.dumps({"type": "resume", "after": hello["seq"]}))
     replayed = [await recv_until(ws, lambda m: m["type"] == "alert") for _ in range(3)]
-    # Two sensors are handled concurrently: their events may interleave, each sensor's stay in order.
+    # In seq order; two sensors are handled concurrently, so the sensors' events may interleave.
     door = [m["event"] for m in replayed if m["alert"]["sensor"] == "front-door"]
     boiler = [m["event"] for m in replayed if m["alert"]["sensor"] == "boiler"]
     assert door == ["raised", "cleared"] and boiler == ["raised"]
     assert [m["seq"] for m in replayed] == [hello["seq"] + 1, hello["seq"] + 2, hello["seq"] + 3]
+    assert {m["seq"]: m["alert"] for m in replayed} == {m["seq"]: m["alert"] for m in live}
+    # Nothing comes twice, and what happens now comes live, once.
+    await ws.send('{"type":"ping"}')
+    assert (await recv_until(ws, lambda m: m["type"] in ("pong", "alert")))["type"] == "pong"
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
+    now = await recv_until(ws, lambda m: m["type"] == "alert")
+    assert now["seq"] == hello["seq"] + 4 and now["event"] == "raised"
     await ws.send('{"type":"ping"}')
     assert (await recv_until(ws, lambda m: m["type"] in ("pong", "alert")))["type"] == "pong"
     await ws.close()
+    await watcher.close()

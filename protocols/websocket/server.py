@@ -28,6 +28,41 @@ def buffered(transport: Any) -> int:
     return len(getattr(transport, "dataBuffer", b"")) + int(getattr(transport, "_tempDataLen", 0))
 
 
+# The scope key of a dashboard WebSocket's frame writer (see `FrameWriter`).
+FRAMES = "gateway.frames"
+
+
+def prepare(text: str) -> Any:
+    """One server-to-client text frame, built once for any number of sockets (autobahn's broadcast API)."""
+    from autobahn.websocket.protocol import PreparedMessage
+
+    return PreparedMessage(text.encode(), False, False, False)
+
+
+class FrameWriter:
+    """What a consumer holds to write a prepared frame straight to its socket.
+
+    A broadcast to a thousand dashboards then frames its message once and costs a
+    transport write per socket, instead of a channel message, a consumer wake-up,
+    an ASGI send and a framing each (see consumers.dashboard.Hub). In the scope under
+    `FRAMES`; absent under other servers (and in communicator tests), where the
+    consumer sends through ASGI as usual.
+    """
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def send(self, prepared: Any) -> bool:
+        """Write it unless the socket is closing or its client stopped reading; whether it was."""
+        protocol = self._protocol
+        if protocol.state != protocol.STATE_OPEN or protocol.too_slow():
+            return False
+        protocol.sendPreparedMessage(prepared)
+        return True
+
+
 def bounded_protocol(base: type, limit: int) -> type:
     """daphne's WebSocket protocol that drops a client which stopped reading, not the process."""
 
@@ -40,18 +75,23 @@ def bounded_protocol(base: type, limit: int) -> type:
                 self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
             super().connectionMade()
 
-        def serverSend(self, content: Any, binary: bool = False) -> None:  # noqa: N802 - daphne's name
+        def too_slow(self) -> bool:
+            """Whether its client left more than `limit` bytes unread; such a client is dropped."""
             waiting = buffered(self.transport)
-            if waiting > limit:
-                if not getattr(self, "dropped_slow", False):
-                    self.dropped_slow = True
-                    metrics.bad_input.labels("websocket", "slow_client").inc()
-                    logs.web.warning(
-                        "dropped WebSocket client %s: %d bytes it did not read", self.client_addr, waiting
-                    )
-                    self.dropConnection(abort=True)
-                return
-            super().serverSend(content, binary)
+            if waiting <= limit:
+                return False
+            if not getattr(self, "dropped_slow", False):
+                self.dropped_slow = True
+                metrics.bad_input.labels("websocket", "slow_client").inc()
+                logs.web.warning(
+                    "dropped WebSocket client %s: %d bytes it did not read", self.client_addr, waiting
+                )
+                self.dropConnection(abort=True)
+            return True
+
+        def serverSend(self, content: Any, binary: bool = False) -> None:  # noqa: N802 - daphne's name
+            if not self.too_slow():
+                super().serverSend(content, binary)
 
     return BoundedWebSocketProtocol
 
@@ -85,6 +125,11 @@ class WebServer:
             def listen_error(self, failure: Any) -> None:
                 # daphne would stop the reactor, and with it our loop: report instead.
                 errors.append(failure.getErrorMessage())
+
+            def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+                if scope.get("type") == "websocket" and hasattr(protocol, "too_slow"):
+                    scope[FRAMES] = FrameWriter(protocol)
+                return super().create_application(protocol, scope)
 
         host = self.host.replace(":", r"\:")
         self._daphne = daphne = _Daphne(
