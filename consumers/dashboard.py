@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterable
 from typing import Any
 
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from gateway import logs, metrics
@@ -66,7 +68,7 @@ class Hub:
         started = self._started
         if started is None or (started.done() and (started.cancelled() or started.exception())):
             # The first socket, or the first since joining failed (the layer was away).
-            self._started = started = asyncio.ensure_future(self._start(socket.channel_layer))
+            self._started = started = asyncio.ensure_future(self._start(socket.runtime.layer))
         await asyncio.shield(started)
 
     def leave(self, socket: AlertSocket) -> None:
@@ -161,6 +163,19 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
     # Events the Hub holds for this socket while it sends hello or a resume; None when live.
     held: list[dict[str, Any]] | None = None
     frames: FrameWriter | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Channels' consumer loop without a channel of its own: the process's Hub feeds the socket.
+
+        Per socket that saves a layer channel and two receive tasks (one made per
+        message), which is memory, and objects for every garbage collection to walk.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            while True:
+                await self.dispatch(await receive())
 
     async def connect(self) -> None:
         self.runtime: Runtime = self.scope["gateway"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -52,6 +53,23 @@ def mqtt_devices(config: Config) -> list[Any]:
     devices = [Device(s.id, s.topics) for s in config.sensors]
     devices.append(Device(f"site:{config.gateway.site}", (ack_topic(config.gateway.site),)))
     return devices
+
+
+# CPython collects generation 0 every 700 net allocations of containers; reference counting
+# frees nearly everything here, the collector only finds cycles. Rarer passes (see settle_heap).
+GC_THRESHOLDS = (20_000, 20, 10)
+
+
+def settle_heap() -> None:
+    """Take what start-up made (modules, classes, settings) out of the garbage collector's walks.
+
+    Those objects live until exit, yet every full collection walked all of them: with
+    1,000 dashboards open, full passes took 50-200 ms and were the p99 of an alert's
+    fan-out. Frozen, and with passes rarer (`GC_THRESHOLDS`), they stop being that.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class Gateway:
@@ -252,7 +270,7 @@ class Gateway:
             application,
             startup_chats=runtime.chats.subscribed_chats,
             lease=lease,
-            on_state=lambda up, detail: self.health.set("telegram", up, detail),
+            on_state=self._telegram_state,
             count=metrics.count_telegram,
         )
         runtime.telegram = self.telegram
@@ -267,9 +285,15 @@ class Gateway:
 
         self._tasks.append(asyncio.ensure_future(serve()))
 
+    def _telegram_state(self, up: bool, detail: str = "") -> None:
+        if up and not self.health.is_up("telegram"):
+            settle_heap()  # aiogram's modules are in, once: out of the collector's way too
+        self.health.set("telegram", up, detail)
+
     async def _announce_ready(self) -> None:
         if self.mqtt is not None:
             await self.mqtt.connected.wait()
+        settle_heap()
         self.ready.set()
         log.info(
             "ready in %.2fs: %s (site %s)",
