@@ -1,8 +1,8 @@
 """WebSocket load: clients spread over worker processes, so that the load generator is not the bottleneck.
 
 `ClientPool(workers)` starts the worker processes once (spawn); each holds its share of the
-connections on its own asyncio loop. A connection records `(time.time(), text)` for every alert
-event and nothing else on the receive path; the text is parsed for its `seq` only when the
+connections on its own asyncio loop. A connection records `(time.time(), payload)` for every alert
+event and nothing else on the receive path (see `_Reader`); the payload is parsed for its `seq` only when the
 results are asked for, after the measurement. Clock: `time.time()` is one clock on one machine,
 so a receive time in a worker minus a publish time in the coordinator is a latency.
 """
@@ -10,38 +10,163 @@ so a receive time in a worker minus a publish time in the coordinator is a laten
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import multiprocessing
+import os
+import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
+from urllib.parse import urlsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-
-ALERT = '"type":"alert"'
+ALERT = b'"type":"alert"'
 CONNECT_CONCURRENCY = 20
+
+
+class _Reader(asyncio.Protocol):
+    """A WebSocket client that reads and does nothing else (RFC 6455, no extensions).
+
+    The `websockets` library costs a client process tens of microseconds per message
+    (frame parsing, a queue, a task wake-up): with 1,000 connections on two cores the
+    load generator, not the server, set the fan-out percentiles. Here one
+    `data_received` takes a timestamp and slices the frames out of the bytes; a text
+    frame that is an alert event is kept as `(arrival time, payload)`, parsed later.
+    Pings are answered (daphne pings every 20 s), a close is answered and ends it.
+    """
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.upgraded = False
+        self.hello: asyncio.Future[bytes] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.events: list[tuple[float, bytes]] = []
+        self.other = 0
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._parts: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.hello.done():
+            self.hello.set_exception(ConnectionError(f"closed before hello: {exc!r}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self._buf
+        buf += data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buf[: buf.find(b"\r\n")])
+            if b" 101 " not in status:
+                refused = status.decode(errors="replace")
+                self.hello.set_exception(ConnectionError(f"handshake refused: {refused}"))
+                self.close_now()
+                return
+            self.upgraded = True
+            del buf[: end + 4]
+        while len(buf) >= 2:
+            b0, b1 = buf[0], buf[1]
+            size, offset = b1 & 0x7F, 2
+            if size == 126:
+                if len(buf) < 4:
+                    return
+                size, offset = int.from_bytes(buf[2:4], "big"), 4
+            elif size == 127:
+                if len(buf) < 10:
+                    return
+                size, offset = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < offset + size:
+                return
+            payload = bytes(buf[offset : offset + size])
+            del buf[: offset + size]
+            opcode = b0 & 0x0F
+            if opcode in (0, 1, 2):
+                self._parts.append(payload)
+                if b0 & 0x80:  # FIN: the message is whole
+                    message = b"".join(self._parts) if len(self._parts) > 1 else payload
+                    self._parts.clear()
+                    self._message(now, message)
+            elif opcode == 9:
+                self._send(0xA, payload)
+            elif opcode == 8:
+                self._send(0x8, payload[:2])
+                self.close_now()
+                return
+
+    def _message(self, now: float, message: bytes) -> None:
+        if not self.hello.done():
+            self.hello.set_result(message)
+        elif ALERT in message:
+            self.events.append((now, message))
+        else:
+            self.other += 1
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        # A client masks what it sends; control frames carry at most 125 bytes.
+        if self.transport is None or self.transport.is_closing():
+            return
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.transport.write(bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked)
+
+    def close_now(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def close(self) -> None:
+        self._send(0x8, (1000).to_bytes(2, "big"))
+        try:
+            await asyncio.wait_for(asyncio.shield(self.lost), 5)
+        except TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()
 
 
 @dataclass
 class _Client:
-    ws: ClientConnection
+    ws: _Reader
     hello_seq: int
-    events: list[tuple[float, str]] = field(default_factory=list)
-    other: int = 0
-    task: asyncio.Task[None] | None = None
+
+    @property
+    def events(self) -> list[tuple[float, bytes]]:
+        return self.ws.events
+
+
+async def _handshake(url: str) -> _Reader:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    loop = asyncio.get_running_loop()
+    _, reader = await loop.create_connection(_Reader, host, port)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert reader.transport is not None
+    reader.transport.write(request.encode())
+    return reader
 
 
 async def _open(url: str, tries: int = 5) -> _Client:
     delay = 0.1
     for attempt in range(tries):
         try:
-            # No compression: the floor and the gateway then both send plain frames.
-            ws = await connect(
-                url, compression=None, ping_interval=None, open_timeout=20, max_queue=None, max_size=None
-            )
-            hello = json.loads(await asyncio.wait_for(ws.recv(), 20))
+            ws = await asyncio.wait_for(_handshake(url), 20)
+            hello = json.loads(await asyncio.wait_for(ws.hello, 20))
             if hello.get("type") != "hello":
                 raise RuntimeError(f"expected hello, got {str(hello)[:200]}")
             return _Client(ws, int(hello.get("seq", 0)))
@@ -53,17 +178,7 @@ async def _open(url: str, tries: int = 5) -> _Client:
     raise AssertionError("unreachable")
 
 
-async def _reader(client: _Client) -> None:
-    events, clock = client.events, time.time
-    with contextlib.suppress(Exception):
-        async for text in client.ws:
-            if ALERT in text:  # type: ignore[operator]
-                events.append((clock(), text))  # type: ignore[arg-type]
-            else:
-                client.other += 1
-
-
-def _seq(text: str) -> int:
+def _seq(text: bytes) -> int:
     return int(json.loads(text)["seq"])
 
 
@@ -119,8 +234,6 @@ async def _serve(conn: Connection) -> None:
 
                 started = time.monotonic()
                 new = await asyncio.gather(*(one() for _ in range(n)))
-                for client in new:
-                    client.task = asyncio.ensure_future(_reader(client))
                 clients.extend(new)
                 conn.send(("ok", {"hello_seqs": [c.hello_seq for c in new], "s": time.monotonic() - started}))
             elif command == "wait":
@@ -128,9 +241,6 @@ async def _serve(conn: Connection) -> None:
                 conn.send(("ok", await _wait(clients, lo, hi, idle, cap)))
             elif command == "close":
                 await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
-                for client in clients:
-                    if client.task is not None:
-                        client.task.cancel()
                 clients.clear()
                 conn.send(("ok", None))
             elif command == "exit":
