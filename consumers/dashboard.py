@@ -185,7 +185,8 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
             logs.web.warning("refused a WebSocket from origin %s", dict(self.scope["headers"]).get(b"origin"))
             await self.close()  # before accept: HTTP 403 at the handshake
             return
-        if metrics.websocket_connections._value.get() >= config.http.max_websockets:
+        self.hub = hub_of(self.runtime)
+        if len(self.hub.sockets) >= config.http.max_websockets:
             metrics.bad_input.labels("websocket", "connection_cap").inc()
             allowed, held = _cap_log.allow("cap")
             if allowed:
@@ -209,7 +210,6 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         self.held = []
         self.counted = True
         metrics.websocket_connections.inc()
-        self.hub = hub_of(self.runtime)
         try:
             await self.hub.join(self)
             self.since, alerts = await self.runtime.book.snapshot()

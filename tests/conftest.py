@@ -228,6 +228,13 @@ def http_get(url: str, token: str | None = None) -> tuple[int, Any]:
     return http_request("GET", url, token)
 
 
+def metric(gw: GatewayProcess, line_start: str) -> float:
+    """The sum of the /metrics samples whose line starts with `line_start` (0 when there is none)."""
+    status, text = http_get(gw.url + "/metrics")
+    assert status == 200
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
 def http_request(method: str, url: str, token: str | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(url, method=method)
     if token:

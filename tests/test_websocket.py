@@ -7,7 +7,16 @@ import json
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import GatewayFactory, alert_event, publish, recv_json, recv_until, ws_connect
+from tests.conftest import (
+    GatewayFactory,
+    alert_event,
+    metric,
+    publish,
+    recv_json,
+    recv_until,
+    until,
+    ws_connect,
+)
 
 
 async def test_bad_or_missing_token_closes_with_4401_before_any_data(gateway_factory: GatewayFactory) -> None:
@@ -115,3 +124,31 @@ async def test_resume_replays_missed_events_once(gateway_factory: GatewayFactory
     assert (await recv_until(ws, lambda m: m["type"] in ("pong", "alert")))["type"] == "pong"
     await ws.close()
     await watcher.close()
+
+
+async def test_connection_cap_refuses_at_the_handshake_and_frees_a_place_on_close(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = gateway_factory(start=False)
+    config = gw.config_path.read_text()
+    gw.config_path.write_text(config.replace("[http]\n", "[http]\nmax_websockets = 2\n", 1))
+    gw.start()
+    first, second = await ws_connect(gw), await ws_connect(gw)
+    for ws in (first, second):
+        assert (await recv_json(ws))["type"] == "hello"
+    with pytest.raises(InvalidStatus) as info:
+        await ws_connect(gw)
+    assert info.value.response.status_code == 403
+    assert metric(gw, 'gateway_bad_input_total{protocol="websocket",reason="connection_cap"}') == 1
+    assert "http.max_websockets reached" in gw.log
+    # The two open ones still get alerts, and a closed one frees its place.
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
+    for ws in (first, second):
+        assert (await recv_until(ws, alert_event("raised")))["alert"]["sensor"] == "front-door"
+    await first.close()
+    await until(lambda: metric(gw, "gateway_websocket_connections ") == 1, what="the socket to be closed")
+    third = await ws_connect(gw)
+    hello = await recv_json(third)
+    assert hello["type"] == "hello" and [a["sensor"] for a in hello["alerts"]] == ["front-door"]
+    await third.close()
+    await second.close()
