@@ -62,7 +62,7 @@ def channel_layers(config: Config) -> dict[str, Any]:
         }
     return {
         "default": {
-            "BACKEND": "gateway.layers.RedisLayer",
+            "BACKEND": "gateway.redis_layer.RedisLayer",
             "CONFIG": {
                 # redis-py 8 made socket_timeout 5 s by default, which kills the
                 # layer's 5 s blocking pop on any idle consumer (channels_redis#422).

@@ -10,7 +10,8 @@ from channels_redis.core import RedisChannelLayer
 
 from gateway import metrics
 from gateway.config import load_config
-from gateway.layers import MemoryLayer, RedisLayer
+from gateway.layers import MemoryLayer
+from gateway.redis_layer import RedisLayer
 from tests.conftest import Service
 
 
