@@ -12,7 +12,6 @@ from django.urls import path, re_path
 from consumers.dashboard import AlertSocket, NotFoundSocket
 from consumers.sensor import SensorConsumer
 from consumers.site import SiteConsumer, ack_topic
-from consumers.telegram import ChatConsumer
 from gateway.runtime import Runtime
 from protocols.mqtt.routing import TopicRouter, route
 
@@ -30,23 +29,25 @@ class WithRuntime:
 
 def build_application(runtime: Runtime) -> WithRuntime:
     site = runtime.config.gateway.site
-    router = ProtocolTypeRouter(
-        {
-            "http": get_asgi_application(),
-            "websocket": URLRouter(
-                [
-                    path("ws/alerts/", AlertSocket.as_asgi()),
-                    re_path(r"", NotFoundSocket.as_asgi()),
-                ]
-            ),
-            "mqtt": TopicRouter(
-                [
-                    route(ack_topic(site), SiteConsumer.as_asgi()),
-                    route("#", SensorConsumer.as_asgi()),
-                ]
-            ),
-            # One scope per chat; the server exists only when a bot token is set.
-            "telegram": ChatConsumer.as_asgi(),
-        }
-    )
-    return WithRuntime(router, runtime)
+    routes: dict[str, Any] = {
+        "http": get_asgi_application(),
+        "websocket": URLRouter(
+            [
+                path("ws/alerts/", AlertSocket.as_asgi()),
+                re_path(r"", NotFoundSocket.as_asgi()),
+            ]
+        ),
+        "mqtt": TopicRouter(
+            [
+                route(ack_topic(site), SiteConsumer.as_asgi()),
+                route("#", SensorConsumer.as_asgi()),
+            ]
+        ),
+    }
+    if runtime.config.telegram_enabled:
+        # One scope per chat; the server exists only when a bot token is set (a new token needs a
+        # restart), and only then are the Telegram consumers imported.
+        from consumers.telegram import ChatConsumer
+
+        routes["telegram"] = ChatConsumer.as_asgi()
+    return WithRuntime(ProtocolTypeRouter(routes), runtime)
