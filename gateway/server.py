@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +36,7 @@ COUNT_SECONDS = 10.0
 def event_loop(protocols: list[str]) -> asyncio.AbstractEventLoop:
     """daphne's loop when this process serves HTTP (Twisted must share it), else a plain one."""
     if "web" in protocols:
+        without_pyopenssl()
         import daphne.server  # noqa: F401 - installs the asyncio reactor
         from twisted.internet import reactor
 
@@ -43,6 +45,19 @@ def event_loop(protocols: list[str]) -> asyncio.AbstractEventLoop:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     return loop
+
+
+def without_pyopenssl() -> None:
+    """Keep pyOpenSSL (and cryptography's X.509 with it) out of this process: 5 MiB of RSS.
+
+    daphne listens on plain TCP here (TLS ends at a proxy in front, see docs/deploy.md), yet
+    Twisted and autobahn import pyOpenSSL whenever it is installed (twisted[tls], pulled in by
+    daphne) for TLS they would never use. Made unimportable before they look, both take the
+    no-TLS path they have for an install without it. Nothing else here needs pyOpenSSL: paho,
+    aiohttp (Telegram), redis-py and amqtt use the standard `ssl` module.
+    """
+    if "OpenSSL" not in sys.modules:
+        sys.modules["OpenSSL"] = None  # type: ignore[assignment] # import OpenSSL -> ImportError
 
 
 def mqtt_devices(config: Config) -> list[Any]:

@@ -346,3 +346,21 @@ def test_migrations_load_only_when_the_schema_is_behind(tmp_path: Path) -> None:
     assert start("again") == ["False", "False"]
     # A migration missing from django_migrations (an upgrade shipped one) is noticed.
     assert start("forget") == ["False", "False", "True"]
+
+
+def test_a_web_process_leaves_pyopenssl_out() -> None:
+    # daphne listens on plain TCP: Twisted and autobahn take their no-TLS paths, 5 MiB less.
+    code = (
+        "import sys; from gateway.server import event_loop; event_loop(['web']);"
+        "import autobahn.twisted.websocket, twisted.internet.tcp, twisted.internet.ssl as s;"
+        "print(sys.modules['OpenSSL'], 'cryptography.x509' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0 and "import of OpenSSL halted" in done.stderr  # twisted.internet.ssl
+    code = code.replace(", twisted.internet.ssl as s", "")
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["None", "False"]
