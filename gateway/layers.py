@@ -1,18 +1,19 @@
-"""Channel layers that count what they drop: a full channel is logged and counted, never silent."""
+"""Channel layers that count what they drop: a full channel is logged and counted, never silent.
+
+The Redis layer is in `gateway.redis_layer`: channels_redis and redis-py cost about 5 MiB of
+RSS, which a process on the in-memory layer does not pay.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from copy import deepcopy
 from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
-from channels_redis.core import RedisChannelLayer
-from redis.asyncio import BlockingConnectionPool
 
 from gateway import logs, metrics
 
@@ -31,6 +32,76 @@ def overflowed(group_or_channel: str, dropped: int) -> None:
         )
 
 
+class Inbox:
+    """One channel's messages: what `asyncio.Queue` does here, at a fraction of its memory.
+
+    An idle consumer waits on its channel for as long as its socket is open; an asyncio.Queue
+    (four deques, about 3 KiB) per waiting channel was a tenth of an idle dashboard's memory.
+    Here the messages get a deque only while there are some, and the waiters are a short list.
+    """
+
+    __slots__ = ("_items", "_waiters", "maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: deque[tuple[float, dict[str, Any]]] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def __len__(self) -> int:
+        return len(self._items) if self._items else 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nobody waiting: the channel can be forgotten."""
+        return not self._items and not self._waiters
+
+    def put(self, entry: tuple[float, dict[str, Any]]) -> bool:
+        """Queue `entry` (expiry, message); False when the channel is full."""
+        if self._items is None:
+            self._items = deque()
+        elif len(self._items) >= self.maxsize > 0:
+            return False
+        self._items.append(entry)
+        self._wake()
+        return True
+
+    def expire(self, now: float) -> int:
+        """Drop the messages that expired before `now`; how many."""
+        items, dropped = self._items, 0
+        while items and items[0][0] < now:
+            items.popleft()
+            dropped += 1
+        if items is not None and not items:
+            self._items = None
+        return dropped
+
+    async def get(self) -> tuple[float, dict[str, Any]]:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                if self._items and not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: the message is the next waiter's
+                raise
+        entry = self._items.popleft()
+        if not self._items:
+            self._items = None
+        elif self._waiters:
+            self._wake()
+        return entry
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
 class MemoryLayer(InMemoryChannelLayer):
     """channels' in-memory layer without its per-member costs, and counting what it drops.
 
@@ -38,7 +109,8 @@ class MemoryLayer(InMemoryChannelLayer):
     channel and member for expiry on every send and receive: with 1,000 dashboards
     one alert cost about a second of CPU. Here a group message is shared by its
     members (consumers must not change what they receive) and expiry is swept at
-    most once a second. A full channel is counted and logged, never skipped in silence.
+    most once a second. A full channel is counted and logged, never skipped in silence. A
+    channel's messages wait in an `Inbox`, not an asyncio.Queue (about 3 KiB less per channel).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -58,171 +130,48 @@ class MemoryLayer(InMemoryChannelLayer):
         entry = (time.time() + self.expiry, message)
         dropped = 0
         for channel in list(self.groups.get(group, ())):
-            queue = self.channels.setdefault(channel, asyncio.Queue(maxsize=self.get_capacity(channel)))
-            try:
-                queue.put_nowait(entry)
-            except asyncio.QueueFull:
+            if not self._inbox(channel).put(entry):
                 dropped += 1
         if dropped:
             overflowed(group, dropped)
 
+    def _inbox(self, channel: str) -> Inbox:
+        inbox = self.channels.get(channel)
+        if inbox is None:
+            inbox = self.channels[channel] = Inbox(self.get_capacity(channel))
+        return inbox
+
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        try:
-            await super().send(channel, message)
-        except ChannelFull:
+        # The parent's, on an Inbox: the message is copied (a group message is shared, above).
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_channel_name(channel)
+        assert "__asgi_channel__" not in message
+        if not self._inbox(channel).put((time.time() + self.expiry, deepcopy(message))):
             overflowed(channel, 1)
-            raise
+            raise ChannelFull(channel)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         # The parent's, with the sweep at most once a second instead of on every call.
         self.require_valid_channel_name(channel)
         self._sweep()
-        queue = self.channels.setdefault(channel, asyncio.Queue(maxsize=self.get_capacity(channel)))
+        inbox = self._inbox(channel)
         try:
-            _, message = await queue.get()
+            _, message = await inbox.get()
         finally:
-            if queue.empty():
+            if inbox.idle and self.channels.get(channel) is inbox:
+                del self.channels[channel]
+        return message
+
+    def _clean_expired(self) -> None:
+        # The parent's, on Inboxes: a channel with an expired message leaves every group.
+        now = time.time()
+        for channel, inbox in list(self.channels.items()):
+            if inbox.expire(now):
+                self._remove_from_groups(channel)
+            if inbox.idle:
                 self.channels.pop(channel, None)
-        return message  # type: ignore[no-any-return]
-
-
-class _RedisOverflowCounter(logging.Filter):
-    """channels_redis reports group overflows only in an INFO log line; count them from it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "over capacity in group" in record.msg and isinstance(record.args, tuple) and record.args:
-            overflowed(str(record.args[-1]), int(str(record.args[0])))
-            return False
-        return True
-
-
-_redis_log = logging.getLogger("channels_redis.core")
-_redis_log.addFilter(_RedisOverflowCounter())
-_redis_log.setLevel(logging.INFO)  # the overflow line is INFO; below that it is never made
-
-
-class RedisLayer(RedisChannelLayer):
-    """channels_redis, plus: memberships of this process renewed before Redis forgets them.
-
-    channels_redis drops a group member `group_expiry` (a day) after it joined, so
-    that a dead process's channels do not stay forever. Consumers that live longer
-    (a Telegram chat, the site's MQTT publisher, a sensor) would silently stop
-    hearing alerts; this process re-joins what it still holds, a few times per expiry.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._joined: set[tuple[str, str]] = set()
-        self._renewer: asyncio.Task[None] | None = None
-        self._renew_now = asyncio.Event()
-        # Called once memberships are back after an outage (the dashboard sockets start afresh).
-        self.recovered: list[Callable[[], Awaitable[None]]] = []
-
-    def create_pool(self, index: int) -> Any:
-        # redis-py's default pool refuses a command once 100 connections are busy ("Too many
-        # connections"): a thousand dashboards joining at once did that. This one waits instead.
-        host = dict(self.hosts[index])
-        address = host.pop("address", None)
-        if address is None:
-            return super().create_pool(index)  # Sentinel: channels_redis's own pool
-        return BlockingConnectionPool.from_url(address, max_connections=POOL_SIZE, timeout=30, **host)
-
-    async def group_add(self, group: str, channel: str) -> None:
-        await super().group_add(group, channel)
-        self._joined.add((group, channel))
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.ensure_future(self._renew())
-
-    async def group_discard(self, group: str, channel: str) -> None:
-        self._joined.discard((group, channel))
-        await super().group_discard(group, channel)
-
-    async def _renew(self) -> None:
-        outage = False
-        while self._joined:
-            # Often enough that a Redis that lost its data has every member back within minutes;
-            # every second while a receive has failed, until they are back.
-            with contextlib.suppress(TimeoutError):
-                wait = 1.0 if outage else min(self.group_expiry / 4, RENEW_SECONDS)
-                await asyncio.wait_for(self._renew_now.wait(), wait)
-            if self._renew_now.is_set():
-                self._renew_now.clear()
-                await asyncio.sleep(1.0)  # not in the instant a receive failed
-                # An outage is Redis having lost our memberships (it restarted, or we could not
-                # ask it); a passing error of one receive is not.
-                outage = outage or not await self._memberships_intact()
-            try:
-                for group, channel in list(self._joined):
-                    await super().group_add(group, channel)
-            except Exception as err:  # Redis away: try again soon, well within the expiry
-                if not outage:
-                    logs.layer.warning("could not renew group memberships (%s); retrying", err)
-                outage = True
-                continue
-            if outage:
-                logs.layer.info("redis is back: %d group memberships renewed", len(self._joined))
-                await self._drop_connections()
-                for callback in self.recovered:
-                    try:
-                        await callback()
-                    except Exception:
-                        logs.layer.exception("after the outage, %r failed", callback)
-            outage = False
-
-    async def _memberships_intact(self) -> bool:
-        try:
-            connection = self.connection(0)
-            for group, channel in list(self._joined):
-                if await connection.zscore(self._group_key(group), channel) is None:
-                    return False
-        except Exception:
-            return False
-        return True
-
-    async def _drop_connections(self) -> None:
-        """Close every pooled connection, the busy ones too, so each command starts on a fresh one.
-
-        Seen here: after Redis restarted, a blocking pop that channels_redis issued
-        around the restart waited forever on its connection, holding the receive
-        lock of every consumer of this process. Its connection closed, it fails,
-        is retried, and the receiving goes on; a message it had popped is safe in
-        channels_redis's backup queue.
-        """
-        for loop_layer in list(self._layers.values()):
-            for connection in list(loop_layer._connections.values()):
-                with contextlib.suppress(Exception):
-                    await connection.connection_pool.disconnect(inuse_connections=True)
-
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        try:
-            await super().send(channel, message)
-        except ChannelFull:
-            overflowed(channel, 1)
-            raise
-
-    async def receive(self, channel: str) -> dict[str, Any]:
-        # A Redis outage must not end every consumer: wait and try again.
-        delay = 0.2
-        while True:
-            try:
-                return await super().receive(channel)
-            except Exception as err:  # redis.exceptions.* do not all derive from OSError
-                if not isinstance(err, TimeoutError | ConnectionError | OSError) and (
-                    type(err).__module__.split(".")[0] != "redis"
-                ):
-                    raise
-                allowed, held = _receive_log.allow("receive")
-                if allowed:
-                    logs.layer.warning(
-                        "redis receive failed (%s); retrying in %.1fs (%d more not logged)", err, delay, held
-                    )
-            # Redis may come back without our memberships (a restart that lost its data):
-            # the renewer tries every second until they are back.
-            self._renew_now.set()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-RENEW_SECONDS = 600.0
-POOL_SIZE = 200
-_receive_log = logs.RateLimit(interval=5.0)
+        timeout = int(now) - self.group_expiry
+        for members in self.groups.values():
+            for name, joined in list(members.items()):
+                if joined and joined < timeout:
+                    members.pop(name, None)

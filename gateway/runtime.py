@@ -71,7 +71,7 @@ class Runtime:
         """
         layer = self.layer
         channel = await layer.new_channel()
-        await layer.group_add("sensors", channel)  # renewed by the layer (gateway.layers.RedisLayer)
+        await layer.group_add("sensors", channel)  # renewed by the layer (gateway.redis_layer.RedisLayer)
         while True:
             message = await layer.receive(channel)
             if message.get("type") != "sensor.update":

@@ -318,3 +318,49 @@ async def test_a_telegram_process_without_a_token_says_so(gateway_factory: Gatew
     )
     assert done.returncode == 2
     assert "--protocol telegram needs telegram.token in the config" in done.stderr
+
+
+MIGRATION_CHECK = """
+import sys
+from django.db import connection
+from gateway import settings
+from gateway.config import parse_config
+
+settings.setup(parse_config({"gateway": {"state_dir": sys.argv[1]}}, {}, "test"))
+print(settings.pending_migrations(connection), "django.db.migrations.executor" in sys.modules)
+if sys.argv[2] == "forget":
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM django_migrations WHERE name = '0002_telegram'")
+    print(settings.pending_migrations(connection))
+"""
+
+
+def test_migrations_load_only_when_the_schema_is_behind(tmp_path: Path) -> None:
+    def start(mode: str) -> list[str]:
+        argv = [sys.executable, "-c", MIGRATION_CHECK, str(tmp_path), mode]
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout.split()
+
+    # A new database is migrated; a start on an up-to-date one never loads the migration framework.
+    assert start("new") == ["False", "True"]
+    assert start("again") == ["False", "False"]
+    # A migration missing from django_migrations (an upgrade shipped one) is noticed.
+    assert start("forget") == ["False", "False", "True"]
+
+
+def test_a_web_process_leaves_pyopenssl_out() -> None:
+    # daphne listens on plain TCP: Twisted and autobahn take their no-TLS paths, 5 MiB less.
+    code = (
+        "import sys; from gateway.server import event_loop; event_loop(['web']);"
+        "import autobahn.twisted.websocket, twisted.internet.tcp, twisted.internet.ssl as s;"
+        "print(sys.modules['OpenSSL'], 'cryptography.x509' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0 and "import of OpenSSL halted" in done.stderr  # twisted.internet.ssl
+    code = code.replace(", twisted.internet.ssl as s", "")
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["None", "False"]

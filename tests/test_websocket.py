@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import (
@@ -42,6 +43,18 @@ async def test_bearer_header_and_origin_rules(gateway_factory: GatewayFactory) -
     with pytest.raises(InvalidStatus) as info:
         await ws_connect(gw, origin="http://evil.example")
     assert info.value.response.status_code == 403
+
+
+async def test_only_the_alerts_path_is_a_websocket(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    base = gw.ws_url.removesuffix("/ws/alerts/")
+    for path in ("/ws/other/", "/ws/alerts", "/ws/alerts/extra/", "/"):
+        with pytest.raises(InvalidStatus) as info:
+            await websockets.connect(f"{base}{path}?token=ops-secret-token")
+        assert info.value.response.status_code == 403, path
+    ws = await websockets.connect(f"{base}/ws/alerts/?token=ops-secret-token")
+    assert (await recv_json(ws))["type"] == "hello"
+    await ws.close()
 
 
 async def test_every_message_type_and_bad_frames(gateway_factory: GatewayFactory) -> None:
