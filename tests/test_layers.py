@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 import pytest
-from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 
 from gateway import metrics
@@ -52,34 +51,3 @@ def test_memory_layer_keeps_members_past_a_day() -> None:
     from gateway.settings import GROUP_EXPIRY_NEVER, channel_layers
 
     assert channel_layers(load_config(None))["default"]["CONFIG"]["group_expiry"] == GROUP_EXPIRY_NEVER
-
-
-async def test_memory_layer_inbox_behaves_as_a_queue() -> None:
-    layer = MemoryLayer(capacity=3, expiry=60)
-    channel = await layer.new_channel()
-    # A receiver that waits gets what is sent later; one cancelled while waiting loses nothing.
-    waiting = asyncio.ensure_future(layer.receive(channel))
-    cancelled = asyncio.ensure_future(layer.receive(channel))
-    await asyncio.sleep(0)
-    cancelled.cancel()
-    await layer.send(channel, {"type": "x", "n": 1})
-    assert (await asyncio.wait_for(waiting, 1))["n"] == 1
-    assert cancelled.cancelled()
-    # In order, up to the capacity; a full channel refuses, a drained one is forgotten.
-    for n in range(3):
-        await layer.send(channel, {"type": "x", "n": n})
-    with pytest.raises(ChannelFull):
-        await layer.send(channel, {"type": "x", "n": 3})
-    assert [(await layer.receive(channel))["n"] for _ in range(3)] == [0, 1, 2]
-    assert channel not in layer.channels
-
-
-async def test_memory_layer_expired_message_drops_its_channel_from_groups() -> None:
-    layer = MemoryLayer(capacity=10, expiry=0)
-    channel = await layer.new_channel()
-    await layer.group_add("alerts", channel)
-    await layer.group_send("alerts", {"type": "alert.raised"})
-    await asyncio.sleep(0.01)
-    layer._clean_expired()
-    assert channel not in layer.channels
-    assert channel not in layer.groups.get("alerts", {})
