@@ -188,32 +188,33 @@ async def _wait(
     """Per connection, the alert events with lo <= seq <= hi (all when lo is None) as (seq, receive time).
 
     Returns once every connection has all of them, or when none arrived for `idle` seconds (what
-    is missing then is lost), or after `cap` seconds. Parsing happens here, between polls, not on
-    the receive path.
+    is missing then is lost), or after `cap` seconds. While events are still coming, only their
+    number is watched: parsing 20,000 of them takes this process's loop for tens of milliseconds,
+    and an event arriving meanwhile would be stamped late.
     """
     expected = None if lo is None or hi is None else hi - lo + 1
-    found: list[dict[int, float]] = [{} for _ in clients]
-    parsed = [0] * len(clients)
     started = last = time.monotonic()
+    count = -1
     while True:
-        moved = False
-        for i, client in enumerate(clients):
-            events = client.events
-            for t, text in events[parsed[i] :]:
-                seq = _seq(text)
-                if (lo is None or lo <= seq) and (hi is None or seq <= hi) and seq not in found[i]:
-                    found[i][seq] = t
-                    moved = True
-            parsed[i] = len(events)
         now = time.monotonic()
-        if moved:
-            last = now
-        if expected is not None and all(len(f) >= expected for f in found):
-            break
-        if now - last > idle or now - started > cap:
-            break
+        total = sum(len(c.events) for c in clients)
+        if total != count:
+            count, last = total, now
+        over = now - last > idle or now - started > cap
+        if over or (expected is not None and all(len(c.events) >= expected for c in clients)):
+            found = [_select(c.events, lo, hi) for c in clients]
+            if over or all(len(f) >= expected for f in found):  # type: ignore[operator]
+                return [sorted(f.items()) for f in found]
         await asyncio.sleep(0.02)
-    return [sorted(f.items()) for f in found]
+
+
+def _select(events: list[tuple[float, bytes]], lo: int | None, hi: int | None) -> dict[int, float]:
+    found: dict[int, float] = {}
+    for t, text in events:
+        seq = _seq(text)
+        if (lo is None or lo <= seq) and (hi is None or seq <= hi) and seq not in found:
+            found[seq] = t
+    return found
 
 
 async def _serve(conn: Connection) -> None:
