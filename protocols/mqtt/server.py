@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -34,6 +34,8 @@ __all__ = ["Device", "MqttServer", "MqttSettings"]
 
 # MQTT 5 session expiry: keep our subscriptions and queued messages for a week.
 SESSION_EXPIRY = 7 * 24 * 3600
+# MQTT 5: QoS 1/2 messages the broker may send before we acknowledge one (mosquitto: 20 otherwise).
+RECEIVE_MAXIMUM = 1000
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class MqttServer:
         if v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = SESSION_EXPIRY
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs = {"clean_start": False, "properties": props}
         await client.connect_async_io(s.address, s.keepalive, s.connect_timeout, **kwargs)
         try:
@@ -189,6 +192,7 @@ class MqttServer:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish_received = self._on_publish
         self._client = client
         return client
 
@@ -281,24 +285,51 @@ class MqttServer:
             self.on_state(False)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        # paho's path: QoS 2, and MQTT 5 messages with properties (see AsyncioClient._handle_publish).
         try:
             topic = msg.topic
         except UnicodeDecodeError:
-            self.count("bad_topic")
-            log.warning("dropped a message whose topic is not UTF-8")
-            self._ack(msg.mid, msg.qos, self._generation)
-            return
-        targets = self._route(topic)
-        if not targets:
-            self.count("unrouted")
-            self._ack(msg.mid, msg.qos, self._generation)
+            self._bad_topic(msg.mid, msg.qos)
             return
         props: dict[str, Any] = {}
         if msg.properties is not None and hasattr(msg.properties, "json"):
             props = msg.properties.json()
+        self._deliver(topic, bytes(msg.payload), msg.qos, bool(msg.retain), bool(msg.dup), msg.mid, props)
+
+    def _on_publish(self, topic: bytes, payload: bytes, qos: int, retain: bool, dup: bool, mid: int) -> None:
+        # The client's fast path: a PUBLISH without MQTT 5 properties, no MQTTMessage made.
+        try:
+            text = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            self._bad_topic(mid, qos)
+            return
+        self._deliver(text, payload, qos, retain, dup, mid, None)
+
+    def _bad_topic(self, mid: int, qos: int) -> None:
+        self.count("bad_topic")
+        log.warning("dropped a message whose topic is not UTF-8")
+        self._ack(mid, qos, self._generation)
+
+    def _deliver(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        mid: int,
+        props: dict[str, Any] | None,
+    ) -> None:
+        targets = self._exact.get(topic)
+        if targets is None or self._wild:
+            targets = self._route(topic)
+        if not targets:
+            self.count("unrouted")
+            self._ack(mid, qos, self._generation)
+            return
         delivery = None
-        if msg.qos > 0:
-            delivery = _Delivery(msg.mid, msg.qos, self._generation, len(targets))
+        if qos > 0:
+            delivery = _Delivery(mid, qos, self._generation, len(targets))
         for inst in targets:
             if inst.dead:
                 self.count("dropped_dead_app")
@@ -308,11 +339,11 @@ class MqttServer:
             event = {
                 "type": "mqtt.message",
                 "topic": topic,
-                "payload": msg.payload,
-                "qos": msg.qos,
-                "retain": bool(msg.retain),
-                "dup": bool(msg.dup),
-                "properties": props,
+                "payload": payload,
+                "qos": qos,
+                "retain": retain,
+                "dup": dup,
+                "properties": {} if props is None else props,
             }
             inst.queue.put_nowait((event, delivery))
 
@@ -429,7 +460,7 @@ class MqttServer:
         return inst
 
     def _start(self, inst: _Instance) -> None:
-        coro = self.application(dict(inst.scope), partial(self._receive, inst), partial(self._send, inst))
+        coro = self.application(dict(inst.scope), _Receive(self, inst), partial(self._send, inst))
         inst.task = asyncio.ensure_future(coro)
         inst.task.add_done_callback(partial(self._instance_done, inst))
 
@@ -541,3 +572,30 @@ class MqttServer:
 
 class _ConnectFailed(Exception):
     pass
+
+
+class _Receive:
+    """An instance's `receive`; `receive.nowait()` (an extension) returns a queued event without waiting.
+
+    `nowait()` returns None when nothing is queued. Like `receive()`, calling it means the previous
+    event was handled (it is acknowledged). An application that handles a burst then takes each
+    queued event without a task and a wake-up of its own (`MqttConsumer` does).
+    """
+
+    __slots__ = ("inst", "server")
+
+    def __init__(self, server: MqttServer, inst: _Instance) -> None:
+        self.server, self.inst = server, inst
+
+    def __call__(self) -> Coroutine[Any, Any, dict[str, Any]]:
+        return self.server._receive(self.inst)
+
+    def nowait(self) -> dict[str, Any] | None:
+        inst = self.inst
+        self.server._release(inst)
+        try:
+            event, delivery = inst.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        inst.taken = delivery
+        return event
