@@ -23,6 +23,7 @@ from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
 
 log = logs.sensors
 _bad_input_log = logs.RateLimit(interval=30.0)
+_handled_ok = metrics.mqtt_messages.labels("ok")  # labels() looks the child up on every call
 
 # Dashboards hear of a chatty sensor at most this often; the last reading always arrives.
 SENSOR_EVENT_INTERVAL = 0.5
@@ -109,7 +110,7 @@ class SensorConsumer(MqttConsumer):
         except PayloadError as err:
             self._bad_payload(event["topic"], err)
             return
-        metrics.mqtt_messages.labels("ok").inc()
+        _handled_ok.inc()
         if self.peers:
             await self.runtime.hand_over(
                 self.channel_layer.group_send,
