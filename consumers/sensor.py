@@ -287,18 +287,21 @@ class SensorConsumer(MqttConsumer):
     def _sensor_changed(self) -> None:
         if self.sensor_event_due is not None:
             return
-        wait = self.last_sensor_event + SENSOR_EVENT_INTERVAL - self.loop.time()
+        now = self.loop.time()
+        wait = self.last_sensor_event + SENSOR_EVENT_INTERVAL - now
         if wait <= 0:
+            # Marked sent now, not when the task runs: the readings of one batch would each start one.
+            self.last_sensor_event = now
             self._spawn(self._send_sensor_event())
         else:
             self.sensor_event_due = self.loop.call_later(wait, self._sensor_event_due)
 
     def _sensor_event_due(self) -> None:
         self.sensor_event_due = None
+        self.last_sensor_event = self.loop.time()
         self._spawn(self._send_sensor_event())
 
     async def _send_sensor_event(self) -> None:
-        self.last_sensor_event = self.loop.time()
         snap = self.runtime.board.sensors[self.sensor.id].as_json()
         text = json.dumps({"type": "sensor", "sensor": snap}, separators=(",", ":"))
         await self.runtime.hand_over(
