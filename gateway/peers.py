@@ -98,21 +98,22 @@ class PeerMirror:
 
     async def _receive(self) -> None:
         delay = 0.2
-        while self.channel is None:
+        while True:
             try:
-                channel = await self.layer.new_channel()
-                await self.layer.group_add(GROUP, channel)  # renewed by the layer (gateway.layers)
-                self.channel = channel
-            except Exception as err:
-                log.warning("shared subscription: cannot join the peers' group (%s); retrying", err)
+                if self.channel is None:
+                    channel = await self.layer.new_channel()
+                    await self.layer.group_add(GROUP, channel)  # renewed by the layer (gateway.layers)
+                    self.channel = channel
+                    self._joined.set()
+                message = await self.layer.receive(self.channel)
+            except Exception as err:  # the layer's receive retries outages itself; anything else: later
+                log.warning("shared subscription: peers' group (%s); retrying in %.1fs", err, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self._joined.set()
-        while True:
-            message = await self.layer.receive(self.channel)
-            if message.get("origin") == self.channel or message.get("type") != "sensor.observed.batch":
                 continue
-            self.deliver(message.get("readings") or ())
+            delay = 0.2
+            if message.get("origin") != self.channel and message.get("type") == "sensor.observed.batch":
+                self.deliver(message.get("readings") or ())
 
     def deliver(self, readings: Any) -> None:
         for reading in readings:

@@ -152,13 +152,13 @@ class AsyncioClient(paho.Client):
                 return
             rc = self._packet_read()
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                break
+                return  # nothing left in our buffer, TLS's or the socket's
             if rc > 0:
                 self._loop_rc_handle(rc)
                 return
-        if self._rpos < len(self._rbuf) and self._sock is not None:
-            # Bytes in our buffer do not make the socket readable: come back after the others.
-            self._read_again = self._aloop.call_soon(self._read)
+        # More may wait where the socket being readable does not tell (our buffer, TLS's):
+        # come back after the other callbacks.
+        self._read_again = self._aloop.call_soon(self._read)
 
     def _sock_recv(self, bufsize: int) -> bytes:
         # paho asks for 1 byte, 1 byte, then the rest of a packet: served from one big recv.
