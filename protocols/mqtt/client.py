@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,8 @@ READ_BATCH = 256
 # One `recv` asks for this much; a PUBLISH of a sensor reading is ~100 bytes.
 RECV_SIZE = 256 * 1024
 # A packet whose write has side effects in paho (QoS 0 PUBLISH callbacks, DISCONNECT closing).
-_PUBLISH, _DISCONNECT = 0x30, 0xE0
+_PUBLISH, _PUBACK, _DISCONNECT = 0x30, 0x40, 0xE0
+_PUBACK_FRAME = struct.Struct("!BBH")
 
 __all__ = ["AsyncioClient", "BrokerAddress"]
 
@@ -147,15 +149,24 @@ class AsyncioClient(paho.Client):
     def _read(self) -> None:
         # Every complete packet received so far, in one wake-up (paho's loop_read handles one).
         self._read_again = None
-        for _ in range(READ_BATCH):
-            if self._sock is None:
-                return
-            rc = self._packet_read()
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                return  # nothing left in our buffer, TLS's or the socket's
-            if rc > 0:
-                self._loop_rc_handle(rc)
-                return
+        fast = False
+        try:
+            for _ in range(READ_BATCH):
+                if self._sock is None:
+                    return
+                if self._read_publish():
+                    fast = True
+                    continue
+                rc = self._packet_read()
+                if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                    return  # nothing left in our buffer, TLS's or the socket's
+                if rc > 0:
+                    self._loop_rc_handle(rc)
+                    return
+        finally:
+            if fast:  # what paho's reader does per packet, for the keepalive
+                with self._msgtime_mutex:
+                    self._last_bytes_received = paho.time_func()
         # More may wait where the socket being readable does not tell (our buffer, TLS's):
         # come back after the other callbacks.
         self._read_again = self._aloop.call_soon(self._read)
@@ -176,26 +187,55 @@ class AsyncioClient(paho.Client):
         # paho's own decode, without an MQTT 5 Properties object when the packet has none.
         packet = self._in_packet["packet"]
         header = self._in_packet["command"]
-        qos = (header & 0x06) >> 1
-        size = len(packet)
-        if qos == 2 or size < 2:
+        if not self._publish_fast(header, packet, 0, len(packet)):
             return super()._handle_publish()
-        end = 2 + ((packet[0] << 8) | packet[1])
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _read_publish(self) -> bool:
+        """A whole PUBLISH at the head of our buffer, handled without paho's reader; False: paho's turn.
+
+        Only between packets (paho holds no partial one), for a complete packet in the buffer.
+        """
+        buf, pos = self._rbuf, self._rpos
+        size = len(buf)
+        if pos >= size or buf[pos] & 0xF0 != _PUBLISH or self._in_packet["command"]:
+            return False
+        i, length, shift = pos + 1, 0, 0
+        while True:  # the remaining length, 1 to 4 bytes
+            if i >= size or shift > 21:
+                return False  # incomplete, or malformed: paho reads it and reports it
+            byte = buf[i]
+            i += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        end = i + length
+        if end > size or not self._publish_fast(buf[pos], buf, i, end):
+            return False
+        self._rbuf, self._rpos = (buf, end) if end < size else (b"", 0)
+        return True
+
+    def _publish_fast(self, header: int, data: bytes | bytearray, lo: int, hi: int) -> bool:
+        """Decode and hand over the PUBLISH body data[lo:hi]; False (nothing done) if paho must."""
+        qos = (header & 0x06) >> 1
+        if qos == 2 or hi - lo < 2:
+            return False
+        end = lo + 2 + ((data[lo] << 8) | data[lo + 1])
         mid = 0
+        start = end
         if qos:
-            if size < end + 2:
-                return super()._handle_publish()
-            mid = (packet[end] << 8) | packet[end + 1]
+            if hi < end + 2:
+                return False
+            mid = (data[end] << 8) | data[end + 1]
             start = end + 2
-        else:
-            start = end
         if self._protocol == paho.MQTTv5:
-            if size <= start or packet[start] != 0:
-                return super()._handle_publish()  # properties: paho decodes them
+            if hi <= start or data[start] != 0:
+                return False  # properties: paho decodes them
             start += 1
-        elif end == 2 or size < start:
-            return super()._handle_publish()  # empty topic (3.1.1) or truncated: paho's errors
-        topic, payload = bytes(packet[2:end]), bytes(packet[start:])
+        elif end == lo + 2 or hi < start:
+            return False  # empty topic (3.1.1) or truncated: paho's errors
+        topic, payload = bytes(data[lo + 2 : end]), bytes(data[start:hi])
         retain, dup = bool(header & 0x01), bool(header & 0x08)
         receiver = self.on_publish_received
         if receiver is not None:
@@ -207,8 +247,13 @@ class AsyncioClient(paho.Client):
             # message.properties stays None: an MQTT 5 message without properties.
             self._handle_on_message(message)
         if qos == 1 and not self._manual_ack:
-            return self._send_puback(mid)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+            self._send_puback(mid)
+        return True
+
+    def ack_many(self, mids: list[int]) -> None:
+        """PUBACK these QoS 1 messages (manual_ack): one queued write instead of one packet each."""
+        if mids:
+            self._packet_queue(_PUBACK, b"".join([_PUBACK_FRAME.pack(_PUBACK, 2, mid) for mid in mids]), 0, 0)
 
     def _packet_write(self) -> MQTTErrorCode:
         # Consecutive packets that need nothing after their write leave in one send.

@@ -113,6 +113,8 @@ class MqttServer:
         self._lost: asyncio.Future[str] | None = None
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._stopping = False
+        self._acks: list[int] = []  # QoS 1 mids handled this loop turn, acknowledged at its end
+        self._acks_due: asyncio.Handle | None = None
 
     # Lifecycle
 
@@ -202,6 +204,7 @@ class MqttServer:
             self._lazy_sweep.cancel()
         client = self._client
         if client is not None and client.is_connected():
+            self._send_acks()
             if self.settings.status_topic:
                 info = client.publish(self.settings.status_topic, b"offline", qos=1, retain=True)
                 await self._wait_published(info, 2.0)
@@ -269,6 +272,7 @@ class MqttServer:
             self._connack.exception()  # retrieved here so an unawaited one is not reported
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(reason)
+        self._acks.clear()  # mids of the lost connection: the broker sends them again
         if self.connected.is_set():
             if not self._stopping:
                 log.warning("lost the broker connection: %s", reason)
@@ -509,7 +513,19 @@ class MqttServer:
     def _ack(self, mid: int, qos: int, generation: int) -> None:
         # A mid from an earlier connection means nothing now: the broker redelivers it.
         if qos and self._client is not None and generation == self._generation and self.connected.is_set():
-            self._client.ack(mid, qos)
+            if qos == 1:
+                # The PUBACKs of a loop turn leave together (one packet queued, one send).
+                self._acks.append(mid)
+                if self._acks_due is None:
+                    self._acks_due = asyncio.get_running_loop().call_soon(self._send_acks)
+            else:
+                self._client.ack(mid, qos)
+
+    def _send_acks(self) -> None:
+        self._acks_due = None
+        mids, self._acks = self._acks, []
+        if self._client is not None and self.connected.is_set():
+            self._client.ack_many(mids)
 
     async def _send(self, inst: _Instance, event: dict[str, Any]) -> None:
         checked: dict[str, Any] = dict(validate_outgoing(event))
