@@ -256,10 +256,15 @@ class SensorConsumer(MqttConsumer):
     # Timers: `for`, `repeat` and `expire_after` come due without a message.
 
     def _schedule(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         deadline = self.rules.next_deadline()
+        timer = self.timer
+        if timer is not None:
+            if deadline is not None and timer.when() <= deadline and not timer.cancelled():
+                # Kept: a reading moves `expire_after` later on every message; the timer that
+                # comes due early finds nothing to do and schedules the next (_tick).
+                return
+            timer.cancel()
+            self.timer = None
         if deadline is not None:
             self.timer = self.loop.call_at(deadline, self._due)
 
