@@ -22,7 +22,8 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
 
     Channels' loop (`await_many_dispatch`) makes a task and an `asyncio.wait` per event. With a
     server whose `receive` has `nowait()` (protocols.mqtt.server), queued events are taken
-    directly, one after the other, and the tasks are made only to wait when nothing is queued.
+    directly, one after the other; with `notify()` too, an idle instance waits on one future
+    that the server or the channel layer's receive sets, with no task per wait.
     Events are still dispatched one at a time, and `receive` is called again only once the
     previous event is handled (that is what acknowledges a QoS 1 message).
     """
@@ -44,8 +45,22 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
             pass
 
     async def _serve(self, receive: Any, nowait: Callable[[], dict[str, Any] | None]) -> None:
+        loop = asyncio.get_running_loop()
+        notify: Callable[[asyncio.Future[None]], None] | None = getattr(receive, "notify", None)
         layer = self.channel_receive if self.channel_layer is not None else None
-        layer_task = asyncio.ensure_future(layer()) if layer is not None else None
+        wake: asyncio.Future[None] | None = None
+
+        def wake_up(_: Any = None) -> None:
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+        def listen() -> asyncio.Future[Any]:
+            assert layer is not None
+            task = asyncio.ensure_future(layer())
+            task.add_done_callback(wake_up)
+            return task
+
+        layer_task = listen() if layer is not None else None
         receive_task: asyncio.Future[Any] | None = None
         try:
             while True:
@@ -53,13 +68,21 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
                     message = layer_task.result()
                     layer_task = None
                     await self.dispatch(message)
-                    assert layer is not None
-                    layer_task = asyncio.ensure_future(layer())
+                    layer_task = listen()
                     continue
                 if receive_task is None:
                     event = nowait()
                     if event is not None:
                         await self.dispatch(event)
+                        continue
+                    if notify is not None:
+                        # Nothing queued: wait for the server or the layer, with no task of our own.
+                        wake = loop.create_future()
+                        notify(wake)
+                        try:
+                            await wake
+                        finally:
+                            wake = None
                         continue
                     receive_task = asyncio.ensure_future(receive())
                 waiting = [receive_task] if layer_task is None else [receive_task, layer_task]

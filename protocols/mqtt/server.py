@@ -70,11 +70,23 @@ class _Delivery:
     holders: int
 
 
+class _Inbox(asyncio.Queue[tuple[dict[str, Any], "_Delivery | None"]]):
+    """An instance's queue, which can also wake a waiter with no task of its own (`_Receive.notify`)."""
+
+    waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: tuple[dict[str, Any], _Delivery | None]) -> None:
+        super().put_nowait(item)
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 @dataclass(eq=False)
 class _Instance:
     device: Device
     scope: MqttScope
-    queue: asyncio.Queue[tuple[dict[str, Any], _Delivery | None]] = field(default_factory=asyncio.Queue)
+    queue: _Inbox = field(default_factory=lambda: _Inbox())
     task: asyncio.Task[None] | None = None
     taken: _Delivery | None = None
     filters: set[str] = field(default_factory=set)
@@ -595,7 +607,8 @@ class _Receive:
 
     `nowait()` returns None when nothing is queued. Like `receive()`, calling it means the previous
     event was handled (it is acknowledged). An application that handles a burst then takes each
-    queued event without a task and a wake-up of its own (`MqttConsumer` does).
+    queued event without a task and a wake-up of its own (`MqttConsumer` does), and when none is
+    queued, `notify(future)` has the server set the future's result at the next one.
     """
 
     __slots__ = ("inst", "server")
@@ -605,6 +618,14 @@ class _Receive:
 
     def __call__(self) -> Coroutine[Any, Any, dict[str, Any]]:
         return self.server._receive(self.inst)
+
+    def notify(self, waiter: asyncio.Future[None]) -> None:
+        """Set `waiter`'s result once an event is queued (at once if one is)."""
+        queue = self.inst.queue
+        if queue.empty():
+            queue.waiter = waiter
+        elif not waiter.done():
+            waiter.set_result(None)
 
     def nowait(self) -> dict[str, Any] | None:
         inst = self.inst
