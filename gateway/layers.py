@@ -73,6 +73,10 @@ class MemoryLayer(InMemoryChannelLayer):
             overflowed(channel, 1)
             raise
 
+    async def group_members(self, group: str) -> list[str]:
+        """The channels of a group (gateway.peers sends to the others, not to itself)."""
+        return list(self.groups.get(group, ()))
+
     async def receive(self, channel: str) -> dict[str, Any]:
         # The parent's, with the sweep at most once a second instead of on every call.
         self.require_valid_channel_name(channel)
@@ -168,6 +172,13 @@ class RedisLayer(RedisChannelLayer):
                     except Exception:
                         logs.layer.exception("after the outage, %r failed", callback)
             outage = False
+
+    async def group_members(self, group: str) -> list[str]:
+        """The channels of a group that have not expired (gateway.peers sends to the others only)."""
+        connection = self.connection(self.consistent_hash(group))
+        oldest = int(time.time()) - self.group_expiry
+        members = await connection.zrangebyscore(self._group_key(group), min=oldest, max="+inf")
+        return [m.decode("utf8") for m in members]
 
     async def _memberships_intact(self) -> bool:
         try:

@@ -16,8 +16,11 @@ a task or a JSON parse each (`SensorConsumer.peer_observed`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
+
+from channels.exceptions import ChannelFull
 
 from gateway import logs, metrics
 
@@ -25,6 +28,9 @@ __all__ = ["GROUP", "PeerMirror", "Reading"]
 
 # Every MQTT process of a shared subscription joins it.
 GROUP = "sensor.peers"
+# How long the list of the other members is used before it is read again (a process that starts
+# hears from the others within this).
+PEERS_TTL = 1.0
 
 # (sensor id, wall-clock time received, "value" or "available", the value, retained)
 Reading = tuple[str, float, str, Any, bool]
@@ -43,6 +49,8 @@ class PeerMirror:
         self._sender: asyncio.Task[None] | None = None
         self._receiver: asyncio.Task[None] | None = None
         self._joined = asyncio.Event()
+        self._peer_list: list[str] | None = None
+        self._peers_at = 0.0
 
     async def start(self, timeout: float = 5.0) -> None:
         """Join the group (waiting up to `timeout` for the layer), then hear the peers in the background."""
@@ -77,12 +85,28 @@ class PeerMirror:
         if self._sender is None or self._sender.done():
             self._sender = asyncio.ensure_future(self._send())
 
+    async def _peers(self) -> list[str] | None:
+        """The other members of the group, looked up once a second; None: send to the group."""
+        if not hasattr(self.layer, "group_members") or self.channel is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        if self._peer_list is None or now - self._peers_at >= PEERS_TTL:
+            members = await self.layer.group_members(GROUP)
+            self._peer_list, self._peers_at = [m for m in members if m != self.channel], now
+        return self._peer_list
+
     async def _send(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             message = {"type": "sensor.observed.batch", "origin": self.channel or "", "readings": batch}
             try:
-                await self.layer.group_send(GROUP, message)
+                # Not to ourselves: the group's copy for us cost a write, a pop and a decode each.
+                peers = await self._peers()
+                if peers is None:
+                    await self.layer.group_send(GROUP, message)
+                for peer in peers or ():
+                    with contextlib.suppress(ChannelFull):  # a peer gone or stuck: counted by the layer
+                        await self.layer.send(peer, message)
             except Exception as err:  # the layer is away: these readings are lost to the peers
                 metrics.deliveries.labels("layer", "failed").inc()
                 allowed, held = _send_log.allow("peers")

@@ -15,9 +15,9 @@ class Counting(MemoryLayer):
         super().__init__()
         self.sent = 0
 
-    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
         self.sent += 1
-        await super().group_send(group, message)
+        await super().send(channel, message)
 
 
 async def _pair(layer: Any) -> tuple[PeerMirror, PeerMirror, list[tuple[str, Any]], list[tuple[str, Any]]]:
