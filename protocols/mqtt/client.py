@@ -5,18 +5,22 @@ and the TCP connect is awaited, so a broker that is down or slow never blocks
 the loop. TCP_NODELAY is set on every connection: Nagle's algorithm would hold
 small PUBLISH/PUBACK packets back by tens of milliseconds.
 
-Ingest costs per message are kept off paho's slow paths (four of paho's private
-methods are overridden, each falling back to paho's own code outside the fast path):
+Ingest costs per message are kept off paho's slow paths. paho 2.x internals are used
+(`_sock_recv`, `_handle_publish`, `_packet_write` overridden; `_packet_read`,
+`_in_packet`, `_packet_queue`, `_last_bytes_received` used), and every fast path falls
+back to paho's own code for what it does not handle:
 
-- reads: paho reads a packet in three `recv` calls (type, length, body) and one
-  packet per readable event; here one `recv` fills a buffer and every packet in it
-  is handled in the same wake-up (`_sock_recv`, `_read`);
-- PUBLISH decode: paho builds an MQTT 5 `Properties` object for every message,
-  about half of the ingest CPU; a PUBLISH without properties (what brokers forward
-  unless the publisher set some) is decoded here without one (`_handle_publish`);
+- reads: paho reads a packet in three `recv` calls (type, length, body) and handles
+  one packet per readable event (loop_read ignores max_packets); here one `recv`
+  fills a buffer and every packet in it is handled in the same wake-up (`_read`,
+  `_sock_recv`); a PUBLISH whole in the buffer is framed here (`_read_publish`);
+- PUBLISH decode: paho builds an MQTT 5 `Properties` object for every message (about
+  half of the ingest CPU); a QoS 0/1 PUBLISH without properties (what brokers forward
+  unless the publisher set some) is decoded without one and handed to
+  `on_publish_received` without an `MQTTMessage` (`_publish_fast`);
 - writes: paho sends each queued packet with its own `send`; consecutive packets
   that need nothing after their write (PUBACKs, QoS 1 PUBLISHes, pings) leave in
-  one `send` (`_packet_write`), so the acknowledgements of a batch cost one syscall.
+  one `send` (`_packet_write`), and `ack_many` queues the PUBACKs of a batch at once.
 """
 
 from __future__ import annotations
