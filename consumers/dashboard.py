@@ -78,7 +78,7 @@ class Hub:
         # The default prefix: channels_redis pops every process-local channel through one list
         # named by it, so a channel of another prefix waits forever while consumers receive.
         self._channel = await layer.new_channel()
-        for group in self.GROUPS:  # renewed by the layer (gateway.layers.RedisLayer)
+        for group in self.GROUPS:  # renewed by the layer (gateway.redis_layer.RedisLayer)
             await layer.group_add(group, self._channel)
         self._task = asyncio.ensure_future(self._run(layer))
 

@@ -15,7 +15,7 @@ from typing import Any
 from gateway import logs, metrics
 from gateway.alerts import AlertChange, fill
 from gateway.config import Action, Sensor
-from gateway.formats import FieldMissing, PayloadError, parse_availability, parse_value
+from gateway.formats import FieldMissing, PayloadError, Value, parse_availability, parse_value
 from gateway.rules import SensorRules, Transition
 from gateway.runtime import Runtime
 from protocols.mqtt.consumer import MqttConsumer
@@ -23,6 +23,7 @@ from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
 
 log = logs.sensors
 _bad_input_log = logs.RateLimit(interval=30.0)
+_handled_ok = metrics.mqtt_messages.labels("ok")  # labels() looks the child up on every call
 
 # Dashboards hear of a chatty sensor at most this often; the last reading always arrives.
 SENSOR_EVENT_INTERVAL = 0.5
@@ -52,7 +53,9 @@ class SensorConsumer(MqttConsumer):
             snap.online if snap.online is not None else None,
             self.loop.time(),
         )
-        self.lock = asyncio.Lock()
+        # Alert changes are stored in the order their readings came (ours and the peers'): each
+        # waits for the one before (see _apply_in_order).
+        self.applied: asyncio.Future[None] | None = None
         # rule id -> (alert, saved) last raised here: what a clear refers to if the database is away
         self.announced: dict[str, tuple[dict[str, Any], bool]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -61,8 +64,10 @@ class SensorConsumer(MqttConsumer):
         self.sensor_event_due: asyncio.TimerHandle | None = None
         self.runtime.reload_listeners.add(self._reconfigure)
         # Shared subscriptions hand each message to one of several processes: they tell each other
-        # what they saw, so every process's rule state stays the same and one of them acts.
-        self.peers = bool(config.mqtt.shared_group) and self.channel_layer is not None
+        # what they saw (gateway.peers), so every process's rule state stays the same.
+        self.peers = self.runtime.peers
+        if self.peers is not None:
+            self.peers.handlers[self.sensor.id] = self.peer_observed
         self._schedule()
         return True
 
@@ -89,16 +94,17 @@ class SensorConsumer(MqttConsumer):
             return  # a message that was on its way when a reload removed the sensor
         now, received = self.loop.time(), time.time()
         max_payload = self.runtime.config.mqtt.max_payload
-        observed: dict[str, Any]
+        kind: str
+        value: Value
         try:
             if event["topic"] == self.sensor.availability_topic:
-                online = parse_availability(event["payload"], max_payload)
-                transitions = self.rules.on_availability(online, now)
-                observed = {"available": online}
+                value = parse_availability(event["payload"], max_payload)
+                transitions = self.rules.on_availability(value, now)
+                kind = "available"
             else:
                 value = parse_value(event["payload"], self.sensor.format, self.sensor.field, max_payload)
                 transitions = self.rules.on_value(value, now, retained=event["retain"])
-                observed = {"value": value, "retain": event["retain"]}
+                kind = "value"
         except FieldMissing as err:
             if event["topic"] == self.sensor.result_topic:
                 # RESULT answers every command; most are about something else.
@@ -109,38 +115,68 @@ class SensorConsumer(MqttConsumer):
         except PayloadError as err:
             self._bad_payload(event["topic"], err)
             return
-        metrics.mqtt_messages.labels("ok").inc()
-        if self.peers:
-            await self.runtime.hand_over(
-                self.channel_layer.group_send,
-                f"sensor.{self.sensor.id}",
-                {"type": "sensor.observed", "origin": self.channel_name, "at": received, **observed},
-            )
-        await self._after(transitions, received)
-
-    async def _after(self, transitions: list[Transition], received: float | None, local: bool = True) -> None:
+        _handled_ok.inc()
+        if self.peers is not None:
+            self.peers.observe(self.sensor.id, received, kind, value, bool(event["retain"]))
         # Dashboards hear of a reading from the process that got it, not once per process.
-        if self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online) and local:
+        if self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online):
             self._sensor_changed()
         if transitions:
-            async with self.lock:
-                await self._apply(transitions, received)
+            await self._apply_in_order(transitions, received)
+        self._schedule()
+
+    def peer_observed(self, at: float, kind: str, value: Any, retain: bool) -> None:
+        """What a peer process received (shared subscriptions, gateway.peers): the same state here.
+
+        Called for each reading of a peer's batch, in order, with no task unless an alert changes.
+        """
+        now = self.loop.time() - max(0.0, time.time() - at)
+        if kind == "available":
+            transitions = self.rules.on_availability(bool(value), now, local=False)
+        else:
+            transitions = self.rules.on_value(value, now, retained=retain, local=False)
+        self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online)
+        if transitions:
+            # A raise or clear seen here too is acted on here too: a reading and a peer's report of
+            # an earlier one can arrive in either order, and the database keeps one alert per rule
+            # and sensor open, so the second attempt changes nothing. Timers stay with their owner.
+            transitions = [replace(t, local=True) if t.kind in ("raise", "clear") else t for t in transitions]
+            self._apply_in_order(transitions, None)
         self._schedule()
 
     async def sensor_observed(self, event: dict[str, Any]) -> None:
-        """What a peer process saw (shared subscriptions): the same state here, and no action."""
-        if not self._setup() or event["origin"] == self.channel_name:
+        """One reading of a peer that reports each on its own (an older version, while upgrading)."""
+        if not self._setup() or event.get("origin") == getattr(self, "channel_name", None):
             return
-        now = self.loop.time() - max(0.0, time.time() - event["at"])
         if "available" in event:
-            transitions = self.rules.on_availability(event["available"], now, local=False)
+            self.peer_observed(event["at"], "available", event["available"], False)
         else:
-            transitions = self.rules.on_value(event["value"], now, retained=event["retain"], local=False)
-        # A raise or clear seen here too is acted on here too: a reading and a peer's report of an
-        # earlier one can arrive in either order, and the database keeps one alert per rule and
-        # sensor open, so the second attempt changes nothing. Timers stay with their owner.
-        transitions = [replace(t, local=True) if t.kind in ("raise", "clear") else t for t in transitions]
-        await self._after(transitions, None, local=False)
+            self.peer_observed(event["at"], "value", event["value"], event.get("retain", False))
+
+    def _apply_in_order(self, transitions: list[Transition], received: float | None) -> asyncio.Task[None]:
+        """Store and announce these changes after those of earlier readings (ours, the peers', timers')."""
+        before, done = self.applied, self.loop.create_future()
+        self.applied = done
+        task = asyncio.ensure_future(self._apply_after(before, done, transitions, received))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _apply_after(
+        self,
+        before: asyncio.Future[None] | None,
+        done: asyncio.Future[None],
+        transitions: list[Transition],
+        received: float | None,
+    ) -> None:
+        try:
+            if before is not None:
+                await asyncio.shield(before)
+            await self._apply(transitions, received)
+        finally:
+            done.set_result(None)
+            if self.applied is done:
+                self.applied = None
 
     def _bad_payload(self, topic: str, err: PayloadError) -> None:
         metrics.mqtt_messages.labels("bad_payload").inc()
@@ -220,10 +256,15 @@ class SensorConsumer(MqttConsumer):
     # Timers: `for`, `repeat` and `expire_after` come due without a message.
 
     def _schedule(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         deadline = self.rules.next_deadline()
+        timer = self.timer
+        if timer is not None:
+            if deadline is not None and timer.when() <= deadline and not timer.cancelled():
+                # Kept: a reading moves `expire_after` later on every message; the timer that
+                # comes due early finds nothing to do and schedules the next (_tick).
+                return
+            timer.cancel()
+            self.timer = None
         if deadline is not None:
             self.timer = self.loop.call_at(deadline, self._due)
 
@@ -238,8 +279,7 @@ class SensorConsumer(MqttConsumer):
             self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online)
             self._sensor_changed()
         if transitions:
-            async with self.lock:
-                await self._apply(transitions)
+            await self._apply_in_order(transitions, None)
         self._schedule()
 
     def _spawn(self, coro: Any) -> None:
@@ -252,18 +292,21 @@ class SensorConsumer(MqttConsumer):
     def _sensor_changed(self) -> None:
         if self.sensor_event_due is not None:
             return
-        wait = self.last_sensor_event + SENSOR_EVENT_INTERVAL - self.loop.time()
+        now = self.loop.time()
+        wait = self.last_sensor_event + SENSOR_EVENT_INTERVAL - now
         if wait <= 0:
+            # Marked sent now, not when the task runs: the readings of one batch would each start one.
+            self.last_sensor_event = now
             self._spawn(self._send_sensor_event())
         else:
             self.sensor_event_due = self.loop.call_later(wait, self._sensor_event_due)
 
     def _sensor_event_due(self) -> None:
         self.sensor_event_due = None
+        self.last_sensor_event = self.loop.time()
         self._spawn(self._send_sensor_event())
 
     async def _send_sensor_event(self) -> None:
-        self.last_sensor_event = self.loop.time()
         snap = self.runtime.board.sensors[self.sensor.id].as_json()
         text = json.dumps({"type": "sensor", "sensor": snap}, separators=(",", ":"))
         await self.runtime.hand_over(
@@ -288,6 +331,9 @@ class SensorConsumer(MqttConsumer):
             for handle in (getattr(self, "timer", None), getattr(self, "sensor_event_due", None)):
                 if handle is not None:
                     handle.cancel()
+            peers = getattr(self, "peers", None)
+            if peers is not None and peers.handlers.get(self.sensor.id) == self.peer_observed:
+                del peers.handlers[self.sensor.id]
             if hasattr(self, "sensor") and self.channel_layer is not None:
                 self.runtime.reload_listeners.discard(self._reconfigure)
                 await self.channel_layer.group_discard(f"sensor.{self.sensor.id}", self.channel_name)

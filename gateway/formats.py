@@ -26,6 +26,10 @@ def _reject_constant(name: str) -> Any:
     raise PayloadError(f"{name} is not a value")
 
 
+# One decoder for every payload: json.loads with an argument builds a decoder (and its scanner) per call.
+_json = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _decode(payload: bytes, max_payload: int) -> str:
     if len(payload) > max_payload:
         raise PayloadError(f"payload of {len(payload)} bytes is over max_payload ({max_payload})")
@@ -39,7 +43,7 @@ def _load_json(text: str) -> Any:
     if not text.strip():
         raise PayloadError("payload is empty")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _json.decode(text)
     except RecursionError:
         raise PayloadError("JSON is nested too deeply") from None
     except json.JSONDecodeError as err:

@@ -72,6 +72,10 @@ class MemoryLayer(InMemoryChannelLayer):
             overflowed(channel, 1)
             raise
 
+    async def group_members(self, group: str) -> list[str]:
+        """The channels of a group (gateway.peers sends to the others, not to itself)."""
+        return list(self.groups.get(group, ()))
+
     async def receive(self, channel: str) -> dict[str, Any]:
         # The parent's, with the sweep at most once a second instead of on every call.
         self.require_valid_channel_name(channel)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -101,6 +102,13 @@ class RedisLayer(RedisChannelLayer):
                     except Exception:
                         logs.layer.exception("after the outage, %r failed", callback)
             outage = False
+
+    async def group_members(self, group: str) -> list[str]:
+        """The channels of a group that have not expired (gateway.peers sends to the others only)."""
+        connection = self.connection(self.consistent_hash(group))
+        oldest = int(time.time()) - self.group_expiry
+        members = await connection.zrangebyscore(self._group_key(group), min=oldest, max="+inf")
+        return [m.decode("utf8") for m in members]
 
     async def _memberships_intact(self) -> bool:
         try:

@@ -16,6 +16,7 @@ from gateway.alerts import AlertBook, AlertChange
 from gateway.chats import ChatBook
 from gateway.config import Config
 from gateway.health import Health
+from gateway.peers import PeerMirror
 from gateway.security import LoginBrake
 from gateway.sensors import SensorBoard
 
@@ -43,6 +44,8 @@ class Runtime:
     mqtt_out: bool = False
     # Wrong dashboard tokens, per client address.
     login_brake: LoginBrake = field(default_factory=LoginBrake)
+    # The other MQTT processes of a shared subscription, if this process is one of them.
+    peers: PeerMirror | None = None
 
     def __post_init__(self) -> None:
         self.book = AlertBook(self.config.gateway.site)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,18 +30,39 @@ class SensorSnapshot:
     zone: str
     value: Value | None = None
     online: bool | None = None
-    updated_at: datetime | None = None
     # (epoch milliseconds, value) of recent numeric readings; in memory only.
     recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=RECENT_POINTS))
+    # When it was last updated: a datetime, or the epoch seconds of a reading not yet made one
+    # (most readings are followed by another before anyone asks: see `updated_at`).
+    _at: datetime | None = field(default=None, repr=False)
+    _ts: float | None = field(default=None, repr=False)
+
+    @property
+    def updated_at(self) -> datetime | None:
+        if self._ts is not None:
+            self._at, self._ts = datetime.fromtimestamp(self._ts, UTC), None
+        return self._at
+
+    @updated_at.setter
+    def updated_at(self, at: datetime | None) -> None:
+        self._at, self._ts = at, None
+
+    def read(self, value: Value | None, online: bool | None, ts: float) -> None:
+        """A reading received at `ts` (epoch seconds)."""
+        self.value, self.online, self._ts = value, online, ts
+        self._remember(value, int(ts * 1000))
 
     def remember(self, value: Value | None, at: datetime) -> None:
+        self._remember(value, int(at.timestamp() * 1000))
+
+    def _remember(self, value: Value | None, ms: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return
-        ms = int(at.timestamp() * 1000)
-        if self.recent and ms - self.recent[-1][0] < RECENT_SPACING * 1000:
-            self.recent[-1] = (self.recent[-1][0], value)
+        recent = self.recent
+        if recent and ms - recent[-1][0] < RECENT_SPACING * 1000:
+            recent[-1] = (recent[-1][0], value)
         else:
-            self.recent.append((ms, value))
+            recent.append((ms, value))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -89,8 +111,7 @@ class SensorBoard:
         if snap is None:
             return False
         changed = snap.value != value or type(snap.value) is not type(value) or snap.online != online
-        snap.value, snap.online, snap.updated_at = value, online, datetime.now(UTC)
-        snap.remember(value, snap.updated_at)
+        snap.read(value, online, time.time())
         self._dirty.add(sensor_id)
         if self._flusher is None:
             loop = asyncio.get_running_loop()

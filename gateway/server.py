@@ -202,6 +202,7 @@ class Gateway:
             if self.notifier.enabled:
                 self._systemd = asyncio.ensure_future(self._notify_systemd())
             if "mqtt" in self.protocols:
+                await self._start_peers(runtime)
                 await self._start_mqtt(application)
             if "web" in self.protocols:
                 from protocols.websocket.server import WebServer
@@ -233,6 +234,17 @@ class Gateway:
             self._stop_reporting()
             await self._shutdown(runtime)
             self.notifier.close()
+
+    async def _start_peers(self, runtime: Any) -> None:
+        """Shared subscriptions: in the peers' group before the first message (gateway.peers)."""
+        from channels.layers import get_channel_layer
+
+        from gateway.peers import PeerMirror
+
+        layer = get_channel_layer()
+        if self.config.mqtt.shared_group and layer is not None:
+            runtime.peers = PeerMirror(layer)
+            await runtime.peers.start()
 
     async def _start_mqtt(self, application: Any) -> None:
         from protocols.mqtt.client import BrokerAddress
@@ -429,6 +441,8 @@ class Gateway:
             _, pending = await asyncio.wait(self._tasks, timeout=DRAIN_SECONDS)
             for task in pending:
                 task.cancel()
+        if runtime.peers is not None:
+            await _step("peers", runtime.peers.stop())
         await _step("sensor state", runtime.board.flush())
         if self.broker is not None:
             await _step("broker", self.broker.stop())

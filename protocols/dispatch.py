@@ -16,9 +16,19 @@ from channels.consumer import get_handler_name
 __all__ = ["DirectDispatch"]
 
 
+# message type -> handler name ("mqtt.message" -> "mqtt_message"): a handful of types, every event.
+_names: dict[str, str] = {}
+
+
 class DirectDispatch:
     async def dispatch(self, message: dict[str, Any]) -> None:
-        handler = getattr(self, get_handler_name(message), None)
+        kind = message.get("type")
+        name = _names.get(kind) if isinstance(kind, str) else None
+        if name is None:
+            name = get_handler_name(message)  # validates, and raises for a bad type
+            if len(_names) < 1000:
+                _names[kind] = name  # type: ignore[index]
+        handler = getattr(self, name, None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -34,6 +34,8 @@ __all__ = ["Device", "MqttServer", "MqttSettings"]
 
 # MQTT 5 session expiry: keep our subscriptions and queued messages for a week.
 SESSION_EXPIRY = 7 * 24 * 3600
+# MQTT 5: QoS 1/2 messages the broker may send before we acknowledge one (mosquitto: 20 otherwise).
+RECEIVE_MAXIMUM = 1000
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,23 @@ class _Delivery:
     holders: int
 
 
+class _Inbox(asyncio.Queue[tuple[dict[str, Any], "_Delivery | None"]]):
+    """An instance's queue, which can also wake a waiter with no task of its own (`_Receive.notify`)."""
+
+    waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: tuple[dict[str, Any], _Delivery | None]) -> None:
+        super().put_nowait(item)
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 @dataclass(eq=False)
 class _Instance:
     device: Device
     scope: MqttScope
-    queue: asyncio.Queue[tuple[dict[str, Any], _Delivery | None]] = field(default_factory=asyncio.Queue)
+    queue: _Inbox = field(default_factory=lambda: _Inbox())
     task: asyncio.Task[None] | None = None
     taken: _Delivery | None = None
     filters: set[str] = field(default_factory=set)
@@ -111,6 +125,8 @@ class MqttServer:
         self._lost: asyncio.Future[str] | None = None
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._stopping = False
+        self._acks: list[int] = []  # QoS 1 mids handled this loop turn, acknowledged at its end
+        self._acks_due: asyncio.Handle | None = None
 
     # Lifecycle
 
@@ -149,6 +165,7 @@ class MqttServer:
         if v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = SESSION_EXPIRY
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs = {"clean_start": False, "properties": props}
         await client.connect_async_io(s.address, s.keepalive, s.connect_timeout, **kwargs)
         try:
@@ -189,6 +206,7 @@ class MqttServer:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish_received = self._on_publish
         self._client = client
         return client
 
@@ -198,6 +216,7 @@ class MqttServer:
             self._lazy_sweep.cancel()
         client = self._client
         if client is not None and client.is_connected():
+            self._send_acks()
             if self.settings.status_topic:
                 info = client.publish(self.settings.status_topic, b"offline", qos=1, retain=True)
                 await self._wait_published(info, 2.0)
@@ -265,6 +284,7 @@ class MqttServer:
             self._connack.exception()  # retrieved here so an unawaited one is not reported
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(reason)
+        self._acks.clear()  # mids of the lost connection: the broker sends them again
         if self.connected.is_set():
             if not self._stopping:
                 log.warning("lost the broker connection: %s", reason)
@@ -281,24 +301,51 @@ class MqttServer:
             self.on_state(False)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        # paho's path: QoS 2, and MQTT 5 messages with properties (see AsyncioClient._handle_publish).
         try:
             topic = msg.topic
         except UnicodeDecodeError:
-            self.count("bad_topic")
-            log.warning("dropped a message whose topic is not UTF-8")
-            self._ack(msg.mid, msg.qos, self._generation)
-            return
-        targets = self._route(topic)
-        if not targets:
-            self.count("unrouted")
-            self._ack(msg.mid, msg.qos, self._generation)
+            self._bad_topic(msg.mid, msg.qos)
             return
         props: dict[str, Any] = {}
         if msg.properties is not None and hasattr(msg.properties, "json"):
             props = msg.properties.json()
+        self._deliver(topic, bytes(msg.payload), msg.qos, bool(msg.retain), bool(msg.dup), msg.mid, props)
+
+    def _on_publish(self, topic: bytes, payload: bytes, qos: int, retain: bool, dup: bool, mid: int) -> None:
+        # The client's fast path: a PUBLISH without MQTT 5 properties, no MQTTMessage made.
+        try:
+            text = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            self._bad_topic(mid, qos)
+            return
+        self._deliver(text, payload, qos, retain, dup, mid, None)
+
+    def _bad_topic(self, mid: int, qos: int) -> None:
+        self.count("bad_topic")
+        log.warning("dropped a message whose topic is not UTF-8")
+        self._ack(mid, qos, self._generation)
+
+    def _deliver(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        mid: int,
+        props: dict[str, Any] | None,
+    ) -> None:
+        targets = self._exact.get(topic)
+        if targets is None or self._wild:
+            targets = self._route(topic)
+        if not targets:
+            self.count("unrouted")
+            self._ack(mid, qos, self._generation)
+            return
         delivery = None
-        if msg.qos > 0:
-            delivery = _Delivery(msg.mid, msg.qos, self._generation, len(targets))
+        if qos > 0:
+            delivery = _Delivery(mid, qos, self._generation, len(targets))
         for inst in targets:
             if inst.dead:
                 self.count("dropped_dead_app")
@@ -308,11 +355,11 @@ class MqttServer:
             event = {
                 "type": "mqtt.message",
                 "topic": topic,
-                "payload": msg.payload,
-                "qos": msg.qos,
-                "retain": bool(msg.retain),
-                "dup": bool(msg.dup),
-                "properties": props,
+                "payload": payload,
+                "qos": qos,
+                "retain": retain,
+                "dup": dup,
+                "properties": {} if props is None else props,
             }
             inst.queue.put_nowait((event, delivery))
 
@@ -429,7 +476,7 @@ class MqttServer:
         return inst
 
     def _start(self, inst: _Instance) -> None:
-        coro = self.application(dict(inst.scope), partial(self._receive, inst), partial(self._send, inst))
+        coro = self.application(dict(inst.scope), _Receive(self, inst), partial(self._send, inst))
         inst.task = asyncio.ensure_future(coro)
         inst.task.add_done_callback(partial(self._instance_done, inst))
 
@@ -478,7 +525,19 @@ class MqttServer:
     def _ack(self, mid: int, qos: int, generation: int) -> None:
         # A mid from an earlier connection means nothing now: the broker redelivers it.
         if qos and self._client is not None and generation == self._generation and self.connected.is_set():
-            self._client.ack(mid, qos)
+            if qos == 1:
+                # The PUBACKs of a loop turn leave together (one packet queued, one send).
+                self._acks.append(mid)
+                if self._acks_due is None:
+                    self._acks_due = asyncio.get_running_loop().call_soon(self._send_acks)
+            else:
+                self._client.ack(mid, qos)
+
+    def _send_acks(self) -> None:
+        self._acks_due = None
+        mids, self._acks = self._acks, []
+        if self._client is not None and self.connected.is_set():
+            self._client.ack_many(mids)
 
     async def _send(self, inst: _Instance, event: dict[str, Any]) -> None:
         checked: dict[str, Any] = dict(validate_outgoing(event))
@@ -541,3 +600,39 @@ class MqttServer:
 
 class _ConnectFailed(Exception):
     pass
+
+
+class _Receive:
+    """An instance's `receive`; `receive.nowait()` (an extension) returns a queued event without waiting.
+
+    `nowait()` returns None when nothing is queued. Like `receive()`, calling it means the previous
+    event was handled (it is acknowledged). An application that handles a burst then takes each
+    queued event without a task and a wake-up of its own (`MqttConsumer` does), and when none is
+    queued, `notify(future)` has the server set the future's result at the next one.
+    """
+
+    __slots__ = ("inst", "server")
+
+    def __init__(self, server: MqttServer, inst: _Instance) -> None:
+        self.server, self.inst = server, inst
+
+    def __call__(self) -> Coroutine[Any, Any, dict[str, Any]]:
+        return self.server._receive(self.inst)
+
+    def notify(self, waiter: asyncio.Future[None]) -> None:
+        """Set `waiter`'s result once an event is queued (at once if one is)."""
+        queue = self.inst.queue
+        if queue.empty():
+            queue.waiter = waiter
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    def nowait(self) -> dict[str, Any] | None:
+        inst = self.inst
+        self.server._release(inst)
+        try:
+            event, delivery = inst.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        inst.taken = delivery
+        return event
