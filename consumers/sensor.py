@@ -240,8 +240,9 @@ class SensorConsumer(MqttConsumer):
                     self.announced.pop(t.rule.id, None)
             if change is None:
                 continue
-            log.info("alert %s %s: %s", change.alert["id"], change.event, change.alert["message"])
             await self.runtime.broadcast(change, received)
+            # After the hand-over: the line costs 80 us (formatting, stderr to the journal).
+            log.info("alert %s %s: %s", change.alert["id"], change.event, change.alert["message"])
             for action in actions:
                 await self.publish(
                     action.topic, self._action_payload(action, change), action.qos, action.retain
