@@ -11,10 +11,10 @@ from typing import Any
 
 from tests.conftest import (
     GatewayFactory,
-    GatewayProcess,
     Service,
     alert_event,
     http_get,
+    metric,
     publish,
     recv_json,
     recv_until,
@@ -115,14 +115,6 @@ async def event_of(ws: Any, event: str, rule: str, sensor: str | None = None) ->
         return alert_event(event)(m) and m["alert"]["rule"] == rule and sensor in (None, m["alert"]["sensor"])
 
     return (await recv_until(ws, match))["alert"]  # type: ignore[no-any-return]
-
-
-def metric(gw: GatewayProcess, line_start: str) -> float:
-    _, text = http_get(f"{gw.url}/metrics")
-    for line in text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 async def test_every_format_and_availability_style(

@@ -20,6 +20,7 @@ from tests.conftest import (
     Service,
     alert_event,
     http_get,
+    metric,
     publish,
     recv_json,
     recv_until,
@@ -137,12 +138,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-def metric(gw: GatewayProcess, name: str) -> float:
-    status, text = http_get(gw.url + "/metrics")
-    assert status == 200
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 def never_reading_client(gw: GatewayProcess) -> socket.socket:
