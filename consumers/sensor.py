@@ -119,10 +119,16 @@ class SensorConsumer(MqttConsumer):
         if self.peers is not None:
             self.peers.observe(self.sensor.id, received, kind, value, bool(event["retain"]))
         # Dashboards hear of a reading from the process that got it, not once per process.
-        if self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online):
-            self._sensor_changed()
+        changed = self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online)
         if transitions:
-            await self._apply_in_order(transitions, received)
+            applied = self._apply_in_order(transitions, received)
+            if changed:
+                # The alert first: the tile's update would share the loop (and the GIL) with its
+                # database write and its hand-over (1.1 ms per group send on Redis).
+                applied.add_done_callback(lambda _: self._sensor_changed())
+            await applied
+        elif changed:
+            self._sensor_changed()
         self._schedule()
 
     def peer_observed(self, at: float, kind: str, value: Any, retain: bool) -> None:

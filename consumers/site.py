@@ -33,11 +33,24 @@ class SiteConsumer(MqttConsumer):
         """Alert events from MQTT_OUT, which several MQTT processes share: each is published once."""
         while True:
             event = await self.channel_layer.receive(MQTT_OUT)
+            if not await self._first(event):
+                continue
             try:
                 await self.alert_raised(event)
             except Exception as err:
                 metrics.deliveries.labels("mqtt", "failed").inc()
                 logs.mqtt.error("could not publish alert event %s: %s", event.get("seq"), err)
+
+    async def _first(self, event: dict[str, Any]) -> bool:
+        """False for an event another process already took (the Redis layer can hand it to two)."""
+        claim = getattr(self.channel_layer, "claim", None)
+        if claim is None or not event.get("saved", True):
+            return True  # one process, or an unsaved event (seq 0): nothing to tell them apart
+        try:
+            return bool(await claim(f"mqtt-out:{event['seq']}"))
+        except Exception as err:  # Redis away: better twice than never
+            logs.mqtt.warning("could not claim alert event %s (%s); publishing it", event.get("seq"), err)
+            return True
 
     async def mqtt_connect(self, event: MqttConnectEvent) -> None:
         await self._join()

@@ -19,6 +19,9 @@ from redis.asyncio import BlockingConnectionPool
 from gateway import logs
 from gateway.layers import overflowed
 
+# How long a claim (RedisLayer.claim) holds: far longer than any redelivery.
+CLAIM_SECONDS = 3600.0
+
 
 class _RedisOverflowCounter(logging.Filter):
     """channels_redis reports group overflows only in an INFO log line; count them from it."""
@@ -102,6 +105,16 @@ class RedisLayer(RedisChannelLayer):
                     except Exception:
                         logs.layer.exception("after the outage, %r failed", callback)
             outage = False
+
+    async def claim(self, key: str, ttl: float = CLAIM_SECONDS) -> bool:
+        """Whether this process is the first to claim `key` (SET NX, for `ttl` seconds).
+
+        channels_redis may hand one message of a channel that several processes receive from to
+        two of them (channels_redis#163: a receiver's clean-up puts back what another one has
+        just taken). Work that must be done once, as publishing an alert event, claims it first.
+        """
+        connection = self.connection(self.consistent_hash(key))
+        return bool(await connection.set(f"{self.prefix}claim:{key}", b"1", nx=True, ex=int(ttl)))
 
     async def group_members(self, group: str) -> list[str]:
         """The channels of a group that have not expired (gateway.peers sends to the others only)."""

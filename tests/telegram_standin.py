@@ -264,6 +264,12 @@ class BotApiStandin:
 
         return await self._wait(found, n, timeout, f"{n} sent {match}", lambda: self.sent)
 
+    async def wait_answered(self, n: int = 1, timeout: float = 10.0) -> list[Json]:
+        """Wait until at least ``n`` answerCallbackQuery calls were answered 200; their params."""
+        return await self._wait(
+            lambda: self.answered_callbacks, n, timeout, f"{n} answered callbacks", lambda: self.calls
+        )
+
     async def wait_call(self, method: str, timeout: float = 10.0, n: int = 1) -> list[Json]:
         """Wait until at least ``n`` calls of ``method`` (any status, possibly still in flight) arrived."""
 

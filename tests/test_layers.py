@@ -47,6 +47,19 @@ async def test_redis_layer_renews_memberships_before_they_expire(redis_server: S
     await layer.close_pools()
 
 
+async def test_a_message_two_processes_may_both_receive_is_claimed_once(redis_server: Service) -> None:
+    # Two processes' layers on one channel, as the MQTT processes share gateway.mqtt-alerts.
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    a, b = RedisLayer(hosts=[url], prefix="claimtest:"), RedisLayer(hosts=[url], prefix="claimtest:")
+    assert await a.claim("mqtt-out:7") is True
+    assert await b.claim("mqtt-out:7") is False
+    assert await a.claim("mqtt-out:7") is False
+    assert await b.claim("mqtt-out:8") is True
+    await a.flush()
+    await a.close_pools()
+    await b.close_pools()
+
+
 def test_memory_layer_keeps_members_past_a_day() -> None:
     from gateway.settings import GROUP_EXPIRY_NEVER, channel_layers
 
