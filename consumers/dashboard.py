@@ -15,6 +15,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from gateway import logs, metrics
 from gateway.alerts import AckRefused
 from gateway.auth import origin_allowed, scope_owner
+from gateway.ratelimit import TokenBucket
 from gateway.runtime import Runtime
 from protocols.dispatch import DirectDispatch
 from protocols.websocket.server import FRAMES, FrameWriter, prepare
@@ -23,7 +24,6 @@ MAX_CLIENT_MESSAGE = 64 * 1024
 RESUME_LIMIT = 1000
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_POLICY = 1008
-CLOSE_TRY_LATER = 1013
 # Per connection: a dashboard sends a few messages a minute; a burst of acks fits, a flood does not.
 RATE, BURST = 20.0, 40.0
 # A client that goes on flooding past this many dropped messages is closed.
@@ -59,6 +59,7 @@ class Hub:
 
     def __init__(self) -> None:
         self.sockets: dict[AlertSocket, None] = {}  # insertion-ordered set
+        metrics.websocket_connections.set_function(lambda: len(self.sockets))
         self._started: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._channel = ""
@@ -151,13 +152,12 @@ def hub_of(runtime: Runtime) -> Hub:
 
 class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
     groups: list[str] = []  # the process's Hub is in the groups, not each socket
-    counted = False
+    hub: Hub | None = None  # set once the origin is allowed; it holds the socket from auth to close
     # The seq of its hello: events up to it are in the snapshot (or `resume` replays them),
     # every later one comes live, exactly once, whatever order the layer brings them in.
     since = 0
     who = ""
-    tokens = BURST
-    refilled = 0.0
+    bucket: TokenBucket | None = None  # made at the first message: most sockets never send one
     dropped = 0
     warned = 0.0
     # Events the Hub holds for this socket while it sends hello or a resume; None when live.
@@ -185,8 +185,8 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
             logs.web.warning("refused a WebSocket from origin %s", dict(self.scope["headers"]).get(b"origin"))
             await self.close()  # before accept: HTTP 403 at the handshake
             return
-        self.hub = hub_of(self.runtime)
-        if len(self.hub.sockets) >= config.http.max_websockets:
+        hub = self.hub = hub_of(self.runtime)
+        if len(hub.sockets) >= config.http.max_websockets:
             metrics.bad_input.labels("websocket", "connection_cap").inc()
             allowed, held = _cap_log.allow("cap")
             if allowed:
@@ -208,10 +208,8 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         self.frames = self.scope.get(FRAMES)
         # Join before the snapshot, holding events: those that race it are filtered by seq.
         self.held = []
-        self.counted = True
-        metrics.websocket_connections.inc()
         try:
-            await self.hub.join(self)
+            await hub.join(self)
             self.since, alerts = await self.runtime.book.snapshot()
             await self.accept()
             hello = {
@@ -229,8 +227,10 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
 
     def _release(self) -> None:
         held, self.held = self.held or [], None
+        hub = self.hub
+        assert hub is not None  # released only after join
         for message in held:
-            self.hub.deliver(message, (self,))
+            hub.deliver(message, (self,))
 
     def spawn_send(self, text: str) -> None:
         task = asyncio.ensure_future(self.send(text_data=text))
@@ -238,13 +238,11 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         task.add_done_callback(_sending.discard)
 
     async def disconnect(self, code: int) -> None:
-        if self.counted:
-            self.counted = False
-            metrics.websocket_connections.dec()
+        if self.hub is not None:
             self.hub.leave(self)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not self.counted:
+        if self.hub is None or self not in self.hub.sockets:
             return
         if not await self._within_rate():
             return
@@ -270,10 +268,9 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
 
     async def _within_rate(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(BURST, self.tokens + (now - self.refilled) * RATE)
-        self.refilled = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.bucket is None:
+            self.bucket = TokenBucket(RATE, BURST)
+        if self.bucket.take(now):
             return True
         self.dropped += 1
         metrics.bad_input.labels("websocket", "rate").inc()

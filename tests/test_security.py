@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 
 from gateway.auth import authenticate, session_value
+from gateway.ratelimit import TokenBucket
 from gateway.security import LoginBrake
 from tests.conftest import GatewayFactory, GatewayProcess, publish, recv_json, recv_until, ws_connect
 
@@ -203,3 +204,11 @@ async def test_no_tokens_configured_means_no_login(gateway_factory: GatewayFacto
     assert status == 200 and 'id="active"' in page and "anonymous" in page
     status, headers, _ = request(gw, "GET", "/login")
     assert status == 302 and headers["location"] == "/"
+
+
+def test_token_bucket_allows_a_burst_then_the_rate() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3.0)
+    assert [bucket.take(now=10.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.take(now=10.4) is False  # 0.8 of a token back
+    assert bucket.take(now=10.5) is True  # one whole token after 0.5 s at 2 a second
+    assert [bucket.take(now=100.0) for _ in range(4)] == [True, True, True, False]  # never above the burst

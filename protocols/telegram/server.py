@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any
 
 from gateway import logs
+from gateway.ratelimit import TokenBucket
 from protocols.telegram.events import validate_outgoing
 from protocols.telegram.flow import ChatGone, Job, Limits, Outbox, Rejected, RetryAfter, Transient
 from protocols.telegram.lease import Lease
@@ -84,9 +85,8 @@ class _Instance:
     task: asyncio.Task[None] | None = None
     restarts: int = 0
     gone: bool = False  # told the application its chat is gone; reset when the chat writes again
-    # Incoming flood control: a token bucket per chat.
-    tokens: float = CHAT_BURST
-    refilled: float = 0.0
+    # Incoming flood control per chat.
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(CHAT_RATE, CHAT_BURST))
     throttled_logged: float = -1e9
 
 
@@ -347,10 +347,7 @@ class TelegramServer:
 
     def _within_rate(self, inst: _Instance) -> bool:
         now = time.monotonic()
-        inst.tokens = min(CHAT_BURST, inst.tokens + (now - inst.refilled) * CHAT_RATE)
-        inst.refilled = now
-        if inst.tokens >= 1:
-            inst.tokens -= 1
+        if inst.bucket.take(now):
             return True
         self.count("update_throttled")
         if now - inst.throttled_logged >= 60:
