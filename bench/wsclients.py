@@ -277,15 +277,7 @@ class ClientPool:
     def _ask(self, pipes: list[Connection], *command: Any, timeout: float = 120.0) -> list[Any]:
         for pipe in pipes:
             pipe.send(command)
-        answers = []
-        for pipe in pipes:
-            if not pipe.poll(timeout):
-                raise TimeoutError(f"a WebSocket worker did not answer {command[0]!r} in {timeout}s")
-            status, value = pipe.recv()
-            if status != "ok":
-                raise RuntimeError(f"WebSocket worker: {value}")
-            answers.append(value)
-        return answers
+        return self._collect(pipes, timeout, command[0])
 
     async def connect(self, url: str, n: int) -> tuple[int, float]:
         """Open `n` connections, each until its hello; returns the lowest hello seq and the seconds taken."""
@@ -303,11 +295,11 @@ class ClientPool:
         seqs = [s for a in answers for s in a["hello_seqs"]]
         return min(seqs), time.monotonic() - started
 
-    def _collect(self, pipes: list[Connection], timeout: float) -> list[Any]:
+    def _collect(self, pipes: list[Connection], timeout: float, what: str = "connect") -> list[Any]:
         answers = []
         for pipe in pipes:
             if not pipe.poll(timeout):
-                raise TimeoutError(f"a WebSocket worker did not answer in {timeout}s")
+                raise TimeoutError(f"a WebSocket worker did not answer {what!r} in {timeout}s")
             status, value = pipe.recv()
             if status != "ok":
                 raise RuntimeError(f"WebSocket worker: {value}")
