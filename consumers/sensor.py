@@ -54,8 +54,8 @@ class SensorConsumer(MqttConsumer):
             self.loop.time(),
         )
         # Alert changes are stored in the order their readings came (ours and the peers'): each
-        # waits for the one before (see _apply_in_order).
-        self.applied: asyncio.Future[None] | None = None
+        # task takes this lock in the order the tasks were made, and asyncio's lock is FIFO.
+        self.lock = asyncio.Lock()
         # rule id -> (alert, saved) last raised here: what a clear refers to if the database is away
         self.announced: dict[str, tuple[dict[str, Any], bool]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -161,28 +161,14 @@ class SensorConsumer(MqttConsumer):
 
     def _apply_in_order(self, transitions: list[Transition], received: float | None) -> asyncio.Task[None]:
         """Store and announce these changes after those of earlier readings (ours, the peers', timers')."""
-        before, done = self.applied, self.loop.create_future()
-        self.applied = done
-        task = asyncio.ensure_future(self._apply_after(before, done, transitions, received))
+        task = asyncio.ensure_future(self._apply_locked(transitions, received))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def _apply_after(
-        self,
-        before: asyncio.Future[None] | None,
-        done: asyncio.Future[None],
-        transitions: list[Transition],
-        received: float | None,
-    ) -> None:
-        try:
-            if before is not None:
-                await asyncio.shield(before)
+    async def _apply_locked(self, transitions: list[Transition], received: float | None) -> None:
+        async with self.lock:
             await self._apply(transitions, received)
-        finally:
-            done.set_result(None)
-            if self.applied is done:
-                self.applied = None
 
     def _bad_payload(self, topic: str, err: PayloadError) -> None:
         metrics.mqtt_messages.labels("bad_payload").inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -21,16 +22,17 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
     """One instance per device scope; events dispatch by type (`mqtt.message` -> `mqtt_message`).
 
     Channels' loop (`await_many_dispatch`) makes a task and an `asyncio.wait` per event. With a
-    server whose `receive` has `nowait()` (protocols.mqtt.server), queued events are taken
-    directly, one after the other; with `notify()` too, an idle instance waits on one future
-    that the server or the channel layer's receive sets, with no task per wait.
-    Events are still dispatched one at a time, and `receive` is called again only once the
-    previous event is handled (that is what acknowledges a QoS 1 message).
+    server whose `receive` has `nowait()` and `notify()` (protocols.mqtt.server), queued events
+    are taken directly, one after the other, and an idle instance waits on one future that the
+    server or the channel layer's receive sets, with no task per wait. Events are still
+    dispatched one at a time, and the next is asked for only once the previous one is handled
+    (that is what acknowledges a QoS 1 message). Any other server gets Channels' loop.
     """
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         nowait: Callable[[], dict[str, Any] | None] | None = getattr(receive, "nowait", None)
-        if nowait is None:
+        notify: Callable[[asyncio.Future[None]], None] | None = getattr(receive, "notify", None)
+        if nowait is None or notify is None:
             await super().__call__(scope, receive, send)
             return
         self.scope = scope
@@ -39,29 +41,27 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
             self.channel_name = await self.channel_layer.new_channel()
             self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         self.base_send = send
-        try:
-            await self._serve(receive, nowait)
-        except StopConsumer:
-            pass
+        with contextlib.suppress(StopConsumer):
+            await self._serve(nowait, notify)
 
-    async def _serve(self, receive: Any, nowait: Callable[[], dict[str, Any] | None]) -> None:
+    async def _serve(
+        self, nowait: Callable[[], dict[str, Any] | None], notify: Callable[[asyncio.Future[None]], None]
+    ) -> None:
         loop = asyncio.get_running_loop()
-        notify: Callable[[asyncio.Future[None]], None] | None = getattr(receive, "notify", None)
-        layer = self.channel_receive if self.channel_layer is not None else None
         wake: asyncio.Future[None] | None = None
 
         def wake_up(_: Any = None) -> None:
             if wake is not None and not wake.done():
                 wake.set_result(None)
 
-        def listen() -> asyncio.Future[Any]:
-            assert layer is not None
-            task = asyncio.ensure_future(layer())
+        def listen() -> asyncio.Future[Any] | None:
+            if self.channel_layer is None:
+                return None
+            task = asyncio.ensure_future(self.channel_receive())
             task.add_done_callback(wake_up)
             return task
 
-        layer_task = listen() if layer is not None else None
-        receive_task: asyncio.Future[Any] | None = None
+        layer_task = listen()
         try:
             while True:
                 if layer_task is not None and layer_task.done():
@@ -70,34 +70,22 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
                     await self.dispatch(message)
                     layer_task = listen()
                     continue
-                if receive_task is None:
-                    event = nowait()
-                    if event is not None:
-                        await self.dispatch(event)
-                        continue
-                    if notify is not None:
-                        # Nothing queued: wait for the server or the layer, with no task of our own.
-                        wake = loop.create_future()
-                        notify(wake)
-                        try:
-                            await wake
-                        finally:
-                            wake = None
-                        continue
-                    receive_task = asyncio.ensure_future(receive())
-                waiting = [receive_task] if layer_task is None else [receive_task, layer_task]
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if receive_task.done():
-                    event, receive_task = receive_task.result(), None
+                event = nowait()
+                if event is not None:
                     await self.dispatch(event)
+                    continue
+                # Nothing queued: wait for the server or the layer, with no task of our own.
+                wake = loop.create_future()
+                notify(wake)
+                try:
+                    await wake
+                finally:
+                    wake = None
         finally:
-            for task in (receive_task, layer_task):
-                if task is not None and not task.done():
-                    task.cancel()
-                    try:
-                        await task
-                    except asyncio.CancelledError:
-                        pass
+            if layer_task is not None and not layer_task.done():
+                layer_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await layer_task
 
     async def mqtt_connect(self, event: MqttConnectEvent) -> None:
         """The broker connection is up (again); `session_present` says whether it kept our session."""
