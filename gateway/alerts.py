@@ -33,6 +33,15 @@ class AckRefused(Exception):
     """An acknowledgement that cannot be applied; the message says why."""
 
 
+def alert_groups(rule: Rule, sensor: Sensor) -> list[str]:
+    """The channel-layer groups an alert of this rule and sensor goes to ("alerts" first)."""
+    return sorted({"alerts", f"alerts.{sensor.zone}", f"sensor.{sensor.id}", *rule.notify})
+
+
+def new_id() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(6))
+
+
 def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
@@ -81,29 +90,27 @@ class AlertChange:
         cls, event: str, rule: Rule, sensor: Sensor, value: Value | None, raised: dict[str, Any] | None
     ) -> AlertChange:
         """A raise or clear the database would not take: the alert as it would have been stored."""
-        now = iso(_now())
+        now = _now()
         alert = (
             dict(raised)
             if raised
-            else {
-                "id": "".join(secrets.choice(_ALPHABET) for _ in range(6)),
-                "rule": rule.id,
-                "sensor": sensor.id,
-                "zone": sensor.zone,
-                "severity": rule.severity,
-                "state": "active",
-                "message": render_message(rule.message, rule, sensor, value, ""),
-                "value": value,
-                "raised_at": now,
-                "acknowledged_at": None,
-                "acknowledged_by": None,
-                "cleared_at": None,
-            }
+            else alert_json(
+                Alert(
+                    id=new_id(),
+                    rule=rule.id,
+                    sensor=sensor.id,
+                    zone=sensor.zone,
+                    severity=rule.severity,
+                    state="active",
+                    message=render_message(rule.message, rule, sensor, value, ""),
+                    value=value,
+                    raised_at=now,
+                )
+            )
         )
         if event == "cleared":
-            alert.update(state="cleared", cleared_at=now, value=value)
-        groups = sorted({"alerts", f"alerts.{sensor.zone}", f"sensor.{sensor.id}", *rule.notify})
-        return cls.make(event, 0, alert, tuple(groups), saved=False)
+            alert.update(state="cleared", cleared_at=iso(now), value=value)
+        return cls.make(event, 0, alert, tuple(alert_groups(rule, sensor)), saved=False)
 
     @property
     def envelope(self) -> dict[str, Any]:
@@ -163,7 +170,7 @@ class AlertBook:
         Only one process raises for a given message, but two processes with shared
         subscriptions can race on messages a millisecond apart: the database decides.
         """
-        groups = sorted({"alerts", f"alerts.{sensor.zone}", f"sensor.{sensor.id}", *rule.notify})
+        groups = alert_groups(rule, sensor)
         for _ in range(5):
             try:
                 with transaction.atomic():
@@ -175,7 +182,7 @@ class AlertBook:
                         return None
                     self._reading(sensor.id, value, online)
                     alert = Alert(
-                        id="".join(secrets.choice(_ALPHABET) for _ in range(6)),
+                        id=new_id(),
                         site=self.site,
                         rule=rule.id,
                         sensor=sensor.id,

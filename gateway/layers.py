@@ -30,7 +30,18 @@ def overflowed(group_or_channel: str, dropped: int) -> None:
         )
 
 
-class MemoryLayer(InMemoryChannelLayer):
+class CountsFull:
+    """A layer whose `send` to a full channel is counted and logged before ChannelFull is raised."""
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        try:
+            await super().send(channel, message)  # type: ignore[misc]
+        except ChannelFull:
+            overflowed(channel, 1)
+            raise
+
+
+class MemoryLayer(CountsFull, InMemoryChannelLayer):
     """channels' in-memory layer without its per-member costs, and counting what it drops.
 
     The parent deep-copies a group message for every member and walks every
@@ -64,13 +75,6 @@ class MemoryLayer(InMemoryChannelLayer):
                 dropped += 1
         if dropped:
             overflowed(group, dropped)
-
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        try:
-            await super().send(channel, message)
-        except ChannelFull:
-            overflowed(channel, 1)
-            raise
 
     async def group_members(self, group: str) -> list[str]:
         """The channels of a group (gateway.peers sends to the others, not to itself)."""

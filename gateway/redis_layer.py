@@ -12,12 +12,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 from redis.asyncio import BlockingConnectionPool
 
 from gateway import logs
-from gateway.layers import overflowed
+from gateway.layers import CountsFull, overflowed
 
 # How long a claim (RedisLayer.claim) holds: far longer than any redelivery.
 CLAIM_SECONDS = 3600.0
@@ -38,7 +37,7 @@ _redis_log.addFilter(_RedisOverflowCounter())
 _redis_log.setLevel(logging.INFO)  # the overflow line is INFO; below that it is never made
 
 
-class RedisLayer(RedisChannelLayer):
+class RedisLayer(CountsFull, RedisChannelLayer):
     """channels_redis, plus: memberships of this process renewed before Redis forgets them.
 
     channels_redis drops a group member `group_expiry` (a day) after it joined, so
@@ -146,13 +145,6 @@ class RedisLayer(RedisChannelLayer):
             for connection in list(loop_layer._connections.values()):
                 with contextlib.suppress(Exception):
                     await connection.connection_pool.disconnect(inuse_connections=True)
-
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        try:
-            await super().send(channel, message)
-        except ChannelFull:
-            overflowed(channel, 1)
-            raise
 
     async def receive(self, channel: str) -> dict[str, Any]:
         # A Redis outage must not end every consumer: wait and try again.

@@ -61,20 +61,6 @@ def without_pyopenssl() -> None:
         sys.modules["OpenSSL"] = None  # type: ignore[assignment] # import OpenSSL -> ImportError
 
 
-def release_freed_heap() -> None:
-    """Hand the C heap's free pages back to the system once start-up is done (glibc's malloc_trim).
-
-    Start-up leaves freed memory that glibc keeps: compiling modules that have no .pyc, the
-    migration check, the config. Measured: 1.1 MiB of idle RSS from a checkout without .pyc.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def mqtt_devices(config: Config) -> list[Any]:
     from consumers.site import ack_topic
     from protocols.mqtt.server import Device
@@ -99,6 +85,14 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    # And the C heap's free pages back to the system (glibc's malloc_trim): start-up frees memory
+    # that glibc keeps (modules compiled without .pyc, the migration check, the config): 1.1 MiB.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class Gateway:
@@ -122,6 +116,7 @@ class Gateway:
         self.debug_stall = _debug_stall_seconds(env)
         self._announcer: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
+        self._telegram_settled = False
         self._systemd: asyncio.Task[None] | None = None
         self._notified_ready = False
         self._wake = asyncio.Event()
@@ -327,8 +322,9 @@ class Gateway:
         self._tasks.append(asyncio.ensure_future(serve()))
 
     def _telegram_state(self, up: bool, detail: str = "") -> None:
-        if up and not self.health.is_up("telegram"):
-            settle_heap()  # aiogram's modules are in, once: out of the collector's way too
+        if up and not self._telegram_settled:
+            self._telegram_settled = True
+            settle_heap()  # aiogram's modules are in: out of the collector's way too (once)
         self.health.set("telegram", up, detail)
 
     async def _announce_ready(self) -> None:
@@ -336,7 +332,6 @@ class Gateway:
             await self.mqtt.connected.wait()
         settle_heap()
         self.ready.set()
-        release_freed_heap()
         log.info(
             "ready in %.2fs: %s (site %s)",
             time.monotonic() - self.started,
