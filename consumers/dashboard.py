@@ -14,7 +14,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from gateway import logs, metrics
 from gateway.alerts import AckRefused
-from gateway.auth import origin_allowed, scope_owner
+from gateway.auth import origin_allowed
 from gateway.ratelimit import TokenBucket
 from gateway.runtime import Runtime
 from protocols.dispatch import DirectDispatch
@@ -197,14 +197,18 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
                 )
             await self.close()  # before accept: HTTP 403 at the handshake
             return
-        who = scope_owner(self.scope, config.auth.tokens)
-        if who is None:
-            metrics.bad_input.labels("websocket", "token").inc()
+        caller = await self.runtime.token_gate.identify(self.scope, config)
+        if caller.who is None:
+            if caller.throttled:
+                await self.close()  # before accept: HTTP 403, and the token was not tried
+                return
+            if caller.via == "none":  # a token that was tried is counted by the gate
+                metrics.bad_input.labels("websocket", "token").inc()
             # Accept and close at once, so a browser can read the 4401; no data is sent.
             await self.accept()
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
-        self.who = who
+        self.who = caller.who
         self.frames = self.scope.get(FRAMES)
         # Join before the snapshot, holding events: those that race it are filtered by seq.
         self.held = []

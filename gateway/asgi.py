@@ -14,11 +14,13 @@ from consumers.dashboard import AlertSocket, NotFoundSocket
 from consumers.sensor import SensorConsumer
 from consumers.site import SiteConsumer, ack_topic
 from gateway.runtime import Runtime
+from gateway.security import refusal, refuse
 from protocols.mqtt.routing import TopicRouter, route
 
 
 class WithRuntime:
-    """Puts the process's `Runtime` into every scope as `scope["gateway"]`.
+    """Puts the process's `Runtime` into every scope as `scope["gateway"]`, and turns away a
+    browser's request for a foreign Host or from a foreign Origin (`gateway.security.refusal`).
 
     In place, and not a coroutine of its own over a copy: what a scope's application holds
     lives as long as its socket (an idle dashboard held one more scope and one more frame,
@@ -34,6 +36,12 @@ class WithRuntime:
 
     def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> Awaitable[None]:
         scope["gateway"] = self.runtime
+        if scope["type"] in ("http", "websocket"):
+            # Here, before Django: the WebSocket needs it as much, and a reload changes it.
+            http = self.runtime.config.http
+            reason = refusal(scope, http)
+            if reason is not None:
+                return refuse(reason, scope, receive, send, http)
         return self.application(scope, receive, send)  # type: ignore[no-any-return]
 
 

@@ -6,6 +6,7 @@ receives the `Config` built here.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -68,6 +69,10 @@ def _host_port(value: str, key: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+# A DNS name (a leading dot: with its subdomains), or "*" for any.
+_HOST = re.compile(r"\*|\.?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
 class GatewaySection(_Section):
     site: str = Field(default="home", pattern=r"^[A-Za-z0-9_-]+$")
     state_dir: Path = Path("./var")
@@ -101,11 +106,37 @@ class HttpSection(_Section):
     max_websockets: int = Field(default=4096, ge=1)
     # Bytes waiting to reach one WebSocket client before it is dropped as too slow.
     websocket_send_buffer: int = Field(default=262144, ge=4096)
+    # Names the gateway is reached by, besides bind's host, localhost and IP addresses:
+    # a request for any other Host is refused (DNS rebinding).
+    hosts: list[str] = []
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client.
+    trusted_proxies: list[str] = []
 
     @field_validator("bind")
     @classmethod
     def _bind(cls, value: str) -> str:
         _host_port(value, "bind")
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not _HOST.fullmatch(host):
+                raise ValueError(
+                    f"{host!r} is not a host name: write it as in the address bar, without scheme "
+                    'or port ("alerts.example.net", ".example.net" for every subdomain too, or "*")'
+                )
+        return [host.lower() for host in value]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for proxy in value:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an IP address or network such as 10.0.0.0/8") from None
         return value
 
     @property

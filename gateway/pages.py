@@ -7,6 +7,7 @@ from functools import cache
 from pathlib import Path
 from string import Template
 
+from django.conf import settings
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -14,13 +15,13 @@ from django.http import (
     HttpResponseNotModified,
     HttpResponseRedirect,
 )
-from django.middleware.csrf import get_token
+from django.middleware.csrf import get_token, rotate_token
 from django.utils.html import escape
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from gateway import logs, metrics
-from gateway.auth import SESSION_COOKIE, SESSION_DAYS, authenticate, session_value, token_owner
+from gateway.auth import Caller, client_address, end_session, start_session
 from gateway.runtime import Runtime
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -44,15 +45,18 @@ def _page(name: str, status: int = 200, **fields: str) -> HttpResponse:
 
 
 def _client(request: HttpRequest) -> str:
-    return str(request.META.get("REMOTE_ADDR") or "unknown")
+    return client_address(request.scope, _runtime(request).config.http.trusted_proxies)  # type: ignore[attr-defined]
 
 
-def _signed_in(request: HttpRequest, runtime: Runtime, who: str) -> HttpResponse:
+async def _signed_in(request: HttpRequest, runtime: Runtime, who: str) -> HttpResponse:
+    key = await start_session(runtime.config.auth.tokens, who)
+    rotate_token(request)  # a CSRF token that was seen before the login is not good after it
+    logs.web.info("dashboard login as %s from %s", who, _client(request))
     response = HttpResponseRedirect("/", status=303)
     response.set_cookie(
-        SESSION_COOKIE,
-        session_value(runtime.config.auth.tokens, who),
-        max_age=SESSION_DAYS * 24 * 3600,
+        settings.SESSION_COOKIE_NAME,
+        key,
+        max_age=settings.SESSION_COOKIE_AGE,
         httponly=True,
         samesite="Strict",
         secure=request.is_secure(),
@@ -73,49 +77,41 @@ def _login_form(request: HttpRequest, error: str = "", status: int = 200) -> Htt
     )
 
 
-def _try_token(request: HttpRequest, token: str) -> HttpResponse:
-    """A token from the form or from `?token=`: a session, or a refusal that slows the next try."""
-    runtime = _runtime(request)
-    client = _client(request)
-    wait = runtime.login_brake.wait(client)
-    if wait > 0:
-        metrics.bad_input.labels("http", "login_throttled").inc()
-        response = _login_form(
-            request, f"Too many wrong tokens. Try again in {int(wait + 0.999)} s.", status=429
-        )
-        response["Retry-After"] = str(int(wait + 0.999))
-        return response
-    who = token_owner(runtime.config.auth.tokens, token)
-    if who is None:
-        earned = runtime.login_brake.failed(client)
-        metrics.bad_input.labels("http", "login").inc()
-        logs.web.warning("wrong dashboard token from %s", client)
+async def _try_token(request: HttpRequest, caller: Caller) -> HttpResponse:
+    """A token from the form or from `?token=`: a session, or the form again saying why not."""
+    if caller.who is not None:
+        return await _signed_in(request, _runtime(request), caller.who)
+    if caller.throttled:
+        response = _login_form(request, f"Too many wrong tokens. Try again in {caller.wait} s.", status=429)
+        response["Retry-After"] = str(caller.wait)
+    else:
         message = "That token is not valid."
-        if earned > 0:
-            message += f" Wait {int(earned + 0.999)} s before the next try."
-        return _login_form(request, message, status=401)
-    runtime.login_brake.succeeded(client)
-    logs.web.info("dashboard login as %s from %s", who, client)
-    return _signed_in(request, runtime, who)
+        if caller.wait:
+            message += f" Wait {caller.wait} s before the next try."
+        response = _login_form(request, message, status=401)
+    response._has_been_logged = True  # type: ignore[attr-defined] # by the gate, rate-limited
+    return response
 
 
 @csrf_protect
 @require_GET
 async def index(request: HttpRequest) -> HttpResponse:
     runtime = _runtime(request)
-    tokens = runtime.config.auth.tokens
-    if tokens and "token" in request.GET:
+    caller = await runtime.token_gate.identify(request.scope, runtime.config)  # type: ignore[attr-defined]
+    if caller.via == "query":
         # Kiosk screens: the token in the URL becomes a session, and leaves the address bar.
-        return _try_token(request, request.GET["token"])
-    who, _ = authenticate(request.scope, tokens)  # type: ignore[attr-defined]
-    if who is None:
-        return HttpResponseRedirect("/login")
+        return await _try_token(request, caller)
+    if caller.who is None:
+        response = HttpResponseRedirect("/login")
+        if caller.via == "cookie":
+            response.delete_cookie(settings.SESSION_COOKIE_NAME, samesite="Strict")  # ended: not sent again
+        return response
     return _page(
         "index.html",
         site=runtime.config.gateway.site,
-        who=who,
+        who=caller.who,
         csrf=get_token(request),
-        logout_hidden="" if tokens else "hidden",
+        logout_hidden="" if runtime.config.auth.tokens else "hidden",
     )
 
 
@@ -127,14 +123,18 @@ async def login(request: HttpRequest) -> HttpResponse:
         return HttpResponseRedirect("/")
     if request.method == "GET":
         return _login_form(request)
-    return _try_token(request, request.POST.get("token", ""))
+    token = request.POST.get("token", "")
+    return await _try_token(request, await runtime.token_gate.identify(request.scope, runtime.config, token))  # type: ignore[attr-defined]
 
 
 @csrf_protect
 @require_POST
 async def logout(request: HttpRequest) -> HttpResponse:
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    if key:
+        await end_session(key)  # on the server: a copy of the cookie is worth nothing after this
     response = HttpResponseRedirect("/login", status=303)
-    response.delete_cookie(SESSION_COOKIE, samesite="Strict")
+    response.delete_cookie(settings.SESSION_COOKIE_NAME, samesite="Strict")
     return response
 
 

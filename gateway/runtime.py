@@ -13,11 +13,11 @@ from channels.layers import get_channel_layer
 
 from gateway import logs, metrics
 from gateway.alerts import AlertBook, AlertChange
+from gateway.auth import TokenGate
 from gateway.chats import ChatBook
 from gateway.config import Config
 from gateway.health import Health
 from gateway.peers import PeerMirror
-from gateway.security import LoginBrake
 from gateway.sensors import SensorBoard
 
 # The channel of `gateway/<site>/alerts`: one MQTT process takes each event (consumers.site).
@@ -42,8 +42,8 @@ class Runtime:
     open_rules: dict[str, dict[str, bool]] = field(default_factory=dict)
     # Whether alert events go to MQTT_OUT: a process with MQTT reads it, or one elsewhere on Redis.
     mqtt_out: bool = False
-    # Wrong dashboard tokens, per client address.
-    login_brake: LoginBrake = field(default_factory=LoginBrake)
+    # Who a request or socket is, with the brake on wrong tokens per client address.
+    token_gate: TokenGate = field(default_factory=TokenGate)
     # The other MQTT processes of a shared subscription, if this process is one of them.
     peers: PeerMirror | None = None
 

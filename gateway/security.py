@@ -1,14 +1,19 @@
-"""Browser-facing defences: response headers with a strict CSP, and the brake on wrong login tokens."""
+"""Browser-facing defences: response headers with a strict CSP, and the gate that refuses a
+request for a foreign Host or a state-changing one from a foreign Origin, whatever the auth."""
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
+import ipaddress
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import Any
 
 from asgiref.sync import markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
+from django.http.request import split_domain_port, validate_host
+
+from gateway import logs, metrics
+from gateway.auth import client_address, origin_allowed
+from gateway.config import HttpSection
 
 # Nothing inline and nothing from elsewhere: a sensor name that slipped into the
 # page as markup still could not run. 'self' covers ws:// to the same host.
@@ -55,59 +60,76 @@ security_headers.async_capable = True  # type: ignore[attr-defined]
 security_headers.sync_capable = False  # type: ignore[attr-defined]
 
 
-@dataclass
-class _Record:
-    failures: int = 0
-    locked_until: float = 0.0
-    last: float = 0.0
+# Methods that change nothing (RFC 9110 "safe"): a foreign page may send them, as any link does.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_REFUSALS = {
+    "host": (400, "Refused: the gateway is not served under this name (Host). List it in http.hosts."),
+    "origin": (403, "Refused: a page of another site (Origin) may not change anything here."),
+}
+_refusal_log = logs.RateLimit(interval=10.0)
 
 
-class LoginBrake:
-    """Per client address: a few free tries, then each wrong token doubles the wait before the next one.
+def host_allowed(host: str, http: HttpSection) -> bool:
+    """Whether `host` (a Host header) names this gateway: bind's host, localhost, http.hosts,
+    or an IP address (a DNS rebinding needs a name that the attacker's DNS answers)."""
+    domain, _ = split_domain_port(host)
+    if not domain:
+        return False
+    try:
+        ipaddress.ip_address(domain.strip("[]"))
+    except ValueError:
+        return validate_host(domain, ["localhost", http.host.lower(), *http.hosts])
+    return True
 
-    The wait is a refusal with Retry-After, not a held connection, so a flood
-    costs the gateway nothing. Forgotten after `forget_after` quiet seconds.
-    """
 
-    def __init__(
-        self,
-        free_tries: int = 3,
-        first_wait: float = 2.0,
-        max_wait: float = 300.0,
-        forget_after: float = 900.0,
-        max_clients: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.free_tries, self.first_wait, self.max_wait = free_tries, first_wait, max_wait
-        self.forget_after, self.max_clients, self.clock = forget_after, max_clients, clock
-        self._clients: OrderedDict[str, _Record] = OrderedDict()
+def refusal(scope: dict[str, Any], http: HttpSection) -> str | None:
+    """Why an HTTP request or a WebSocket handshake is refused before any view or consumer
+    sees it ("host" or "origin"), or None. Without a Host (not a browser) nothing is refused."""
+    headers = dict(scope.get("headers", []))
+    host = headers.get(b"host")
+    if host is not None and not host_allowed(host.decode("latin-1"), http):
+        return "host"
+    if (
+        scope["type"] == "http"
+        and scope.get("method") not in SAFE_METHODS
+        and not origin_allowed(scope, http.allowed_origins)
+    ):
+        return "origin"
+    return None
 
-    def wait(self, client: str) -> float:
-        """Seconds this client must still wait before its next try (0: may try now)."""
-        record = self._get(client)
-        return 0.0 if record is None else max(0.0, record.locked_until - self.clock())
 
-    def failed(self, client: str) -> float:
-        """Count a wrong token; returns the wait it earned."""
-        now = self.clock()
-        record = self._get(client) or _Record()
-        record.failures += 1
-        record.last = now
-        extra = record.failures - self.free_tries
-        wait = 0.0 if extra < 0 else min(self.max_wait, self.first_wait * 2**extra)
-        record.locked_until = now + wait
-        self._clients[client] = record
-        self._clients.move_to_end(client)
-        while len(self._clients) > self.max_clients:
-            self._clients.popitem(last=False)
-        return wait
-
-    def succeeded(self, client: str) -> None:
-        self._clients.pop(client, None)
-
-    def _get(self, client: str) -> _Record | None:
-        record = self._clients.get(client)
-        if record is not None and self.clock() - record.last > self.forget_after:
-            del self._clients[client]
-            return None
-        return record
+async def refuse(reason: str, scope: dict[str, Any], receive: Any, send: Any, http: HttpSection) -> None:
+    """Answer a refused request without reading its body: 400 or 403, or a WebSocket refused at
+    the handshake (403)."""
+    protocol = scope["type"]
+    metrics.bad_input.labels(protocol, reason).inc()
+    allowed, held = _refusal_log.allow(reason)
+    if allowed:
+        headers = dict(scope.get("headers", []))
+        logs.web.warning(
+            "refused %s %r from %s: Host %r, Origin %r (%d more not logged)",
+            protocol,
+            scope.get("path", ""),
+            client_address(scope, http.trusted_proxies),
+            headers.get(b"host", b"").decode("latin-1"),
+            headers.get(b"origin", b"").decode("latin-1"),
+            held,
+        )
+    if protocol == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.close"})
+        return
+    status, text = _REFUSALS[reason]
+    body = text.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                *((name.lower().encode(), value.encode()) for name, value in HEADERS.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -93,12 +93,29 @@ def secret_key(state_dir: Path) -> str:
     return key
 
 
+def private_state(config: Config) -> None:
+    """state_dir 0700 when it is made, and the SQLite file 0600 (SQLite gives its -wal and -shm
+    files the same mode): alerts and sessions are nobody else's business, systemd or not."""
+    config.gateway.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db = database(config)
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        fd = os.open(db["NAME"], os.O_RDONLY | os.O_CREAT, 0o600)  # SQLite would make it 0644
+        try:
+            mode = os.fstat(fd).st_mode
+            if mode & 0o077:  # made by an older version
+                os.fchmod(fd, mode & 0o700)
+        finally:
+            os.close(fd)
+
+
 def build(config: Config) -> dict[str, Any]:
     return {
         "DEBUG": False,
         "SECRET_KEY": secret_key(config.gateway.state_dir),
+        # Host is checked before Django (gateway.security.refusal): for the WebSocket too, and a
+        # reload changes http.hosts there.
         "ALLOWED_HOSTS": ["*"],
-        "INSTALLED_APPS": ["gateway.apps.GatewayConfig"],
+        "INSTALLED_APPS": ["gateway.apps.GatewayConfig", "django.contrib.sessions"],
         # CSRF is per view (csrf_protect on the dashboard's forms), so API and health requests skip it.
         "MIDDLEWARE": ["gateway.security.security_headers"],
         "CSRF_COOKIE_HTTPONLY": True,
@@ -113,7 +130,11 @@ def build(config: Config) -> dict[str, Any]:
         "TIME_ZONE": "UTC",
         "CHANNEL_LAYERS": channel_layers(config),
         "LOGGING_CONFIG": None,
-        "SESSION_ENGINE": "django.contrib.sessions.backends.signed_cookies",
+        # Sessions live in the database, so logging out ends one for good; the cookie carries
+        # only a random key. Used by gateway.auth (no session middleware: most requests need none).
+        "SESSION_ENGINE": "django.contrib.sessions.backends.db",
+        "SESSION_COOKIE_NAME": "gateway_session",
+        "SESSION_COOKIE_AGE": 30 * 24 * 3600,
         "DATA_UPLOAD_MAX_MEMORY_SIZE": 1024 * 1024,
     }
 
@@ -123,7 +144,7 @@ def setup(config: Config) -> None:
     import django
     from django.conf import settings
 
-    config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+    private_state(config)
     settings.configure(**build(config))
     django.setup(set_prefix=False)
     migrate()
@@ -142,18 +163,25 @@ def migrate() -> None:
 
 
 def pending_migrations(connection: Any) -> bool:
-    """Whether a migration file of gateway.migrations is not in the database's django_migrations."""
+    """Whether a migration file of gateway.migrations or of the sessions is not in the database's
+    django_migrations."""
     import pkgutil
 
+    from django.contrib.sessions import migrations as sessions
     from django.db import DatabaseError
 
     from gateway import migrations
 
-    shipped = {m.name for m in pkgutil.iter_modules(migrations.__path__) if m.name[:1].isdigit()}
+    shipped = {
+        (app, m.name)
+        for app, package in (("gateway", migrations), ("sessions", sessions))
+        for m in pkgutil.iter_modules(package.__path__)
+        if m.name[:1].isdigit()
+    }
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT name FROM django_migrations WHERE app = %s", ["gateway"])
-            applied = {row[0] for row in cursor.fetchall()}
+            cursor.execute("SELECT app, name FROM django_migrations WHERE app IN ('gateway', 'sessions')")
+            applied = {(app, name) for app, name in cursor.fetchall()}
     except DatabaseError:  # no django_migrations table yet: a new database
         return True
     return not shipped <= applied

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import logs, metrics
 from gateway.alerts import AckRefused
-from gateway.auth import authenticate, scope_owner
+from gateway.auth import Caller
 from gateway.runtime import Runtime
 
 STATES = ("open", "active", "acknowledged", "cleared")
@@ -24,14 +24,22 @@ def _runtime(request: HttpRequest) -> Runtime:
     return request.scope["gateway"]  # type: ignore[attr-defined, no-any-return]
 
 
-def _owner(request: HttpRequest) -> str | None:
-    return scope_owner(request.scope, _runtime(request).config.auth.tokens)  # type: ignore[attr-defined]
+async def _caller(request: HttpRequest) -> Caller:
+    runtime = _runtime(request)
+    return await runtime.token_gate.identify(request.scope, runtime.config)  # type: ignore[attr-defined]
 
 
-def _unauthorized() -> JsonResponse:
-    metrics.bad_input.labels("http", "token").inc()
-    response = JsonResponse({"error": "a valid token is required"}, status=401)
-    response["WWW-Authenticate"] = 'Bearer realm="gateway"'
+def _unauthorized(caller: Caller) -> JsonResponse:
+    if caller.throttled:
+        error = f"too many wrong tokens from this address: try again in {caller.wait} s"
+        response = JsonResponse({"error": error}, status=429)
+        response["Retry-After"] = str(caller.wait)
+    else:
+        if caller.via == "none":  # a token that was tried is counted by the gate
+            metrics.bad_input.labels("http", "token").inc()
+        response = JsonResponse({"error": "a valid token is required"}, status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="gateway"'
+    response._has_been_logged = True  # type: ignore[attr-defined] # by the gate, rate-limited: not by Django
     return response
 
 
@@ -48,8 +56,9 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 async def alerts(request: HttpRequest) -> JsonResponse:
-    if _owner(request) is None:
-        return _unauthorized()
+    caller = await _caller(request)
+    if caller.who is None:
+        return _unauthorized(caller)
     state = request.GET.get("state") or None
     if state is not None and state not in STATES:
         return JsonResponse({"error": f"state must be one of {', '.join(STATES)}"}, status=400)
@@ -69,10 +78,11 @@ _csrf = CsrfViewMiddleware(lambda request: HttpResponse())
 @csrf_exempt  # checked below, and only when the dashboard's cookie is what authenticates
 @require_POST
 async def ack(request: HttpRequest, alert_id: str) -> HttpResponse:
-    who, via = authenticate(request.scope, _runtime(request).config.auth.tokens)  # type: ignore[attr-defined]
+    caller = await _caller(request)
+    who = caller.who
     if who is None:
-        return _unauthorized()
-    if via == "cookie":
+        return _unauthorized(caller)
+    if caller.via == "cookie":
         # A cookie rides along on a form another site forges; a bearer token does not.
         _csrf.process_request(request)
         refused = _csrf.process_view(request, None, (), {})

@@ -69,6 +69,15 @@ def test_environment_variables_are_substituted() -> None:
             "rules[0].when: give exactly one",
         ),
         ({"auth": {"tokens": {"ops": "short"}}}, "shorter than 8"),
+        (
+            {"http": {"trusted_proxies": ["10.0.0.1", "10.0.0.300"]}},
+            "http.trusted_proxies: '10.0.0.300' is not an IP address or network",
+        ),
+        (
+            {"http": {"hosts": ["https://alerts.example.net"]}},
+            "http.hosts: 'https://alerts.example.net' is not",
+        ),
+        ({"http": {"hosts": ["alerts.example.net:443"]}}, "http.hosts: 'alerts.example.net:443' is not"),
     ],
 )
 def test_errors_name_the_key(data: dict, message: str) -> None:

@@ -156,13 +156,13 @@ async def test_repeated_wrong_tokens_are_slowed_down(gateway_factory: GatewayFac
     locked = await attempt("ops-secret-token")
     assert locked.status == 429 and locked.headers["retry-after"] in ("1", "2")
     assert "Too many wrong tokens" in (await page.text_content("#login-error") or "")
-    assert "login_throttled" in _metrics(gw)
+    assert 'reason="token_throttled"' in _metrics(gw)
 
     await asyncio.sleep(int(locked.headers["retry-after"]))  # the lock is a duration, nothing to await
     await page.fill("#token", "ops-secret-token")
     await page.click("button[type=submit]")
     await page.wait_for_selector("#connection.conn-live")
-    assert "wrong dashboard token from 127.0.0.1" in gw.log
+    assert "wrong form token from 127.0.0.1" in gw.log
 
 
 async def test_trigger_appears_live_and_sensor_strings_stay_text(

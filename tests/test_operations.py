@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -364,3 +365,32 @@ def test_a_web_process_leaves_pyopenssl_out() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["None", "False"]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_the_state_dir_and_the_database_are_private_outside_systemd(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = gateway_factory(start=False)
+    state = gw.workdir / "var"
+    old = os.umask(0o022)  # a login shell's: 0755 directories and 0644 files unless the code asks
+    try:
+        gw.start()
+        await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact": false}')  # a write: -wal, -shm
+        db = state / "gateway.sqlite3"
+        await until(lambda: (state / "gateway.sqlite3-wal").exists(), what="the WAL file")
+        files = [db, state / "gateway.sqlite3-wal", state / "gateway.sqlite3-shm", state / "secret_key"]
+        assert {path.name: oct(_mode(path)) for path in [state, *files]} == {
+            "var": "0o700",
+            **{path.name: "0o600" for path in files},
+        }
+        # A database an older version left readable to all is made private at the next start.
+        gw.stop()
+        db.chmod(0o644)
+        gw.start()
+        assert oct(_mode(db)) == "0o600"
+    finally:
+        os.umask(old)
