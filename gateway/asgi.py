@@ -38,10 +38,10 @@ class WithRuntime:
         scope["gateway"] = self.runtime
         if scope["type"] in ("http", "websocket"):
             # Here, before Django: the WebSocket needs it as much, and a reload changes it.
-            http = self.runtime.config.http
-            reason = refusal(scope, http)
+            config = self.runtime.config
+            reason = refusal(scope, config)
             if reason is not None:
-                return refuse(reason, scope, receive, send, http)
+                return refuse(reason, scope, receive, send, config)
         return self.application(scope, receive, send)  # type: ignore[no-any-return]
 
 

@@ -9,7 +9,15 @@ from gateway.config import Config
 __all__ = ["RELOADABLE", "merge"]
 
 # Applied at once; everything else is read at start-up only (ports, broker, database, bot).
-RELOADABLE = ("sensors", "rules", "auth.tokens", "http.allowed_origins", "telegram.allowed_chats")
+RELOADABLE = (
+    "sensors",
+    "rules",
+    "auth.tokens",
+    "http.allowed_origins",
+    "http.hosts",
+    "http.trusted_proxies",
+    "telegram.allowed_chats",
+)
 
 
 def merge(old: Config, new: Config) -> tuple[Config, list[str]]:

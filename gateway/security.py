@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from asgiref.sync import markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
@@ -13,7 +14,7 @@ from django.http.request import split_domain_port, validate_host
 
 from gateway import logs, metrics
 from gateway.auth import client_address, origin_allowed
-from gateway.config import HttpSection
+from gateway.config import Config
 
 # Nothing inline and nothing from elsewhere: a sensor name that slipped into the
 # page as markup still could not run. 'self' covers ws:// to the same host.
@@ -69,36 +70,40 @@ _REFUSALS = {
 _refusal_log = logs.RateLimit(interval=10.0)
 
 
-def host_allowed(host: str, http: HttpSection) -> bool:
+def host_allowed(host: str, config: Config) -> bool:
     """Whether `host` (a Host header) names this gateway: bind's host, localhost, http.hosts,
-    or an IP address (a DNS rebinding needs a name that the attacker's DNS answers)."""
+    the Telegram webhook's, or an IP address (a DNS rebinding needs a name that the attacker's
+    DNS answers)."""
     domain, _ = split_domain_port(host)
     if not domain:
         return False
     try:
         ipaddress.ip_address(domain.strip("[]"))
     except ValueError:
-        return validate_host(domain, ["localhost", http.host.lower(), *http.hosts])
+        names = ["localhost", config.http.host.lower(), *config.http.hosts]
+        if config.telegram.webhook_url:
+            names.append(urlsplit(config.telegram.webhook_url).hostname or "")
+        return validate_host(domain, names)
     return True
 
 
-def refusal(scope: dict[str, Any], http: HttpSection) -> str | None:
+def refusal(scope: dict[str, Any], config: Config) -> str | None:
     """Why an HTTP request or a WebSocket handshake is refused before any view or consumer
     sees it ("host" or "origin"), or None. Without a Host (not a browser) nothing is refused."""
     headers = dict(scope.get("headers", []))
     host = headers.get(b"host")
-    if host is not None and not host_allowed(host.decode("latin-1"), http):
+    if host is not None and not host_allowed(host.decode("latin-1"), config):
         return "host"
     if (
         scope["type"] == "http"
         and scope.get("method") not in SAFE_METHODS
-        and not origin_allowed(scope, http.allowed_origins)
+        and not origin_allowed(scope, config.http.allowed_origins)
     ):
         return "origin"
     return None
 
 
-async def refuse(reason: str, scope: dict[str, Any], receive: Any, send: Any, http: HttpSection) -> None:
+async def refuse(reason: str, scope: dict[str, Any], receive: Any, send: Any, config: Config) -> None:
     """Answer a refused request without reading its body: 400 or 403, or a WebSocket refused at
     the handshake (403)."""
     protocol = scope["type"]
@@ -109,10 +114,10 @@ async def refuse(reason: str, scope: dict[str, Any], receive: Any, send: Any, ht
         logs.web.warning(
             "refused %s %r from %s: Host %r, Origin %r (%d more not logged)",
             protocol,
-            scope.get("path", ""),
-            client_address(scope, http.trusted_proxies),
-            headers.get(b"host", b"").decode("latin-1"),
-            headers.get(b"origin", b"").decode("latin-1"),
+            scope.get("path", "")[:200],
+            client_address(scope, config.http.trusted_proxies),
+            headers.get(b"host", b"")[:200].decode("latin-1"),
+            headers.get(b"origin", b"")[:200].decode("latin-1"),
             held,
         )
     if protocol == "websocket":

@@ -17,7 +17,9 @@ from aiohttp import web
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.auth import client_address
+from gateway.config import parse_config
 from gateway.ratelimit import TokenBrake, TokenBucket
+from gateway.security import host_allowed
 from tests.conftest import (
     GatewayFactory,
     GatewayProcess,
@@ -223,6 +225,33 @@ def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     assert bucket.take(now=10.4) is False  # 0.8 of a token back
     assert bucket.take(now=10.5) is True  # one whole token after 0.5 s at 2 a second
     assert [bucket.take(now=100.0) for _ in range(4)] == [True, True, True, False]  # never above the burst
+
+
+def test_the_names_a_gateway_is_served_as() -> None:
+    config = parse_config(
+        {
+            "http": {"bind": "gateway.lan:8000", "hosts": ["alerts.example.net", ".example.org"]},
+            "telegram": {
+                "token": "123456:telegram-token-for-tests",
+                "mode": "webhook",
+                "webhook_url": "https://bot.example.com/base",
+                "webhook_secret": "webhook-secret-1234",
+            },
+        },
+        {},
+        "test",
+    )
+    for host in ("gateway.lan:8000", "LOCALHOST", "alerts.example.net", "a.b.example.org", "example.org:443"):
+        assert host_allowed(host, config), host
+    for host in (
+        "10.1.2.3:8000",
+        "[::1]:8000",
+        "[fe80::1]",
+        "bot.example.com",
+    ):  # IP addresses, the webhook's
+        assert host_allowed(host, config), host
+    for host in ("rebind.attacker", "alerts.example.net.attacker", "example.com", "evil/x", "", "a b"):
+        assert not host_allowed(host, config), host
 
 
 # Every way a token is tried, one brake (issue 15, item 6)
