@@ -1,0 +1,138 @@
+"""Day one and the day after: `./scripts/run` offline, `gateway check` beside a gateway, taken ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+# Runs inside a network namespace with nothing but its own loopback: brings `lo` up (the ioctl
+# `ip link set lo up` makes, so iproute2 need not be installed), shows that there is no route
+# out, starts ./scripts/run and polls /healthz on the example config's port until it is 200.
+OFFLINE_START = r"""
+import errno, fcntl, json, os, signal, socket, struct, subprocess, sys, time, urllib.error, urllib.request
+
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))[:18])[1]
+    fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+try:
+    socket.create_connection(("198.51.100.1", 443), timeout=2).close()  # TEST-NET-2
+    route = "connected"
+except OSError as err:
+    route = errno.errorcode.get(err.errno or 0, str(err))
+started = time.monotonic()
+with open(sys.argv[1], "wb") as log:
+    run = subprocess.Popen(["./scripts/run"], stdout=log, stderr=log, start_new_session=True)
+status, seconds = 0, None
+while time.monotonic() - started < 30 and run.poll() is None:
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:8000/healthz", timeout=1) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except OSError:
+        pass
+    if status == 200:
+        seconds = time.monotonic() - started
+        break
+    time.sleep(0.05)
+# The whole group: before the fix, ./scripts/run may still be in pip.
+os.killpg(run.pid, signal.SIGTERM)
+try:
+    code = run.wait(15)
+except subprocess.TimeoutExpired:
+    os.killpg(run.pid, signal.SIGKILL)
+    code = run.wait()
+print(json.dumps({"route": route, "seconds": seconds, "status": status, "exit": code}))
+"""
+
+
+def _namespace() -> list[str]:
+    """The command prefix that runs a process in a new network namespace of its own.
+
+    util-linux's unshare (essential on Debian) rather than `ip netns`: nothing to name, so
+    nothing left behind, and without root it maps the user to root in a user namespace.
+    """
+    unshare = shutil.which("unshare") or "/usr/bin/unshare"
+    prefix = [unshare, "--net"] if os.geteuid() == 0 else [unshare, "--net", "--map-root-user"]
+    tried = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=10)
+    assert tried.returncode == 0, f"cannot make a network namespace with {prefix}: {tried.stderr}"
+    return prefix
+
+
+def _copy_of_the_repository(target: Path) -> Path:
+    """The tracked files as they are in the work tree: the scripts run there, never here."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=30
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+def _venv_with_our_dependencies(repo: Path) -> None:
+    """A new .venv that sees this interpreter's packages: the first install fetches only the build backend."""
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", str(repo / ".venv")], check=True, timeout=120)
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    python = repo / ".venv/bin/python"
+    found = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    purelib = Path(found.stdout.strip())
+    (purelib / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+
+def _scripts_env() -> dict[str, str]:
+    """Ours, less what would point the scripts at this checkout's venv or code."""
+    return {k: v for k, v in os.environ.items() if k not in ("VENV", "PYTHONPATH", "VIRTUAL_ENV")}
+
+
+def _scripts_run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["./scripts/run", *args], cwd=repo, capture_output=True, text=True, timeout=600, env=_scripts_env()
+    )
+
+
+def test_a_second_start_without_network_is_up_within_5_seconds(tmp_path: Path) -> None:
+    repo = _copy_of_the_repository(tmp_path / "repo")
+    _venv_with_our_dependencies(repo)
+    # Day one, online: the install says what it does (`gateway run --help` then ends the start).
+    first = _scripts_run(repo, "--help")
+    assert first.returncode == 0, first.stderr
+    assert "installing the gateway and its dependencies into .venv (pip install -e .)" in first.stderr
+    assert "usage: gateway run" in first.stdout
+
+    # The day after, in a namespace without any route: straight to `gateway run`, no pip.
+    log = tmp_path / "offline.log"
+    done = subprocess.run(
+        [*_namespace(), sys.executable, "-c", OFFLINE_START, str(log)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_scripts_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    output = log.read_text(errors="replace")
+    assert result["route"] == "ENETUNREACH", result
+    assert result["status"] == 200 and result["seconds"] < 5.0, (result, output)
+    assert result["exit"] == 0, output
+    assert "pip" not in output and "install" not in output, output
+
+    # pyproject.toml changed (an update brought new dependencies): installed again, and said so.
+    with open(repo / "pyproject.toml", "a") as pyproject:
+        pyproject.write("\n# an update\n")
+    again = _scripts_run(repo, "--help")
+    assert again.returncode == 0, again.stderr
+    assert "pyproject.toml changed since the last install" in again.stderr
+    assert _scripts_run(repo, "--help").stderr == ""
