@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+import paho.mqtt.client as paho
+import pytest
+
+from tests.conftest import ROOT, GatewayFactory, free_port
 
 # Runs inside a network namespace with nothing but its own loopback: brings `lo` up (the ioctl
 # `ip link set lo up` makes, so iproute2 need not be installed), shows that there is no route
@@ -67,9 +72,13 @@ def _namespace() -> list[str]:
 
 
 def _copy_of_the_repository(target: Path) -> Path:
-    """The tracked files as they are in the work tree: the scripts run there, never here."""
+    """The files git keeps or would keep, as they are in the work tree: the scripts run there, never here."""
     listed = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=30
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=30,
     ).stdout.decode()
     for name in filter(None, listed.split("\0")):
         source = ROOT / name
@@ -136,3 +145,114 @@ def test_a_second_start_without_network_is_up_within_5_seconds(tmp_path: Path) -
     assert again.returncode == 0, again.stderr
     assert "pyproject.toml changed since the last install" in again.stderr
     assert _scripts_run(repo, "--help").stderr == ""
+
+
+def _gateway(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def _broker_line(config: Path) -> tuple[int, str]:
+    done = _gateway("check", "--config", str(config))
+    return done.returncode, next(line for line in done.stdout.splitlines() if line.startswith("broker"))
+
+
+def test_check_beside_a_running_embedded_broker_and_just_after_it_stopped(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    gw = gateway_factory()
+    code, line = _broker_line(gw.config_path)
+    assert code == 0 and line.split()[1] == "ok", line
+    assert f"an MQTT broker answers on 127.0.0.1:{gw.mqtt_port}" in line
+
+    # A client still connected when the gateway stops: the broker closes that connection first,
+    # so the port stays in TIME_WAIT for a minute, where a bind without SO_REUSEADDR fails.
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="day-one-watcher")
+    client.connect("127.0.0.1", gw.mqtt_port)
+    client.loop_start()
+    try:
+        assert gw.stop() == 0
+        with socket.socket() as plain, pytest.raises(OSError) as taken:
+            plain.bind(("127.0.0.1", gw.mqtt_port))
+        assert taken.value.errno == errno.EADDRINUSE
+        code, line = _broker_line(gw.config_path)
+        assert code == 0 and line.split()[1] == "ok", line
+        assert f"embedded broker can listen on 127.0.0.1:{gw.mqtt_port}" in line
+    finally:
+        client.loop_stop()
+
+    # Taken by something that is not an MQTT broker (an HTTP server): that is a failure.
+    gw.start()
+    other = tmp_path / "other.toml"
+    other.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path}/other"\n[mqtt]\nembedded_bind = "127.0.0.1:{gw.http_port}"\n'
+    )
+    code, line = _broker_line(other)
+    assert code == 1 and line.split()[1] == "FAIL", line
+    assert f"127.0.0.1:{gw.http_port} is taken by something that is not an MQTT broker" in line
+
+
+IN_USE = "cannot listen: the address is already in use."
+
+
+def test_taken_ports_are_one_line_each_before_anything_connects(tmp_path: Path) -> None:
+    with socket.socket() as web, socket.socket() as broker:
+        for sock in (web, broker):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        http_port, mqtt_port = web.getsockname()[1], broker.getsockname()[1]
+        config = tmp_path / "gw.toml"
+        config.write_text(
+            f'[gateway]\nstate_dir = "{tmp_path}/var"\n[http]\nbind = "127.0.0.1:{http_port}"\n'
+            f'[mqtt]\nembedded_bind = "127.0.0.1:{mqtt_port}"\n'
+        )
+        done = _gateway("run", "--config", str(config))
+        assert done.returncode == 1
+        assert done.stderr.splitlines() == [
+            f"gateway: http.bind 127.0.0.1:{http_port}: {IN_USE} Set http.bind to a free address.",
+            f"gateway: mqtt.embedded_bind 127.0.0.1:{mqtt_port}: {IN_USE} "
+            "Set mqtt.embedded_bind to a free port, or point mqtt.url at the broker already there.",
+        ]
+
+
+# A port taken between the check and the listen still ends in one line naming the key: no
+# warning from a broker that never started, no doubled period (what did start logs at INFO).
+LATE = (
+    "import sys; from gateway import cli, ports; ports.unavailable = lambda *a: []; "
+    "sys.exit(cli.main(sys.argv[1:]))"
+)
+
+
+def test_a_port_taken_after_the_check_still_says_it_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {
+            f'[mqtt]\nembedded_bind = "127.0.0.1:{port}"\n[http]\nbind = "127.0.0.1:{free_port()}"\n': (
+                f"mqtt.embedded_bind 127.0.0.1:{port}: {IN_USE} "
+                "Set mqtt.embedded_bind to a free port, or point mqtt.url at the broker already there."
+            ),
+            f'[http]\nbind = "127.0.0.1:{port}"\n[mqtt]\nembedded_bind = "127.0.0.1:{free_port()}"\n': (
+                f"http.bind 127.0.0.1:{port}: {IN_USE} Set http.bind to a free address."
+            ),
+        }
+        for sections, said in cases.items():
+            config = tmp_path / "gw.toml"
+            config.write_text(f'[gateway]\nstate_dir = "{tmp_path}/var"\n{sections}')
+            done = subprocess.run(
+                [sys.executable, "-c", LATE, "run", "--config", str(config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            assert done.returncode == 1
+            assert [line for line in done.stderr.splitlines() if not line.startswith("INFO ")] == [
+                f"gateway: {said}"
+            ], done.stderr
