@@ -256,3 +256,11 @@ def test_a_port_taken_after_the_check_still_says_it_in_one_line(tmp_path: Path) 
             assert [line for line in done.stderr.splitlines() if not line.startswith("INFO ")] == [
                 f"gateway: {said}"
             ], done.stderr
+
+
+def test_the_config_made_on_the_first_start_stays_out_of_git() -> None:
+    # ./scripts/run copies gateway.example.toml to gateway.toml, which then holds this box's settings.
+    ignored = subprocess.run(["git", "check-ignore", "-q", "gateway.toml"], cwd=ROOT, timeout=30)
+    assert ignored.returncode == 0
+    tracked = subprocess.run(["git", "check-ignore", "-q", "gateway.example.toml"], cwd=ROOT, timeout=30)
+    assert tracked.returncode == 1
