@@ -1,6 +1,7 @@
 # Sourced by scripts/run and scripts/test: make .venv, installing python3-venv first on Debian if needed.
 VENV="${VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
+  echo "scripts/${0##*/}: making $VENV, with the newest pip from the package index (once)" >&2
   if ! python3 -m venv "$VENV" 2>/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       rm -rf "$VENV"
