@@ -115,6 +115,7 @@ def _scripts_run(repo: Path, *args: str, pip: str = "as configured") -> subproce
     )
 
 
+@pytest.mark.timeout(240)  # the first start installs from the package index
 def test_a_second_start_without_network_is_up_within_5_seconds(tmp_path: Path) -> None:
     repo = _copy_of_the_repository(tmp_path / "repo")
     _venv_with_our_dependencies(repo)
