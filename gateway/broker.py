@@ -10,8 +10,8 @@ from typing import Any
 from gateway import logs
 
 
-class BrokerStartError(Exception):
-    pass
+class BrokerStartError(OSError):
+    """The listening socket's error (the gateway says which config key it was)."""
 
 
 class EmbeddedBroker:
@@ -43,15 +43,9 @@ class EmbeddedBroker:
         try:
             await self._broker.start()
         except BrokerError as err:
+            self._broker = None  # never started: nothing to shut down (amqtt would refuse, and say so)
             cause = err.__cause__
-            if isinstance(cause, OSError):
-                reason = "the address is already in use" if cause.errno == 98 else cause.strerror
-            else:
-                reason = str(err)
-            raise BrokerStartError(
-                f"mqtt.embedded_bind {self.host}:{self.port}: cannot listen: {reason}. "
-                "Set mqtt.embedded_bind to a free port, or point mqtt.url at the broker already there."
-            ) from None
+            raise BrokerStartError(*(cause.args if isinstance(cause, OSError) else (str(err),))) from None
         finally:
             quiet.setLevel(level)
         logs.broker.info("embedded MQTT broker listening on %s:%d", self.host, self.port)

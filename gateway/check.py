@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-from gateway.config import Config, _host_port
+from gateway import ports
+from gateway.config import Config
 
 
 def _line(name: str, ok: bool, detail: str) -> bool:
@@ -48,13 +50,7 @@ def _attempt(name: str, probe: Callable[[], str]) -> bool:
 
 def _broker(config: Config) -> str:
     if config.mqtt.url == "embedded":
-        host, port = _host_port(config.mqtt.embedded_bind, "embedded_bind")
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError as err:
-                raise OSError(f"embedded broker cannot listen on {host}:{port}: {err.strerror}") from None
-        return f"embedded broker can listen on {host}:{port}"
+        return _embedded_broker(config)
     from protocols.mqtt.client import BrokerAddress
     from protocols.mqtt.server import MqttServer, MqttSettings
 
@@ -80,6 +76,46 @@ def _broker(config: Config) -> str:
         return f"{address} (MQTT {server.protocol})"
 
     return asyncio.run(probe())
+
+
+def _embedded_broker(config: Config) -> str:
+    """Free, or taken by a broker (the running gateway's own, most likely): both fine; else a failure."""
+    listener = ports.embedded_broker(config)
+    host, port = listener.host, listener.port
+    err = ports.bind_error(host, port)
+    if err is None:
+        return f"embedded broker can listen on {host}:{port}"
+    if err.errno != errno.EADDRINUSE:
+        raise OSError(listener.cannot_listen(err))
+    answer = _connack(host if host not in ("0.0.0.0", "::") else "localhost", port)
+    if answer is not None:
+        raise OSError(
+            f"{host}:{port} is taken by something that is not an MQTT broker ({answer}): "
+            "set mqtt.embedded_bind to a free port"
+        )
+    return f"an MQTT broker answers on {host}:{port} (a running gateway's embedded broker, or another)"
+
+
+# MQTT 3.1.1 CONNECT, clean session, keepalive 60 s, client id "gateway-check": every broker answers it.
+_CONNECT = b"\x10\x19\x00\x04MQTT\x04\x02\x00\x3c\x00\x0dgateway-check"
+
+
+def _connack(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """None if an MQTT broker answers CONNECT on host:port (with any return code), else what happened."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(_CONNECT)
+            answer = b""
+            while len(answer) < 4 and (chunk := sock.recv(4 - len(answer))):
+                answer += chunk
+            if answer[:2] == b"\x20\x02":
+                sock.sendall(b"\xe0\x00")  # DISCONNECT
+                return None
+            return f"it answered {answer!r} to an MQTT CONNECT" if answer else "it closed the connection"
+    except TimeoutError:
+        return f"no answer to an MQTT CONNECT within {timeout:.0f} s"
+    except OSError as err:
+        return err.strerror or str(err)
 
 
 def _database(config: Config) -> str:

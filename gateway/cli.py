@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from gateway import logs
+from gateway import logs, ports
 from gateway.config import Config, ConfigError, load_config
 from gateway.server import PROTOCOLS
 
@@ -47,14 +47,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: Config, protocols: list[str], log_level: str = "INFO") -> int:
     from gateway import settings
-    from gateway.broker import BrokerStartError
     from gateway.server import Gateway, event_loop
-    from protocols.websocket.server import WebStartError
 
     logs.setup(log_level)
     if protocols == ["telegram"] and not config.telegram_enabled:
         print("gateway: --protocol telegram needs telegram.token in the config", file=sys.stderr)
         return EXIT_CONFIG
+    # Every address before anything starts or connects: one line for each that is taken.
+    taken = ports.unavailable(config, protocols)
+    for line in taken:
+        print(f"gateway: {line}", file=sys.stderr)
+    if taken:
+        return 1
     wanted = set(PROTOCOLS) if config.telegram_enabled else {"web", "mqtt"}
     if config.gateway.channel_layer == "memory" and not wanted <= set(protocols):
         logs.server.warning(
@@ -69,7 +73,7 @@ def run(config: Config, protocols: list[str], log_level: str = "INFO") -> int:
     gateway = Gateway(config, protocols)
     try:
         loop.run_until_complete(gateway.run())
-    except (BrokerStartError, WebStartError) as err:
+    except ports.CannotListen as err:
         print(f"gateway: {err}", file=sys.stderr)
         return 1
     finally:

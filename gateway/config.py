@@ -228,7 +228,14 @@ class TelegramSection(_Section):
         return self
 
 
-Scalar = bool | int | float | str
+def _scalar(value: Any) -> Any:
+    # One message, not one for each member of the union below.
+    if value is not None and not isinstance(value, bool | int | float | str):
+        raise ValueError("must be a boolean, a number or a string")
+    return value
+
+
+Scalar = Annotated[bool | int | float | str, BeforeValidator(_scalar)]
 
 
 class Condition(_Section):
@@ -342,11 +349,11 @@ class Config(_Section):
         _unique("rules", [r.id for r in self.rules])
         sensor_ids = {s.id for s in self.sensors}
         zones = {s.zone for s in self.sensors}
-        for i, rule in enumerate(self.rules):
+        for rule in self.rules:
             if rule.sensor and rule.sensor not in sensor_ids:
-                raise ValueError(f"rules[{i}].sensor: no sensor with id {rule.sensor!r}")
+                raise ValueError(f"rules[{rule.id}].sensor: no sensor with id {rule.sensor!r}")
             if rule.zone and rule.zone not in zones:
-                raise ValueError(f"rules[{i}].zone: no sensor is in zone {rule.zone!r}")
+                raise ValueError(f"rules[{rule.id}].zone: no sensor is in zone {rule.zone!r}")
         return self
 
     @property
@@ -363,9 +370,9 @@ class Config(_Section):
 
 def _unique(key: str, ids: list[str]) -> None:
     seen: set[str] = set()
-    for i, ident in enumerate(ids):
+    for ident in ids:
         if ident in seen:
-            raise ValueError(f"{key}[{i}].id: {ident!r} is used twice")
+            raise ValueError(f"{key}: id {ident!r} is used twice")
         seen.add(ident)
 
 
@@ -394,24 +401,46 @@ def _expand(node: Any, env: dict[str, str], path: str) -> Any:
     return node
 
 
-def _format_error(err: ValidationError) -> str:
-    lines = []
+def _format_error(err: ValidationError, data: dict[str, Any]) -> str:
+    """One line per problem: a sensor or rule named by its id, the same problem of several once."""
+    problems: dict[tuple[str, str, str], list[str]] = {}
     for e in err.errors():
-        key = ""
-        for part in e["loc"]:
-            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+        head, item, rest = "", "", ""
+        for n, part in enumerate(e["loc"]):
+            if n == 1 and isinstance(part, int) and head in ("sensors", "rules"):
+                item = _item_name(data.get(head), part)
+            elif isinstance(part, int):
+                rest += f"[{part}]"
+            elif n == 0:
+                head = str(part)
+            else:
+                rest += f".{part}"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        problems.setdefault((head, rest, msg), []).append(item)
+    lines = []
+    for (head, rest, msg), items in problems.items():
+        key = f"{head}[{', '.join(items)}]{rest}" if any(items) else f"{head}{rest}"
         lines.append(f"{key}: {msg}" if key else msg)
     return "; ".join(lines)
 
 
-def parse_config(data: dict[str, Any], env: dict[str, str], source: str) -> Config:
+def _item_name(items: Any, index: int) -> str:
+    """A sensor's or rule's id as the file gives it, else its place in the list (from 0)."""
     try:
-        return Config.model_validate({**_expand(data, env, ""), "source": source})
+        ident = items[index]["id"]
+    except (TypeError, LookupError):
+        return str(index)
+    return ident if isinstance(ident, str) and ident else str(index)
+
+
+def parse_config(data: dict[str, Any], env: dict[str, str], source: str) -> Config:
+    expanded = _expand(data, env, "")
+    try:
+        return Config.model_validate({**expanded, "source": source})
     except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
+        raise ConfigError(_format_error(err, expanded)) from None
 
 
 def resolve_path(explicit: str | None, env: dict[str, str]) -> Path | None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gateway import logs
+from gateway import logs, ports
 from gateway.config import Config
 from gateway.health import Health
 from gateway.notify import Notifier, watchdog_interval
@@ -208,7 +208,7 @@ class Gateway:
                     config.http.port,
                     send_buffer=config.http.websocket_send_buffer,
                 )
-                await self.web.start()
+                await ports.web(config).start(self.web.start)
                 self.health.set("web", True)
                 from channels.layers import get_channel_layer
 
@@ -248,11 +248,11 @@ class Gateway:
         config = self.config
         if config.mqtt.url == "embedded":
             from gateway.broker import EmbeddedBroker
-            from gateway.config import _host_port
 
-            host, port = _host_port(config.mqtt.embedded_bind, "embedded_bind")
+            listener = ports.embedded_broker(config)
+            host, port = listener.host, listener.port
             self.broker = EmbeddedBroker(host, port)
-            await self.broker.start()
+            await listener.start(self.broker.start)
             address = BrokerAddress(host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)
             protocol = "3.1.1"  # amqtt speaks 3.1.1 only: skip the MQTT 5 attempt
         else:

@@ -362,7 +362,7 @@ async def test_sighup_reloads_rules_and_sensors_and_refuses_a_bad_config(
     await reload(
         changed + RELOADED + '\n[[rules]]\nid = "x"\nsensor = "nope"\nwhen = { above = 1 }\n', "refused"
     )
-    assert "rules[3].sensor: no sensor with id 'nope'" in gw.log
+    assert "rules[x].sensor: no sensor with id 'nope'" in gw.log
     await publish(mosquitto.port, "zigbee2mqtt/cellar_leak", '{"water_leak":false}')
     await event_of(ws, "cleared", "leak")
 

@@ -50,23 +50,23 @@ def test_environment_variables_are_substituted() -> None:
         ({"http": {"bind": "8000"}}, "http.bind: bind must look like HOST:PORT"),
         ({"gateway": {"colour": "red"}}, "gateway.colour: unknown key"),
         ({"gateway": {"channel_layer": "postgres://x"}}, "gateway.channel_layer"),
-        ({"sensors": [{**SENSOR, "format": "xml"}]}, "sensors[0].format"),
+        ({"sensors": [{**SENSOR, "format": "xml"}]}, "sensors[door].format"),
         ({"sensors": [{"id": "door", "topic": "z2m/door", "format": "json"}]}, "field is required"),
         (
             {"sensors": [{**SENSOR, "expire_after": "soon"}]},
-            "sensors[0].expire_after: 'soon' is not a duration",
+            "sensors[door].expire_after: 'soon' is not a duration",
         ),
-        ({"sensors": [SENSOR, SENSOR]}, "sensors[1].id: 'door' is used twice"),
+        ({"sensors": [SENSOR, SENSOR]}, "sensors: id 'door' is used twice"),
         (
             {"sensors": [SENSOR], "rules": [{"id": "r", "sensor": "nope", "when": {"equals": 1}}]},
-            "rules[0].sensor",
+            "rules[r].sensor: no sensor with id 'nope'",
         ),
         (
             {
                 "sensors": [SENSOR],
                 "rules": [{"id": "r", "sensor": "door", "when": {"equals": 1, "above": 2}}],
             },
-            "rules[0].when: give exactly one",
+            "rules[r].when: give exactly one",
         ),
         ({"auth": {"tokens": {"ops": "short"}}}, "shorter than 8"),
         (
@@ -84,6 +84,26 @@ def test_errors_name_the_key(data: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data, {}, "test")
     assert message in str(info.value)
+
+
+def test_each_problem_is_said_once_naming_sensors_and_rules_by_id() -> None:
+    sensors = [{**SENSOR, "id": name, "format": "zigbee"} for name in ("door", "hall", "freezer", "leak")]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sensors": sensors}, {}, "test")
+    assert str(info.value) == (
+        "sensors[door, hall, freezer, leak].format: "
+        "Input should be 'zigbee2mqtt', 'tasmota', 'json' or 'plain'"
+    )
+    rule = {"id": "door-opened", "sensor": "door", "when": {"equals": [1]}, "on_raise": [{"topic": ""}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sensors": [SENSOR], "rules": [rule]}, {}, "test")
+    assert str(info.value) == (
+        "rules[door-opened].when.equals: must be a boolean, a number or a string; "
+        "rules[door-opened].on_raise[0].topic: String should have at least 1 character"
+    )
+    # Without an id to name it by, a sensor is named by its place in the list (from 0).
+    with pytest.raises(ConfigError, match=r"^sensors\[1\]\.id: Field required$"):
+        parse_config({"sensors": [SENSOR, {"topic": "a/b"}]}, {}, "test")
 
 
 def test_durations() -> None:

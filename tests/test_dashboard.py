@@ -2,14 +2,18 @@
 
 What is asserted is what a person at the screen would see: text on the page,
 what a separate WebSocket client hears, what the Telegram stand-in received.
-Screenshots land in docs/screenshots/, the pictures the README shows.
+Screenshots land in the test's temporary folder; `scripts/screenshots` runs the layout test
+with GATEWAY_SCREENSHOTS=docs/screenshots to update the pictures the README shows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +32,7 @@ from tests.conftest import (
 from tests.telegram_standin import BotApiStandin
 from tests.test_telegram import ALICE, TOKEN, say, telegram_toml
 
-SHOTS = ROOT / "docs" / "screenshots"
+README_SHOTS = (ROOT / "docs" / "screenshots").resolve()
 DOOR, BOILER = "zigbee2mqtt/front_door", "sensors/boiler"
 XSS = "<img src=x onerror=window.__pwned=1>"
 
@@ -275,7 +279,22 @@ async def test_restart_while_an_alert_is_raised_page_resumes_and_shows_it_once(
     await watcher.close()
 
 
-async def test_layout_on_a_desktop_and_on_a_phone(gateway_factory: GatewayFactory, browser: Any) -> None:
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.png"))}
+
+
+def _screenshot_folder(tmp_path: Path) -> Path:
+    """Only scripts/screenshots points this at docs/screenshots: test runs leave the README's pictures be."""
+    folder = Path(os.environ.get("GATEWAY_SCREENSHOTS") or tmp_path / "screenshots").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+async def test_layout_on_a_desktop_and_on_a_phone(
+    gateway_factory: GatewayFactory, browser: Any, tmp_path: Path
+) -> None:
+    shots = _screenshot_folder(tmp_path)
+    readme_pictures = _digests(README_SHOTS)
     gw = gateway_factory(site="home", extra=HOME)
     await publish(gw.mqtt_port, "zigbee2mqtt/leak", '{"water_leak": false}')
     await publish(gw.mqtt_port, DOOR, '{"contact": true}')
@@ -300,8 +319,7 @@ async def test_layout_on_a_desktop_and_on_a_phone(gateway_factory: GatewayFactor
     alerts_box = await desktop.locator(".alerts-panel").bounding_box()
     sensors_box = await desktop.locator(".sensors-panel").bounding_box()
     assert alerts_box and sensors_box and sensors_box["x"] > alerts_box["x"] + alerts_box["width"] - 1
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    await desktop.screenshot(path=str(SHOTS / "desktop.png"), full_page=True)
+    await desktop.screenshot(path=str(shots / "desktop.png"), full_page=True)
 
     phone = await open_dashboard(
         browser,
@@ -322,14 +340,18 @@ async def test_layout_on_a_desktop_and_on_a_phone(gateway_factory: GatewayFactor
     assert all(abs(b["x"] - boxes[0]["x"]) < 1 for b in boxes)
     button = await phone.locator("#active button", has_text="Acknowledge").first.bounding_box()
     assert button and button["height"] >= 44 and button["width"] > 300  # a thumb hits it
-    await phone.screenshot(path=str(SHOTS / "phone.png"), full_page=True)
+    await phone.screenshot(path=str(shots / "phone.png"), full_page=True)
 
     login = await (
         await browser.new_context(color_scheme="dark", viewport={"width": 640, "height": 480})
     ).new_page()
     await login.goto(gw.url + "/login")
-    await login.screenshot(path=str(SHOTS / "login.png"))
+    await login.screenshot(path=str(shots / "login.png"))
     assert desktop.errors == [] and phone.errors == []
+    taken = _digests(shots)
+    assert sorted(taken) == ["desktop.png", "login.png", "phone.png"]
+    if shots != README_SHOTS:
+        assert _digests(README_SHOTS) == readme_pictures
 
 
 def _metrics(gw: GatewayProcess) -> str:

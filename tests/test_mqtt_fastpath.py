@@ -14,8 +14,10 @@ import socket
 from typing import Any
 
 import paho.mqtt.client as paho
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from protocols.mqtt.client import AsyncioClient
@@ -36,9 +38,14 @@ def mqtt_string(text: bytes) -> bytes:
     return len(text).to_bytes(2, "big") + text
 
 
+# What a topic name can carry: UTF-8 (never a surrogate, which has no encoding), no U+0000,
+# and no wildcard, which only subscriptions use.
+TOPIC_CHARACTERS = st.characters(codec="utf-8", exclude_characters="+#\x00")
+
+
 @st.composite
 def publishes(draw: Any, v5: bool) -> tuple[bytes, Message]:
-    topic = draw(st.text(st.characters(blacklist_characters="+#\x00"), min_size=1, max_size=40))
+    topic = draw(st.text(TOPIC_CHARACTERS, min_size=1, max_size=40))
     payload = draw(st.one_of(st.binary(max_size=64), st.binary(min_size=120, max_size=20_000)))
     qos = draw(st.sampled_from([0, 1]))
     retain = draw(st.booleans())
@@ -119,3 +126,15 @@ def test_the_fast_path_decodes_what_paho_decodes(data: Any, v5: bool) -> None:
     expected = [message for _, message in packets]
     assert paho_reference(stream, v5) == expected  # the packets are what paho itself reads
     assert asyncio.run(through_asyncio_client(chunks, v5, len(expected))) == expected
+
+
+def test_topics_drawn_are_what_mqtt_can_carry() -> None:
+    def unsendable(topic: str) -> bool:
+        try:
+            topic.encode()
+        except UnicodeEncodeError:  # a surrogate
+            return True
+        return bool(set(topic) & set("+#\x00"))
+
+    with pytest.raises(NoSuchExample):
+        find(st.text(TOPIC_CHARACTERS, min_size=1), unsendable, settings=settings(max_examples=2000))

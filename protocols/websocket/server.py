@@ -20,8 +20,8 @@ from gateway import logs, metrics
 MAX_MESSAGE = 256 * 1024
 
 
-class WebStartError(Exception):
-    pass
+class WebStartError(OSError):
+    """The listening socket's error (the gateway says which config key it was)."""
 
 
 def buffered(transport: Any) -> int:
@@ -149,7 +149,7 @@ class WebServer:
         from daphne.server import Server
         from twisted.internet import reactor
 
-        errors: list[str] = []
+        errors: list[OSError] = []
         ports = self._ports
 
         class _Daphne(Server):  # type: ignore[misc]
@@ -159,7 +159,8 @@ class WebServer:
 
             def listen_error(self, failure: Any) -> None:
                 # daphne would stop the reactor, and with it our loop: report instead.
-                errors.append(failure.getErrorMessage())
+                err = getattr(failure.value, "socketError", None)  # Twisted's CannotListenError
+                errors.append(err if isinstance(err, OSError) else OSError(failure.getErrorMessage()))
 
             def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
                 if scope.get("type") == "websocket" and hasattr(protocol, "too_slow"):
@@ -197,10 +198,7 @@ class WebServer:
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(d.asFuture(loop) for d in daphne.listeners))
         if errors:
-            raise WebStartError(
-                f"http.bind {self.host}:{self.port}: cannot listen: {errors[0]}. "
-                "Set http.bind to a free address."
-            )
+            raise WebStartError(*errors[0].args)
         self.port_bound = daphne.listening_addresses[0][1]
         logs.web.info("HTTP and WebSocket on http://%s:%d/", self.host, self.port_bound)
 
