@@ -13,11 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 from gateway import logs, metrics
-from gateway.alerts import AlertChange, fill
+from gateway.alerts import AlertChange
 from gateway.config import Action, Sensor
 from gateway.formats import FieldMissing, PayloadError, Value, parse_availability, parse_value
 from gateway.rules import SensorRules, Transition
 from gateway.runtime import Runtime
+from gateway.templates import fill_payload
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
 
@@ -241,10 +242,7 @@ class SensorConsumer(MqttConsumer):
                 )
 
     def _action_payload(self, action: Action, change: AlertChange) -> bytes:
-        alert = change.alert
-        fields = {f"alert.{k}": _text(v) for k, v in alert.items()}
-        fields["alert"] = json.dumps(alert, separators=(",", ":"))
-        return fill(action.payload, fields).encode("utf-8")
+        return fill_payload(action.payload, change.alert).encode("utf-8")
 
     # Timers: `for`, `repeat` and `expire_after` come due without a message.
 
@@ -331,12 +329,3 @@ class SensorConsumer(MqttConsumer):
                 self.runtime.reload_listeners.discard(self._reconfigure)
                 await self.channel_layer.group_discard(f"sensor.{self.sensor.id}", self.channel_name)
         await super().mqtt_disconnect(event)
-
-
-def _text(value: Any) -> str:
-    """A template field as the JSON of the alert spells it: true/false, no "None"."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)

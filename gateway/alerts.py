@@ -8,7 +8,6 @@ forget, and `resume` can replay from the event log.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,8 +20,9 @@ from django.db.models import Count
 from gateway.config import Rule, Sensor
 from gateway.formats import Value
 from gateway.models import Alert, AlertEvent, SensorState, SiteCounter
+from gateway.templates import render_message
 
-__all__ = ["AckRefused", "AlertBook", "AlertChange", "fill", "render_message"]
+__all__ = ["AckRefused", "AlertBook", "AlertChange"]
 
 # Short ids to type on a phone: no 0/o, 1/l/i.
 _ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -115,30 +115,6 @@ class AlertChange:
     @property
     def envelope(self) -> dict[str, Any]:
         return {"type": "alert", "event": self.event, "seq": self.seq, "alert": self.alert}
-
-
-_PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[a-z_]+)?)\}")
-
-
-def render_message(template: str, rule: Rule, sensor: Sensor, value: Value | None, site: str) -> str:
-    """Fill `{sensor.name}`-style placeholders from a fixed list; anything else stays as written.
-
-    No str.format: a template must not reach attributes such as `{rule.__class__}`.
-    """
-    fields = {
-        "sensor.id": sensor.id,
-        "sensor.name": sensor.name,
-        "sensor.zone": sensor.zone,
-        "rule.id": rule.id,
-        "rule.severity": rule.severity,
-        "value": "" if value is None else str(value).lower() if isinstance(value, bool) else str(value),
-        "site": site,
-    }
-    return fill(template, fields)
-
-
-def fill(template: str, fields: dict[str, str]) -> str:
-    return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1), m.group(0)), template)
 
 
 class AlertBook:
