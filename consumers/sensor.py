@@ -24,6 +24,7 @@ from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
 
 log = logs.sensors
 _bad_input_log = logs.RateLimit(interval=30.0)
+_cooldown_log = logs.RateLimit(interval=60.0)
 _handled_ok = metrics.mqtt_messages.labels("ok")  # labels() looks the child up on every call
 
 # Dashboards hear of a chatty sensor at most this often; the last reading always arrives.
@@ -117,6 +118,8 @@ class SensorConsumer(MqttConsumer):
             self._bad_payload(event["topic"], err)
             return
         _handled_ok.inc()
+        if self.rules.dropped:
+            self._cooldown_dropped()
         if self.peers is not None:
             self.peers.observe(self.sensor.id, received, kind, value, bool(event["retain"]))
         # Dashboards hear of a reading from the process that got it, not once per process.
@@ -183,6 +186,21 @@ class SensorConsumer(MqttConsumer):
                 err,
                 f" ({held} similar not logged)" if held else "",
             )
+
+    def _cooldown_dropped(self) -> None:
+        # Dropped, not delayed (docs/configuration.md): said, so a second try that does nothing is explained.
+        for rule in self.rules.dropped:
+            metrics.cooldown_drops.labels(rule.id).inc()
+            allowed, held = _cooldown_log.allow(f"{self.sensor.id}\0{rule.id}")
+            if allowed:
+                log.info(
+                    "sensor %s: rule %s matched within %gs of its last raise (cooldown): not raised again%s",
+                    self.sensor.id,
+                    rule.id,
+                    rule.cooldown,
+                    f" ({held} more not logged)" if held else "",
+                )
+        self.rules.dropped.clear()
 
     # Alert transitions and rule actions
 
@@ -266,6 +284,8 @@ class SensorConsumer(MqttConsumer):
     async def _tick(self) -> None:
         was_online = self.rules.online
         transitions = self.rules.tick(self.loop.time())
+        if self.rules.dropped:
+            self._cooldown_dropped()
         if self.rules.online != was_online:
             self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online)
             self._sensor_changed()
