@@ -7,6 +7,7 @@ gateway.alerts: this class only wires them to MQTT events and channel groups.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import replace
@@ -17,7 +18,7 @@ from gateway.alerts import AlertChange
 from gateway.config import Action, Sensor
 from gateway.formats import FieldMissing, PayloadError, Value, parse_availability, parse_value
 from gateway.rules import SensorRules, Transition
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, SensorEngine
 from gateway.templates import fill_payload
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
@@ -36,8 +37,22 @@ class SensorConsumer(MqttConsumer):
     sensor: Sensor
     rules: SensorRules
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Ended or failed: the server starts a failed instance again, which must find no
+            # timer, listener or group membership of this one still acting for the sensor.
+            await self._leave()
+
+    async def _serve(self, *args: Any) -> None:
+        # Set up at once, not at the first event: an instance started again after a failure
+        # gets no mqtt.connect, and its sensor's timers and peers' readings must not wait.
+        self._setup()
+        await super()._serve(*args)
+
     def _setup(self) -> bool:
-        """Build the rule engine on the first event; False for a sensor a reload removed."""
+        """Take the sensor's rule engine on the first event; False for a sensor a reload removed."""
         if hasattr(self, "rules"):
             return self.sensor.id in self.runtime.board.sensors
         self.runtime = self.scope["gateway"]
@@ -47,19 +62,15 @@ class SensorConsumer(MqttConsumer):
             return False
         self.sensor = sensor
         self.loop = asyncio.get_running_loop()
-        self.rules = SensorRules(self.sensor, config.rules_for(self.sensor), self.loop.time())
-        snap = self.runtime.board.sensors[self.sensor.id]
-        self.rules.restore(
-            self.runtime.open_rules.get(self.sensor.id, {}),
-            snap.value,
-            snap.online if snap.online is not None else None,
-            self.loop.time(),
-        )
-        # Alert changes are stored in the order their readings came (ours and the peers'): each
-        # task takes this lock in the order the tasks were made, and asyncio's lock is FIFO.
-        self.lock = asyncio.Lock()
-        # rule id -> (alert, saved) last raised here: what a clear refers to if the database is away
-        self.announced: dict[str, tuple[dict[str, Any], bool]] = {}
+        engine = self.runtime.engines.get(sensor.id)
+        if engine is None:  # the first instance since start-up; a restarted one goes on with it
+            rules = SensorRules(sensor, config.rules_for(sensor), self.loop.time())
+            snap = self.runtime.board.sensors[sensor.id]
+            rules.restore(
+                self.runtime.open_rules.get(sensor.id, {}), snap.value, snap.online, self.loop.time()
+            )
+            engine = self.runtime.engines[sensor.id] = SensorEngine(rules)
+        self.rules, self.lock, self.announced = engine.rules, engine.lock, engine.announced
         self.tasks: set[asyncio.Task[None]] = set()
         self.timer: asyncio.TimerHandle | None = None
         self.last_sensor_event = 0.0
@@ -71,6 +82,8 @@ class SensorConsumer(MqttConsumer):
         if self.peers is not None:
             self.peers.handlers[self.sensor.id] = self.peer_observed
         self._schedule()
+        if self.channel_layer is not None:
+            self._spawn(self.channel_layer.group_add(f"sensor.{sensor.id}", self.channel_name))
         return True
 
     def _reconfigure(self) -> None:
@@ -86,10 +99,7 @@ class SensorConsumer(MqttConsumer):
         self._schedule()
 
     async def mqtt_connect(self, event: MqttConnectEvent) -> None:
-        if not self._setup():
-            return
-        if self.channel_layer is not None:
-            await self.channel_layer.group_add(f"sensor.{self.sensor.id}", self.channel_name)
+        self._setup()
 
     async def mqtt_message(self, event: MqttMessageEvent) -> None:
         if not self._setup():
@@ -337,15 +347,17 @@ class SensorConsumer(MqttConsumer):
 
     alert_cleared = alert_repeated = alert_raised
 
-    async def mqtt_disconnect(self, event: Any) -> None:
-        if event["final"]:
-            for handle in (getattr(self, "timer", None), getattr(self, "sensor_event_due", None)):
-                if handle is not None:
-                    handle.cancel()
-            peers = getattr(self, "peers", None)
-            if peers is not None and peers.handlers.get(self.sensor.id) == self.peer_observed:
-                del peers.handlers[self.sensor.id]
-            if hasattr(self, "sensor") and self.channel_layer is not None:
-                self.runtime.reload_listeners.discard(self._reconfigure)
+    async def _leave(self) -> None:
+        if not hasattr(self, "rules"):
+            return
+        for handle in (self.timer, self.sensor_event_due):
+            if handle is not None:
+                handle.cancel()
+        self.runtime.reload_listeners.discard(self._reconfigure)
+        if self.peers is not None and self.peers.handlers.get(self.sensor.id) == self.peer_observed:
+            del self.peers.handlers[self.sensor.id]
+        if self.sensor.id not in self.runtime.config.sensors_by_id:
+            self.runtime.engines.pop(self.sensor.id, None)  # removed by a reload
+        if self.channel_layer is not None:
+            with contextlib.suppress(Exception):  # the layer is away: not the cause to report
                 await self.channel_layer.group_discard(f"sensor.{self.sensor.id}", self.channel_name)
-        await super().mqtt_disconnect(event)

@@ -139,9 +139,16 @@ class AlertBook:
         _insert(SensorState, **row, conflict=("site", "sensor"))
 
     def raise_sync(
-        self, rule: Rule, sensor: Sensor, value: Value | None, online: bool | None = True
+        self,
+        rule: Rule,
+        sensor: Sensor,
+        value: Value | None,
+        online: bool | None = True,
+        message: str | None = None,
     ) -> AlertChange | None:
         """A new alert; None when this rule already has one open for this sensor.
+
+        `message`: the text as it is, instead of the rule's template (the gateway's own alerts).
 
         Only one process raises for a given message, but two processes with shared
         subscriptions can race on messages a millisecond apart: the database decides.
@@ -165,7 +172,7 @@ class AlertBook:
                         zone=sensor.zone,
                         severity=rule.severity,
                         state="active",
-                        message=render_message(rule.message, rule, sensor, value, self.site),
+                        message=message or render_message(rule.message, rule, sensor, value, self.site),
                         value=value,
                         groups=groups,
                         raised_at=_now(),
