@@ -67,11 +67,13 @@ def escape(text: str) -> str:
 class _Redacting(logging.Formatter):
     # On the whole line, traceback included: a Bot API URL carries the bot token.
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        # A traceback follows its message indented: only a record's first line starts at column 0,
+        # so no line of it (an exception's text from outside included) passes for a record.
+        return redact(super().format(record).replace("\n", "\n  "))
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         # The message, with every value from outside in it, stays one line; a traceback after it
-        # (formatException) keeps its lines.
+        # keeps its lines (see format).
         record.message = escape(record.message)
         return super().formatMessage(record)
 
