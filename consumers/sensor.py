@@ -52,7 +52,7 @@ class SensorConsumer(MqttConsumer):
         await super()._serve(*args)
 
     def _setup(self) -> bool:
-        """Take the sensor's rule engine on the first event; False for a sensor a reload removed."""
+        """Take the sensor's rule engine (once, at the start); False for a sensor a reload removed."""
         if hasattr(self, "rules"):
             return self.sensor.id in self.runtime.board.sensors
         self.runtime = self.scope["gateway"]
