@@ -7,22 +7,25 @@ gateway.alerts: this class only wires them to MQTT events and channel groups.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import replace
 from typing import Any
 
 from gateway import logs, metrics
-from gateway.alerts import AlertChange, fill
+from gateway.alerts import AlertChange
 from gateway.config import Action, Sensor
 from gateway.formats import FieldMissing, PayloadError, Value, parse_availability, parse_value
 from gateway.rules import SensorRules, Transition
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, SensorEngine
+from gateway.templates import fill_payload
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
 
 log = logs.sensors
 _bad_input_log = logs.RateLimit(interval=30.0)
+_cooldown_log = logs.RateLimit(interval=60.0)
 _handled_ok = metrics.mqtt_messages.labels("ok")  # labels() looks the child up on every call
 
 # Dashboards hear of a chatty sensor at most this often; the last reading always arrives.
@@ -34,8 +37,22 @@ class SensorConsumer(MqttConsumer):
     sensor: Sensor
     rules: SensorRules
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Ended or failed: the server starts a failed instance again, which must find no
+            # timer, listener or group membership of this one still acting for the sensor.
+            await self._leave()
+
+    async def _serve(self, *args: Any) -> None:
+        # Set up at once, not at the first event: an instance started again after a failure
+        # gets no mqtt.connect, and its sensor's timers and peers' readings must not wait.
+        self._setup()
+        await super()._serve(*args)
+
     def _setup(self) -> bool:
-        """Build the rule engine on the first event; False for a sensor a reload removed."""
+        """Take the sensor's rule engine (once, at the start); False for a sensor a reload removed."""
         if hasattr(self, "rules"):
             return self.sensor.id in self.runtime.board.sensors
         self.runtime = self.scope["gateway"]
@@ -45,19 +62,15 @@ class SensorConsumer(MqttConsumer):
             return False
         self.sensor = sensor
         self.loop = asyncio.get_running_loop()
-        self.rules = SensorRules(self.sensor, config.rules_for(self.sensor), self.loop.time())
-        snap = self.runtime.board.sensors[self.sensor.id]
-        self.rules.restore(
-            self.runtime.open_rules.get(self.sensor.id, {}),
-            snap.value,
-            snap.online if snap.online is not None else None,
-            self.loop.time(),
-        )
-        # Alert changes are stored in the order their readings came (ours and the peers'): each
-        # task takes this lock in the order the tasks were made, and asyncio's lock is FIFO.
-        self.lock = asyncio.Lock()
-        # rule id -> (alert, saved) last raised here: what a clear refers to if the database is away
-        self.announced: dict[str, tuple[dict[str, Any], bool]] = {}
+        engine = self.runtime.engines.get(sensor.id)
+        if engine is None:  # the first instance since start-up; a restarted one goes on with it
+            rules = SensorRules(sensor, config.rules_for(sensor), self.loop.time())
+            snap = self.runtime.board.sensors[sensor.id]
+            rules.restore(
+                self.runtime.open_rules.get(sensor.id, {}), snap.value, snap.online, self.loop.time()
+            )
+            engine = self.runtime.engines[sensor.id] = SensorEngine(rules)
+        self.rules, self.lock, self.announced = engine.rules, engine.lock, engine.announced
         self.tasks: set[asyncio.Task[None]] = set()
         self.timer: asyncio.TimerHandle | None = None
         self.last_sensor_event = 0.0
@@ -69,6 +82,8 @@ class SensorConsumer(MqttConsumer):
         if self.peers is not None:
             self.peers.handlers[self.sensor.id] = self.peer_observed
         self._schedule()
+        if self.channel_layer is not None:
+            self._spawn(self.channel_layer.group_add(f"sensor.{sensor.id}", self.channel_name))
         return True
 
     def _reconfigure(self) -> None:
@@ -84,10 +99,7 @@ class SensorConsumer(MqttConsumer):
         self._schedule()
 
     async def mqtt_connect(self, event: MqttConnectEvent) -> None:
-        if not self._setup():
-            return
-        if self.channel_layer is not None:
-            await self.channel_layer.group_add(f"sensor.{self.sensor.id}", self.channel_name)
+        self._setup()
 
     async def mqtt_message(self, event: MqttMessageEvent) -> None:
         if not self._setup():
@@ -116,6 +128,8 @@ class SensorConsumer(MqttConsumer):
             self._bad_payload(event["topic"], err)
             return
         _handled_ok.inc()
+        if self.rules.dropped:
+            self._cooldown_dropped()
         if self.peers is not None:
             self.peers.observe(self.sensor.id, received, kind, value, bool(event["retain"]))
         # Dashboards hear of a reading from the process that got it, not once per process.
@@ -183,6 +197,21 @@ class SensorConsumer(MqttConsumer):
                 f" ({held} similar not logged)" if held else "",
             )
 
+    def _cooldown_dropped(self) -> None:
+        # Dropped, not delayed (docs/configuration.md): said, so a second try that does nothing is explained.
+        for rule in self.rules.dropped:
+            metrics.cooldown_drops.labels(rule.id).inc()
+            allowed, held = _cooldown_log.allow(f"{self.sensor.id}\0{rule.id}")
+            if allowed:
+                log.info(
+                    "sensor %s: rule %s matched within %gs of its last raise (cooldown): not raised again%s",
+                    self.sensor.id,
+                    rule.id,
+                    rule.cooldown,
+                    f" ({held} more not logged)" if held else "",
+                )
+        self.rules.dropped.clear()
+
     # Alert transitions and rule actions
 
     async def _apply(self, transitions: list[Transition], received: float | None = None) -> None:
@@ -241,10 +270,7 @@ class SensorConsumer(MqttConsumer):
                 )
 
     def _action_payload(self, action: Action, change: AlertChange) -> bytes:
-        alert = change.alert
-        fields = {f"alert.{k}": _text(v) for k, v in alert.items()}
-        fields["alert"] = json.dumps(alert, separators=(",", ":"))
-        return fill(action.payload, fields).encode("utf-8")
+        return fill_payload(action.payload, change.alert).encode("utf-8")
 
     # Timers: `for`, `repeat` and `expire_after` come due without a message.
 
@@ -268,6 +294,8 @@ class SensorConsumer(MqttConsumer):
     async def _tick(self) -> None:
         was_online = self.rules.online
         transitions = self.rules.tick(self.loop.time())
+        if self.rules.dropped:
+            self._cooldown_dropped()
         if self.rules.online != was_online:
             self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online)
             self._sensor_changed()
@@ -319,24 +347,17 @@ class SensorConsumer(MqttConsumer):
 
     alert_cleared = alert_repeated = alert_raised
 
-    async def mqtt_disconnect(self, event: Any) -> None:
-        if event["final"]:
-            for handle in (getattr(self, "timer", None), getattr(self, "sensor_event_due", None)):
-                if handle is not None:
-                    handle.cancel()
-            peers = getattr(self, "peers", None)
-            if peers is not None and peers.handlers.get(self.sensor.id) == self.peer_observed:
-                del peers.handlers[self.sensor.id]
-            if hasattr(self, "sensor") and self.channel_layer is not None:
-                self.runtime.reload_listeners.discard(self._reconfigure)
+    async def _leave(self) -> None:
+        if not hasattr(self, "rules"):
+            return
+        for handle in (self.timer, self.sensor_event_due):
+            if handle is not None:
+                handle.cancel()
+        self.runtime.reload_listeners.discard(self._reconfigure)
+        if self.peers is not None and self.peers.handlers.get(self.sensor.id) == self.peer_observed:
+            del self.peers.handlers[self.sensor.id]
+        if self.sensor.id not in self.runtime.config.sensors_by_id:
+            self.runtime.engines.pop(self.sensor.id, None)  # removed by a reload
+        if self.channel_layer is not None:
+            with contextlib.suppress(Exception):  # the layer is away: not the cause to report
                 await self.channel_layer.group_discard(f"sensor.{self.sensor.id}", self.channel_name)
-        await super().mqtt_disconnect(event)
-
-
-def _text(value: Any) -> str:
-    """A template field as the JSON of the alert spells it: true/false, no "None"."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)

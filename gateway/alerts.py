@@ -8,7 +8,6 @@ forget, and `resume` can replay from the event log.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,8 +20,9 @@ from django.db.models import Count
 from gateway.config import Rule, Sensor
 from gateway.formats import Value
 from gateway.models import Alert, AlertEvent, SensorState, SiteCounter
+from gateway.templates import render_message
 
-__all__ = ["AckRefused", "AlertBook", "AlertChange", "fill", "render_message"]
+__all__ = ["AckRefused", "AlertBook", "AlertChange"]
 
 # Short ids to type on a phone: no 0/o, 1/l/i.
 _ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -117,30 +117,6 @@ class AlertChange:
         return {"type": "alert", "event": self.event, "seq": self.seq, "alert": self.alert}
 
 
-_PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[a-z_]+)?)\}")
-
-
-def render_message(template: str, rule: Rule, sensor: Sensor, value: Value | None, site: str) -> str:
-    """Fill `{sensor.name}`-style placeholders from a fixed list; anything else stays as written.
-
-    No str.format: a template must not reach attributes such as `{rule.__class__}`.
-    """
-    fields = {
-        "sensor.id": sensor.id,
-        "sensor.name": sensor.name,
-        "sensor.zone": sensor.zone,
-        "rule.id": rule.id,
-        "rule.severity": rule.severity,
-        "value": "" if value is None else str(value).lower() if isinstance(value, bool) else str(value),
-        "site": site,
-    }
-    return fill(template, fields)
-
-
-def fill(template: str, fields: dict[str, str]) -> str:
-    return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1), m.group(0)), template)
-
-
 class AlertBook:
     def __init__(self, site: str) -> None:
         self.site = site
@@ -163,9 +139,16 @@ class AlertBook:
         _insert(SensorState, **row, conflict=("site", "sensor"))
 
     def raise_sync(
-        self, rule: Rule, sensor: Sensor, value: Value | None, online: bool | None = True
+        self,
+        rule: Rule,
+        sensor: Sensor,
+        value: Value | None,
+        online: bool | None = True,
+        message: str | None = None,
     ) -> AlertChange | None:
         """A new alert; None when this rule already has one open for this sensor.
+
+        `message`: the text as it is, instead of the rule's template (the gateway's own alerts).
 
         Only one process raises for a given message, but two processes with shared
         subscriptions can race on messages a millisecond apart: the database decides.
@@ -189,7 +172,7 @@ class AlertBook:
                         zone=sensor.zone,
                         severity=rule.severity,
                         state="active",
-                        message=render_message(rule.message, rule, sensor, value, self.site),
+                        message=message or render_message(rule.message, rule, sensor, value, self.site),
                         value=value,
                         groups=groups,
                         raised_at=_now(),

@@ -5,13 +5,24 @@ Pure functions with no I/O, so they can be fuzzed; the sensor consumer calls the
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 Value = bool | int | float | str
 
-__all__ = ["FieldMissing", "PayloadError", "Value", "compare_equal", "parse_availability", "parse_value"]
+__all__ = [
+    "FieldMissing",
+    "PayloadError",
+    "Value",
+    "compare_equal",
+    "decoder",
+    "parse_availability",
+    "parse_value",
+]
 
 
 class PayloadError(ValueError):
@@ -20,6 +31,31 @@ class PayloadError(ValueError):
 
 class FieldMissing(PayloadError):
     """The JSON payload has no such field (normal on topics that carry several kinds of message)."""
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def decoder(parse: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Whatever a decode raises is bad input, never a crash: the caller catches only PayloadError.
+
+    The standard library raises more than it documents (a JSON integer of over 4,300 digits is
+    a plain ValueError, deep nesting a RecursionError), so every payload decoder is wrapped.
+    """
+
+    @functools.wraps(parse)
+    def decode(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return parse(*args, **kwargs)
+        except PayloadError:
+            raise
+        except RecursionError:
+            raise PayloadError("payload is nested too deeply") from None
+        except Exception as err:
+            raise PayloadError(f"payload could not be read ({type(err).__name__}: {str(err)[:80]})") from None
+
+    return decode
 
 
 def _reject_constant(name: str) -> Any:
@@ -50,6 +86,13 @@ def _load_json(text: str) -> Any:
         raise PayloadError(f"payload is not valid JSON ({err.msg} at char {err.pos})") from None
 
 
+# What a device sends as a number: ASCII digits, a sign, a fraction, an exponent. float() and
+# int() take more (`1_000`, Arabic-Indic digits, `infinity`), which is text from a device.
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_NOT_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.ASCII | re.IGNORECASE)
+
+
 def _plain(text: str) -> Value:
     stripped = text.strip()
     if not stripped:
@@ -57,13 +100,17 @@ def _plain(text: str) -> Value:
     low = stripped.lower()
     if low in ("true", "false"):
         return low == "true"
-    try:
+    if _INTEGER.fullmatch(stripped):
+        return int(stripped)  # not through float: 2**63 stays exact
+    if _DECIMAL.fullmatch(stripped):
         number = float(stripped)
-    except ValueError:
+    elif _NOT_FINITE.fullmatch(stripped):
+        raise PayloadError(f"{stripped} is not a value")
+    else:
         return stripped
     if not math.isfinite(number):
-        raise PayloadError(f"{stripped} is not a value")
-    return int(number) if number.is_integer() and "." not in stripped and "e" not in low else number
+        raise PayloadError(f"{stripped[:40]} is not a finite number")
+    return number
 
 
 def _field(doc: Any, field: str) -> Any:
@@ -90,6 +137,7 @@ def _scalar(raw: Any, field: str) -> Value:
     raise PayloadError(f"field {field!r} is {kind}, not a value")
 
 
+@decoder
 def parse_value(payload: bytes, fmt: str, field: str, max_payload: int = 65536) -> Value:
     """The sensor value carried by a state-topic payload."""
     text = _decode(payload, max_payload)
@@ -104,6 +152,7 @@ def parse_value(payload: bytes, fmt: str, field: str, max_payload: int = 65536) 
 _ONLINE = {"online": True, "offline": False, "true": True, "false": False, "1": True, "0": False}
 
 
+@decoder
 def parse_availability(payload: bytes, max_payload: int = 65536) -> bool:
     """`online`/`offline` (any case), or `{"state": "online"}` as Zigbee2MQTT sends it."""
     text = _decode(payload, max_payload).strip()

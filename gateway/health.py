@@ -17,6 +17,8 @@ class Health:
         # Durations on the monotonic clock: an edge box's wall clock jumps when NTP first syncs.
         self._changed: dict[str, float] = {name: time.monotonic() for name in enabled}
         self._detail: dict[str, str] = {}
+        # Parts of a protocol that fail while it is connected, e.g. "sensor boiler" -> "messages failing: …".
+        self._faults: dict[str, dict[str, str]] = {name: {} for name in enabled}
         # Called after a protocol goes up or down or its detail changes (the systemd notifier listens).
         self.listeners: set[Callable[[], None]] = set()
 
@@ -32,6 +34,18 @@ class Health:
             for listener in list(self.listeners):
                 listener()
 
+    def fault(self, name: str, part: str, detail: str | None) -> None:
+        """`part` of protocol `name` fails (`detail` says how), or works again (None)."""
+        faults = self._faults.setdefault(name, {})
+        if faults.get(part) == detail:
+            return  # as it was (None: nothing failed, nothing to clear)
+        if detail is None:
+            del faults[part]
+        else:
+            faults[part] = detail
+        for listener in list(self.listeners):
+            listener()
+
     def is_up(self, name: str) -> bool:
         return self._up.get(name, False)
 
@@ -42,15 +56,29 @@ class Health:
         return time.monotonic() - self._changed.get(name, time.monotonic())
 
     @property
-    def ok(self) -> bool:
+    def connected(self) -> bool:
+        """Every enabled protocol is up, whatever fails inside one (systemd's READY=1)."""
         return all(self._up.get(name, False) for name in self.enabled)
+
+    @property
+    def ok(self) -> bool:
+        """What /healthz says: every enabled protocol up, and nothing failing inside one."""
+        return self.connected and not any(self._faults.get(name) for name in self.enabled)
+
+    def _working(self, name: str) -> bool:
+        return self.is_up(name) and not self._faults.get(name)
+
+    def _describe(self, name: str) -> str:
+        parts = [self._detail.get(name, "")]
+        parts += [f"{part}: {detail}" for part, detail in sorted(self._faults.get(name, {}).items())]
+        return "; ".join(p for p in parts if p)
 
     def summary(self) -> str:
         """One line for people, e.g. "web up, mqtt up, telegram down (the bot token was refused (401))"."""
         parts = []
         for name in self.enabled:
-            detail = self._detail.get(name, "")
-            state = "up" if self.is_up(name) else "down"
+            detail = self._describe(name)
+            state = "up" if self._working(name) else "down"
             parts.append(f"{name} {state} ({detail})" if detail else f"{name} {state}")
         return ", ".join(parts)
 
@@ -59,9 +87,9 @@ class Health:
             "status": "ok" if self.ok else "degraded",
             "protocols": {
                 name: {
-                    "up": self._up.get(name, False),
+                    "up": self._working(name),
                     "since": round(self._since.get(name, 0.0), 3),
-                    **({"detail": self._detail[name]} if self._detail.get(name) else {}),
+                    **({"detail": detail} if (detail := self._describe(name)) else {}),
                 }
                 for name in self.enabled
             },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 server = logging.getLogger("gateway.server")
@@ -53,10 +54,28 @@ def redact(text: str) -> str:
     return text
 
 
+# C0 and C1 controls and the Unicode line breaks: from a value, a newline above all, they
+# would start a forged line of their own, move a terminal's cursor or end a record.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """`text` on one line: control characters as Python writes them in a repr (`\\n`, `\\x1b`)."""
+    return CONTROL_CHARACTERS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 class _Redacting(logging.Formatter):
     # On the whole line, traceback included: a Bot API URL carries the bot token.
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        # A traceback follows its message indented: only a record's first line starts at column 0,
+        # so no line of it (an exception's text from outside included) passes for a record.
+        return redact(super().format(record).replace("\n", "\n  "))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        # The message, with every value from outside in it, stays one line; a traceback after it
+        # keeps its lines (see format).
+        record.message = escape(record.message)
+        return super().formatMessage(record)
 
 
 class _NotHealth503(logging.Filter):

@@ -25,6 +25,9 @@ websocket_connections = Gauge(
 bad_input = Counter(
     "gateway_bad_input", "Rejected input, by protocol and reason", ["protocol", "reason"], registry=registry
 )
+cooldown_drops = Counter(
+    "gateway_cooldown_drops", "Raises a rule's cooldown dropped, by rule", ["rule"], registry=registry
+)
 protocol_up = Gauge("gateway_protocol_up", "1 while a protocol server is up", ["protocol"], registry=registry)
 latency = Histogram(
     "gateway_trigger_to_delivery_seconds",

@@ -67,7 +67,8 @@ class SensorRules:
         self.available: bool | None = None
         self.expired = False
         self.last_seen = now
-        self.suppressed = 0  # raises dropped by cooldown
+        # Rules whose raise a cooldown dropped, seen here (not a peer's): the caller says so and empties it.
+        self.dropped: list[Rule] = []
         self.after_gap = False  # the next value is the first after a restart or an offline spell
         self.seen_local = True  # the last message came to this process (it acts if silence follows)
         self._local = True  # of the message being handled
@@ -212,7 +213,8 @@ class SensorRules:
         state.pending_since = None
         if state.last_raised is not None and now - state.last_raised < rule.cooldown:
             # Dropped, not delayed: the next message that still matches may raise.
-            self.suppressed += 1
+            if self._local:
+                self.dropped.append(rule)
             return
         state.active, state.acknowledged, state.local = True, False, self._local
         state.last_raised = state.last_notified = now

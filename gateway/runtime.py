@@ -5,6 +5,7 @@ It travels in every scope as `scope["gateway"]` (see `gateway.asgi.WithRuntime`)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,13 +17,28 @@ from gateway.alerts import AlertBook, AlertChange
 from gateway.auth import TokenGate
 from gateway.chats import ChatBook
 from gateway.config import Config
+from gateway.faults import FAULT_RULE, DeviceFaults
 from gateway.health import Health
 from gateway.peers import PeerMirror
+from gateway.rules import SensorRules
 from gateway.sensors import SensorBoard
 
 # The channel of `gateway/<site>/alerts`: one MQTT process takes each event (consumers.site).
 MQTT_OUT = "gateway.mqtt-alerts"
 _handover_log = logs.RateLimit(interval=10.0)
+
+
+@dataclass(eq=False)
+class SensorEngine:
+    """A sensor's rule state, held here and not by its application instance: an instance that
+    fails is started again (protocols.mqtt.server) and goes on where the last one was."""
+
+    rules: SensorRules
+    # rule id -> (alert, saved) last raised: what a clear refers to if the database is away
+    announced: dict[str, tuple[dict[str, Any], bool]] = field(default_factory=dict)
+    # Alert changes are stored in the order their readings came, across a restart too: each
+    # task takes this lock in the order the tasks were made, and asyncio's lock is FIFO.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -46,15 +62,20 @@ class Runtime:
     token_gate: TokenGate = field(default_factory=TokenGate)
     # The other MQTT processes of a shared subscription, if this process is one of them.
     peers: PeerMirror | None = None
+    # sensor id -> its rule engine, made by its consumer's first instance (consumers.sensor).
+    engines: dict[str, SensorEngine] = field(default_factory=dict)
+    faults: DeviceFaults = field(init=False)
 
     def __post_init__(self) -> None:
         self.book = AlertBook(self.config.gateway.site)
         self.board = SensorBoard(self.config.gateway.site, self.config.sensors)
         self.chats = ChatBook(self.config.gateway.site)
+        self.faults = DeviceFaults(self)
 
     async def load(self) -> None:
         await self.board.load()
         self.open_rules = await self.book.open_rules()
+        self.faults.open.update(s for s, rules in self.open_rules.items() if FAULT_RULE in rules)
 
     def reload(self, config: Config) -> None:
         """Run with a new config (already merged: see gateway.reload) from now on."""

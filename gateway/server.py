@@ -274,6 +274,7 @@ class Gateway:
             mqtt_devices(config),
             on_state=lambda up: self.health.set("mqtt", up),
             count=lambda outcome: metrics.mqtt_messages.labels(outcome).inc(),
+            on_fault=self.runtime.faults.report,
         )
         self._tasks.append(asyncio.ensure_future(self.mqtt.serve(self.stop)))
 
@@ -376,7 +377,7 @@ class Gateway:
                 await asyncio.wait_for(self._wake.wait(), tick)
 
     def _ready_for_systemd(self) -> bool:
-        if self.health.ok:
+        if self.health.connected:  # a sensor failing inside (gateway.faults) must not hold back the start
             return True
         others = [p for p in self.protocols if p != "telegram"]
         if len(others) == len(self.protocols) or not all(self.health.is_up(p) for p in others):

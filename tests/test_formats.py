@@ -24,6 +24,9 @@ from protocols.telegram.server import parse_command
         (b"42", "plain", "", 42),
         (b"true", "plain", "", True),
         (b"open", "plain", "", "open"),
+        (b"-3", "plain", "", -3),
+        (b"+2.5e-1", "plain", "", 0.25),
+        (b"9007199254740993", "plain", "", 9007199254740993),  # exact, not through a float
     ],
 )
 def test_values(payload: bytes, fmt: str, field: str, expected: object) -> None:
@@ -52,6 +55,32 @@ def test_errors(payload: bytes, fmt: str, field: str, error: str) -> None:
         parse_value(payload, fmt, field)
 
 
+@pytest.mark.parametrize(
+    "payload",
+    ["1_000", "\u0663", "\u0661\u0662", "\uff11\uff12", "0x10", "1 000", "\u00b2"],
+)
+def test_only_ascii_decimal_numbers_are_numbers(payload: str) -> None:
+    """`1_000`, Arabic-Indic or full-width digits: float() takes them; a device would not send them."""
+    assert parse_value(payload.encode(), "plain", "") == payload
+
+
+@pytest.mark.parametrize(
+    ("payload", "fmt", "field"),
+    [
+        (b'{"contact": ' + b"1" * 5000 + b"}", "zigbee2mqtt", "contact"),
+        (b'{"temp": {"water": -' + b"9" * 4301 + b"}}", "json", "temp.water"),
+        (b"1" * 5000, "plain", ""),
+        (b'{"DS18B20": {"Temperature": ' + b"2" * 6000 + b"}}", "tasmota", "DS18B20.Temperature"),
+        (b"7" * 5000, "tasmota", ""),
+    ],
+)
+def test_an_integer_over_python_s_digit_limit_is_bad_input(payload: bytes, fmt: str, field: str) -> None:
+    with pytest.raises(PayloadError, match="4300 digits"):
+        parse_value(payload, fmt, field)
+    with pytest.raises(PayloadError):
+        parse_availability(b'{"state": ' + b"1" * 5000 + b"}")
+
+
 def test_availability() -> None:
     assert parse_availability(b"online") is True
     assert parse_availability(b"Offline") is False
@@ -66,13 +95,28 @@ def test_equals_rules() -> None:
     assert compare_equal(False, False) and not compare_equal(0, False)
 
 
-@given(st.binary(max_size=300), st.sampled_from(["json", "zigbee2mqtt", "tasmota", "plain"]))
-def test_any_bytes_give_a_value_or_a_payload_error(payload: bytes, fmt: str) -> None:
+# Digit runs around Python's 4,300-digit limit for int(), bare or as a JSON value.
+long_numbers = st.builds(
+    lambda sign, digits, frame: frame.replace(b"N", sign + b"7" * digits),
+    st.sampled_from([b"", b"-", b"+"]),
+    st.integers(4290, 4400) | st.integers(1, 400),
+    st.sampled_from([b"N", b'{"a":{"b":N}}', b'{"a":N}', b"[N]", b'{"state":N}', b"N.5e3", b"0.N"]),
+)
+payloads = st.one_of(st.binary(max_size=300), long_numbers, st.text(max_size=60).map(str.encode))
+
+
+@given(payloads, st.sampled_from(["json", "zigbee2mqtt", "tasmota", "plain"]), st.sampled_from(["a.b", ""]))
+def test_any_bytes_give_a_value_or_a_payload_error(payload: bytes, fmt: str, field: str) -> None:
     try:
-        value = parse_value(payload, fmt, "a.b")
+        value = parse_value(payload, fmt, field or ("a.b" if fmt in ("json", "zigbee2mqtt") else ""))
     except PayloadError:
-        return
-    assert isinstance(value, bool | int | float | str)
+        pass
+    else:
+        assert isinstance(value, bool | int | float | str)
+    try:
+        assert parse_availability(payload) in (True, False)
+    except PayloadError:
+        pass
 
 
 json_documents = st.recursive(

@@ -252,3 +252,64 @@ async def test_a_burst_with_and_without_properties_arrives_in_order_and_is_ackno
     # Every QoS 1/2 message was acknowledged: the resumed session has nothing to deliver again.
     await serve_once(0, 1.0)
     assert len(Collector.got) == 3000
+
+
+class Fragile(MqttConsumer):
+    """Fails on `boom`, like a bug would; keeps what it handled in a list shared by its restarts."""
+
+    got: list[bytes] = []
+
+    async def mqtt_message(self, event):
+        if event["payload"] == b"boom":
+            raise RuntimeError("boom")
+        self.got.append(event["payload"])
+
+
+async def test_a_failing_instance_is_started_again_keeping_order_and_acknowledgements(
+    mosquitto: Service,
+) -> None:
+    Fragile.got = []
+    faults: list[tuple[str, str | None]] = []
+    outcomes: list[str] = []
+    settings_ = MqttSettings(BrokerAddress("127.0.0.1", mosquitto.port), "fragile-test", protocol="5")
+    sent = [b"boom" if i % 3 == 2 or 20 <= i < 24 else str(i).encode() for i in range(60)]
+
+    def publish_all() -> None:
+        sender = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="fragile-sender")
+        sender.connect("127.0.0.1", mosquitto.port)
+        sender.loop_start()
+        for payload in sent:
+            sender.publish("fragile/x", payload, qos=1).wait_for_publish(5)
+        sender.loop_stop()
+        sender.disconnect()
+
+    async def serve_once(publish_first: bool, wait_for: int) -> None:
+        server = MqttServer(
+            settings_,
+            Fragile.as_asgi(),
+            [Device("x", ("fragile/x",))],
+            count=outcomes.append,
+            on_fault=lambda device, detail: faults.append((device, detail)),
+        )
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(server.serve(stop))
+        try:
+            await asyncio.wait_for(server.connected.wait(), 5)
+            if publish_first:
+                await asyncio.to_thread(publish_all)
+            await until(lambda: len(Fragile.got) >= wait_for, what="the good messages")
+            await asyncio.sleep(0.5)  # anything more (redelivered, doubled) would arrive now
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+    good = [p for p in sent if p != b"boom"]
+    await serve_once(True, len(good))
+    # Every good message, once and in order, though the instance failed 22 times (4 in a row once).
+    assert Fragile.got == good
+    assert outcomes.count("app_error") == sent.count(b"boom") == 22
+    assert ("x", "RuntimeError: boom") in faults and faults[-1] == ("x", None)
+    assert faults.count(("x", "RuntimeError: boom")) == 1
+    # Each was acknowledged once handled (or failed on): the resumed session brings nothing back.
+    await serve_once(False, len(good))
+    assert Fragile.got == good

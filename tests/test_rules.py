@@ -54,6 +54,12 @@ def test_cooldown_drops_raises() -> None:
     for i in range(100):  # ten toggles a second for ten seconds
         out += kinds(rules.on_value(i % 2 == 1, i / 10))
     assert out.count("raise") == 1 and out.count("clear") == 1
+    # Each dropped raise is there for the caller to log and count (49 more opens in ten seconds).
+    assert [rule.id for rule in rules.dropped] == ["r"] * 49
+    rules.dropped.clear()
+    # A peer's reading (shared subscriptions) drops it there: that process says so, not this one.
+    rules.on_value(True, 10.1, local=False)
+    assert kinds(rules.on_value(False, 10.2, local=False)) == [] and rules.dropped == []
 
 
 def test_repeat_until_acknowledged() -> None:

@@ -5,6 +5,9 @@ Instances are created the daphne way (a queue as `receive`, a bound method as
 session kept while we were away find their instance. A QoS 1/2 message is
 acknowledged to the broker only when its instance asks for the next event, that
 is once the consumer has handled it: a crash in between means redelivery.
+
+An instance that fails is started again with the same queue, so its device loses only the
+message it failed on; one that keeps failing is reported (`on_fault`), never given up.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ __all__ = ["Device", "MqttServer", "MqttSettings"]
 SESSION_EXPIRY = 7 * 24 * 3600
 # MQTT 5: QoS 1/2 messages the broker may send before we acknowledge one (mosquitto: 20 otherwise).
 RECEIVE_MAXIMUM = 1000
+# An instance that failed this many times in a row, with no message handled in between, is a fault.
+FAILING_AFTER = 3
+# An instance that fails before it takes any event is started again after 0.5 s, 1 s, ... up to this.
+RESTART_BACKOFF_MAX = 30.0
+_failure_log = logs.RateLimit(interval=30.0)
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,12 @@ class _Instance:
     task: asyncio.Task[None] | None = None
     taken: _Delivery | None = None
     filters: set[str] = field(default_factory=set)
-    restarts: int = 0
-    dead: bool = False
     last_used: float = 0.0
+    # Since its last (re)start: whether the last event it took (until `proven`) was an
+    # `mqtt.message`, and whether it handled one (asked for the next event after it).
+    took: bool = False
+    proven: bool = False
+    failures: int = 0  # in a row, with no message handled in between
 
 
 class MqttServer:
@@ -106,12 +117,16 @@ class MqttServer:
         *,
         on_state: Callable[[bool], None] = lambda up: None,
         count: Callable[[str], None] = lambda outcome: None,
+        on_fault: Callable[[str, str | None], None] = lambda device, detail: None,
     ) -> None:
         self.settings = settings
         self.application = application
         self.devices = devices
         self.on_state = on_state
         self.count = count
+        # (device id, what fails) once its instance keeps failing; (device id, None) when an
+        # instance, after each start, has handled a message.
+        self.on_fault = on_fault
         self.connected = asyncio.Event()
         self.protocol = "3.1.1" if settings.protocol == "3.1.1" else "5"
         self.session_present = False
@@ -347,11 +362,6 @@ class MqttServer:
         if qos > 0:
             delivery = _Delivery(mid, qos, self._generation, len(targets))
         for inst in targets:
-            if inst.dead:
-                self.count("dropped_dead_app")
-                inst.taken = delivery
-                self._release(inst)
-                continue
             event = {
                 "type": "mqtt.message",
                 "topic": topic,
@@ -476,6 +486,9 @@ class MqttServer:
         return inst
 
     def _start(self, inst: _Instance) -> None:
+        if self._stopping or inst not in self._instances:
+            return  # a restart that came due after the end
+        inst.took = inst.proven = False
         coro = self.application(dict(inst.scope), _Receive(self, inst), partial(self._send, inst))
         inst.task = asyncio.ensure_future(coro)
         inst.task.add_done_callback(partial(self._instance_done, inst))
@@ -486,33 +499,58 @@ class MqttServer:
         exc = task.exception()
         if exc is None:
             return
-        log.error("application for MQTT device %r failed: %r", inst.device.id, exc, exc_info=exc)
         self.count("app_error")
+        inst.failures += 1
+        device = inst.device.id
+        allowed, held = _failure_log.allow(device)
+        if allowed:
+            log.error(
+                "application for MQTT device %r failed (%d in a row%s): %r",
+                device,
+                inst.failures,
+                f", {held} failures not logged" if held else "",
+                exc,
+                exc_info=exc,
+            )
         # The message it choked on is acknowledged: redelivering it would crash it again.
         self._release(inst)
-        if self._stopping or inst not in self._instances:
+        if self._stopping:
             return
-        if inst.restarts < 5:
-            inst.restarts += 1
-            loop = asyncio.get_running_loop()
-            loop.call_later(0.5 * inst.restarts, self._start, inst)
-        else:
-            # Given up: acknowledge what it holds and what comes, or the broker's
+        if inst not in self._instances:
+            # Its device was removed: what it still holds is acknowledged, or the broker's
             # in-flight window would fill up and stall every other device.
-            log.error(
-                "application for MQTT device %r failed 5 times; its messages are dropped", inst.device.id
-            )
-            inst.dead = True
             while not inst.queue.empty():
-                _, delivery = inst.queue.get_nowait()
-                inst.taken = delivery
+                _, inst.taken = inst.queue.get_nowait()
                 self._release(inst)
+            if inst.failures >= FAILING_AFTER:
+                self.on_fault(device, None)  # gone, so no longer failing
+            return
+        if inst.failures == FAILING_AFTER:
+            log.error(
+                "MQTT device %r keeps failing (%d times in a row); it is started again for each message",
+                device,
+                inst.failures,
+            )
+            self.on_fault(device, f"{type(exc).__name__}: {str(exc)[:200]}")
+        # Started again at once when it failed on an event: that event is gone, the queue moves on,
+        # and what waits keeps its order. One that fails before taking any waits longer each time.
+        delay = 0.0 if inst.took else min(0.5 * 2 ** (inst.failures - 1), RESTART_BACKOFF_MAX)
+        asyncio.get_running_loop().call_later(delay, self._start, inst)
+
+    def _proven(self, inst: _Instance) -> None:
+        inst.proven = True
+        inst.failures = 0
+        self.on_fault(inst.device.id, None)
 
     async def _receive(self, inst: _Instance) -> dict[str, Any]:
         # Asking for the next event means the previous one was handled.
         self._release(inst)
+        if inst.took and not inst.proven:
+            self._proven(inst)
         event, delivery = await inst.queue.get()
         inst.taken = delivery
+        if not inst.proven:
+            inst.took = event["type"] == "mqtt.message"
         return event
 
     def _release(self, inst: _Instance) -> None:
@@ -630,9 +668,13 @@ class _Receive:
     def nowait(self) -> dict[str, Any] | None:
         inst = self.inst
         self.server._release(inst)
+        if inst.took and not inst.proven:
+            self.server._proven(inst)
         try:
             event, delivery = inst.queue.get_nowait()
         except asyncio.QueueEmpty:
             return None
         inst.taken = delivery
+        if not inst.proven:
+            inst.took = event["type"] == "mqtt.message"
         return event
