@@ -173,9 +173,14 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
-        with contextlib.suppress(StopConsumer):
-            while True:
-                await self.dispatch(await receive())
+        try:
+            with contextlib.suppress(StopConsumer):
+                while True:
+                    await self.dispatch(await receive())
+        finally:
+            # However it ends (closed, failed, cancelled by daphne), its place in the Hub is freed.
+            if self.hub is not None:
+                self.hub.leave(self)
 
     async def connect(self) -> None:
         self.runtime: Runtime = self.scope["gateway"]

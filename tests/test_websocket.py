@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 import pytest
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import (
@@ -165,3 +168,42 @@ async def test_connection_cap_refuses_at_the_handshake_and_frees_a_place_on_clos
     assert hello["type"] == "hello" and [a["sensor"] for a in hello["alerts"]] == ["front-door"]
     await third.close()
     await second.close()
+
+
+async def test_flooders_are_closed_with_1008_and_free_their_places(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(start=False)
+    config = gw.config_path.read_text()
+    gw.config_path.write_text(config.replace("[http]\n", "[http]\nmax_websockets = 5\n", 1))
+    gw.start()
+    flooders = [await ws_connect(gw) for _ in range(5)]
+    for ws in flooders:
+        assert (await recv_json(ws))["type"] == "hello"
+
+    async def flood(ws: ClientConnection) -> int | None:
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(2000):  # FLOOD_CLOSE (1,000) dropped comes well within these
+                await ws.send("junk")
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        return None if closed.value.rcvd is None else closed.value.rcvd.code
+
+    assert await asyncio.gather(*(flood(ws) for ws in flooders)) == [1008] * 5
+    await until(lambda: metric(gw, "gateway_websocket_connections ") == 0, what="the flooders to leave")
+    # Every place is free again: five dashboards fit.
+    dashboards = [await ws_connect(gw) for _ in range(5)]
+    for ws in dashboards:
+        assert (await recv_json(ws))["type"] == "hello"
+        await ws.close()
+
+
+async def test_a_frame_over_the_limit_is_closed_with_1009(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    ws = await ws_connect(gw, max_size=None)
+    assert (await recv_json(ws))["type"] == "hello"
+    await ws.send("x" * 1_000_000)
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    await until(lambda: metric(gw, "gateway_websocket_connections ") == 0, what="the socket to leave")

@@ -18,6 +18,8 @@ from gateway import logs, metrics
 # A client message larger than this closes its socket (1009) before it is even read whole;
 # one over the consumer's 64 KiB (still small) gets an error and the socket stays open.
 MAX_MESSAGE = 256 * 1024
+# Close codes of RFC 6455 that consumers may send besides autobahn's 1000 and 3000-4999.
+SERVER_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 
 
 class WebStartError(Exception):
@@ -124,6 +126,15 @@ def bounded_protocol(base: type, limit: int) -> type:
                 self.dropConnection(abort=True)
             return True
 
+        def serverClose(self, code: int | None = None) -> None:  # noqa: N802 - daphne's name
+            # autobahn's sendClose takes only the application codes (1000, 3000-4999) and raises on
+            # the protocol's own, so a consumer's 1008 reached the client as 1011 and the consumer
+            # died. 1008 (policy) and 1009 (too big) are this server's to send: the frame directly.
+            if code in SERVER_CLOSE_CODES and self.state == self.STATE_OPEN:
+                self.sendCloseFrame(code=code, isReply=False)
+            else:
+                super().serverClose(code)
+
         def serverSend(self, content: Any, binary: bool = False) -> None:  # noqa: N802 - daphne's name
             if not self.too_slow():
                 super().serverSend(content, binary)
@@ -194,6 +205,9 @@ class WebServer:
             reactor.run = real_run  # type: ignore[method-assign, misc]
         # Before the loop accepts anyone: every connection gets the bounded protocol.
         daphne.ws_factory.protocol = bounded_protocol(daphne.ws_factory.protocol, self.send_buffer)
+        # A frame over MAX_MESSAGE gets a close frame the client can read (1009), and the rest of it
+        # is skipped unread; autobahn's default drops the TCP connection without one (1006).
+        daphne.ws_factory.setProtocolOptions(failByDrop=False)
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(d.asFuture(loop) for d in daphne.listeners))
         if errors:
