@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 
+import paho.mqtt.publish as mqtt_publish
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -207,3 +208,27 @@ async def test_a_frame_over_the_limit_is_closed_with_1009(gateway_factory: Gatew
             await asyncio.wait_for(ws.recv(), 10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     await until(lambda: metric(gw, "gateway_websocket_connections ") == 0, what="the socket to leave")
+
+
+async def test_a_long_resume_reaches_a_reading_client_whole(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(start=False)
+    config = gw.config_path.read_text()
+    # Each event is about 300 bytes: 300 of them are several times what may wait for one client.
+    gw.config_path.write_text(config.replace("[http]\n", "[http]\nwebsocket_send_buffer = 16384\n", 1))
+    gw.start()
+    watcher = await ws_connect(gw)
+    start = (await recv_json(watcher))["seq"]
+    door = [("zigbee2mqtt/front_door", f'{{"contact":{"true" if i % 2 else "false"}}}', 1, False) for i in range(300)]
+    await asyncio.to_thread(mqtt_publish.multiple, door, hostname="127.0.0.1", port=gw.mqtt_port)
+    await recv_until(watcher, lambda m: m.get("seq") == start + 300, timeout=30)
+
+    ws = await ws_connect(gw)
+    assert (await recv_json(ws))["seq"] == start + 300
+    await ws.send(json.dumps({"type": "resume", "after": start}))
+    replayed = [await recv_until(ws, lambda m: m["type"] == "alert") for _ in range(300)]
+    assert [m["seq"] for m in replayed] == list(range(start + 1, start + 301))
+    await ws.send('{"type":"ping"}')
+    assert (await recv_until(ws, lambda m: m["type"] == "pong"))["type"] == "pong"
+    assert metric(gw, 'gateway_bad_input_total{protocol="websocket",reason="slow_client"}') == 0
+    await ws.close()
+    await watcher.close()

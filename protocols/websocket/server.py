@@ -82,6 +82,12 @@ class FrameWriter:
         return True
 
 
+    async def drained(self, timeout: float) -> bool:
+        """Once what was written went out to the kernel; False when the socket closed (or was
+        dropped: its client read nothing for `timeout` seconds). For writers that pace themselves."""
+        return await self._protocol.drained(timeout)  # type: ignore[no-any-return]
+
+
 def _idle(transport: Any) -> bool:
     """A connected Twisted TCP transport with nothing buffered."""
     return bool(
@@ -104,19 +110,59 @@ def bounded_protocol(base: type, limit: int) -> type:
     """daphne's WebSocket protocol that drops a client which stopped reading, not the process."""
 
     class BoundedWebSocketProtocol(base):  # type: ignore[misc, valid-type]
+        # Set while Twisted holds over half of `limit` for the client (this protocol is the
+        # transport's streaming producer); `_drained` is what a paced writer awaits meanwhile.
+        writing_paused = False
+        _drained: asyncio.Future[None] | None = None
+
         def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
             # Alerts are small writes: no Nagle delay behind an unacknowledged one. And the
             # kernel's share of a slow client's backlog is bounded too, not autotuned to MiBs.
+            transport = self.transport
             with contextlib.suppress(AttributeError, OSError):
-                self.transport.setTcpNoDelay(True)
-                self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
+                transport.setTcpNoDelay(True)
+                transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
+            # The HTTP channel this socket was upgraded from is still the transport's producer.
+            with contextlib.suppress(AttributeError):
+                transport.unregisterProducer()
+                transport.bufferSize = min(transport.bufferSize, limit // 2)
+                transport.registerProducer(self, True)
             super().connectionMade()
+
+        def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
+            self.writing_paused = True
+
+        def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
+            self.writing_paused = False
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+
+        stopProducing = resumeProducing  # the connection is gone: nothing more to wait for
+
+        async def drained(self, timeout: float) -> bool:
+            """Wait until what was written went out; False once the socket is closed.
+
+            A client that reads nothing for `timeout` seconds meanwhile is dropped as too slow.
+            """
+            if self.writing_paused and self.state == self.STATE_OPEN:
+                waiter = self._drained = asyncio.get_running_loop().create_future()
+                try:
+                    await asyncio.wait_for(waiter, timeout)
+                except TimeoutError:
+                    self._drop_slow(buffered(self.transport))
+                finally:
+                    self._drained = None
+            return bool(self.state == self.STATE_OPEN)
 
         def too_slow(self) -> bool:
             """Whether its client left more than `limit` bytes unread; such a client is dropped."""
             waiting = buffered(self.transport)
             if waiting <= limit:
                 return False
+            self._drop_slow(waiting)
+            return True
+
+        def _drop_slow(self, waiting: int) -> None:
             if not getattr(self, "dropped_slow", False):
                 self.dropped_slow = True
                 metrics.bad_input.labels("websocket", "slow_client").inc()
@@ -124,7 +170,6 @@ def bounded_protocol(base: type, limit: int) -> type:
                     "dropped WebSocket client %s: %d bytes it did not read", self.client_addr, waiting
                 )
                 self.dropConnection(abort=True)
-            return True
 
         def serverClose(self, code: int | None = None) -> None:  # noqa: N802 - daphne's name
             # autobahn's sendClose takes only the application codes (1000, 3000-4999) and raises on
