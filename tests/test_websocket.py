@@ -20,6 +20,7 @@ from tests.conftest import (
     recv_json,
     recv_until,
     until,
+    with_http,
     ws_connect,
 )
 
@@ -172,10 +173,7 @@ async def test_connection_cap_refuses_at_the_handshake_and_frees_a_place_on_clos
 
 
 async def test_flooders_are_closed_with_1008_and_free_their_places(gateway_factory: GatewayFactory) -> None:
-    gw = gateway_factory(start=False)
-    config = gw.config_path.read_text()
-    gw.config_path.write_text(config.replace("[http]\n", "[http]\nmax_websockets = 5\n", 1))
-    gw.start()
+    gw = with_http(gateway_factory, "max_websockets = 5")
     flooders = [await ws_connect(gw) for _ in range(5)]
     for ws in flooders:
         assert (await recv_json(ws))["type"] == "hello"
@@ -211,14 +209,12 @@ async def test_a_frame_over_the_limit_is_closed_with_1009(gateway_factory: Gatew
 
 
 async def test_a_long_resume_reaches_a_reading_client_whole(gateway_factory: GatewayFactory) -> None:
-    gw = gateway_factory(start=False)
-    config = gw.config_path.read_text()
     # Each event is about 300 bytes: 300 of them are several times what may wait for one client.
-    gw.config_path.write_text(config.replace("[http]\n", "[http]\nwebsocket_send_buffer = 16384\n", 1))
-    gw.start()
+    gw = with_http(gateway_factory, "websocket_send_buffer = 16384")
     watcher = await ws_connect(gw)
     start = (await recv_json(watcher))["seq"]
-    door = [("zigbee2mqtt/front_door", f'{{"contact":{"true" if i % 2 else "false"}}}', 1, False) for i in range(300)]
+    contact = ("false", "true")
+    door = [("zigbee2mqtt/front_door", f'{{"contact":{contact[i % 2]}}}', 1, False) for i in range(300)]
     await asyncio.to_thread(mqtt_publish.multiple, door, hostname="127.0.0.1", port=gw.mqtt_port)
     await recv_until(watcher, lambda m: m.get("seq") == start + 300, timeout=30)
 

@@ -81,7 +81,6 @@ class FrameWriter:
         transport.write(data)
         return True
 
-
     async def drained(self, timeout: float) -> bool:
         """Once what was written went out to the kernel; False when the socket closed (or was
         dropped: its client read nothing for `timeout` seconds). For writers that pace themselves."""
@@ -137,7 +136,8 @@ def bounded_protocol(base: type, limit: int) -> type:
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
 
-        stopProducing = resumeProducing  # the connection is gone: nothing more to wait for
+        def stopProducing(self) -> None:  # noqa: N802 - Twisted's name
+            self.resumeProducing()  # the connection is gone: nothing more to wait for
 
         async def drained(self, timeout: float) -> bool:
             """Wait until what was written went out; False once the socket is closed.
