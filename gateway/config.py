@@ -101,6 +101,10 @@ class HttpSection(_Section):
     max_websockets: int = Field(default=4096, ge=1)
     # Bytes waiting to reach one WebSocket client before it is dropped as too slow.
     websocket_send_buffer: int = Field(default=262144, ge=4096)
+    # Seconds a client has to send a whole request (head and body) once it connected or was answered.
+    request_timeout: float = Field(default=10.0, gt=0)
+    # Connections whose request has not fully arrived, at most; past it the oldest is closed.
+    max_half_open: int = Field(default=256, ge=1)
 
     @field_validator("bind")
     @classmethod

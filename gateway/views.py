@@ -16,6 +16,7 @@ from gateway import logs, metrics
 from gateway.alerts import AckRefused
 from gateway.auth import authenticate, scope_owner
 from gateway.runtime import Runtime
+from protocols.websocket.http_guard import Gate, Head, Refusal
 
 STATES = ("open", "active", "acknowledged", "cleared")
 
@@ -28,11 +29,35 @@ def _owner(request: HttpRequest) -> str | None:
     return scope_owner(request.scope, _runtime(request).config.auth.tokens)  # type: ignore[attr-defined]
 
 
+TOKEN_REQUIRED = "a valid token is required"
+CHALLENGE = 'Bearer realm="gateway"'
+# Bodies the views read are a login form, an ack or a Telegram update: a larger one is refused (413)
+# before any of it is read, and one that needs a token gets its 401 first (protocols.websocket.http_guard).
+MAX_BODY = 64 * 1024
+MAX_UPDATE = 1024 * 1024  # Telegram's updates are far smaller, but one must never be refused
+
+
 def _unauthorized() -> JsonResponse:
     metrics.bad_input.labels("http", "token").inc()
-    response = JsonResponse({"error": "a valid token is required"}, status=401)
-    response["WWW-Authenticate"] = 'Bearer realm="gateway"'
+    response = JsonResponse({"error": TOKEN_REQUIRED}, status=401)
+    response["WWW-Authenticate"] = CHALLENGE
     return response
+
+
+def gate(runtime: Runtime) -> Gate:
+    """What a request may send, decided on its head alone: how many body bytes, or a refusal."""
+
+    def admit(head: Head) -> Refusal | int:
+        if head.path.startswith("/telegram/"):
+            return MAX_UPDATE
+        if head.length != 0 and head.path.startswith("/api/"):
+            scope = {"headers": head.headers, "query_string": head.query_string}
+            if authenticate(scope, runtime.config.auth.tokens)[0] is None:
+                challenge = ((b"WWW-Authenticate", CHALLENGE.encode()),)
+                return Refusal(401, TOKEN_REQUIRED, challenge, reason="token")
+        return MAX_BODY
+
+    return admit
 
 
 @require_GET

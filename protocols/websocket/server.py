@@ -14,6 +14,7 @@ import socket
 from typing import Any
 
 from gateway import logs, metrics
+from protocols.websocket.http_guard import Guard, guarded_channel
 
 # A client message larger than this closes its socket (1009) before it is even read whole;
 # one over the consumer's 64 KiB (still small) gets an error and the socket stays open.
@@ -191,11 +192,18 @@ class WebServer:
     name = "web"
 
     def __init__(
-        self, application: Any, host: str, port: int, send_buffer: int = 262144, **options: Any
+        self,
+        application: Any,
+        host: str,
+        port: int,
+        send_buffer: int = 262144,
+        guard: Guard | None = None,
+        **options: Any,
     ) -> None:
         self.application = application
         self.host, self.port = host, port
         self.send_buffer = send_buffer
+        self.guard = guard or Guard()
         self.options = options
         self._daphne: Any = None
         self.port_bound: int | None = None
@@ -248,11 +256,13 @@ class WebServer:
             daphne.run()
         finally:
             reactor.run = real_run  # type: ignore[method-assign, misc]
-        # Before the loop accepts anyone: every connection gets the bounded protocol.
+        # Before the loop accepts anyone: every connection is guarded, every WebSocket bounded.
+        daphne.http_factory.protocol = guarded_channel(self.guard)
         daphne.ws_factory.protocol = bounded_protocol(daphne.ws_factory.protocol, self.send_buffer)
         # A frame over MAX_MESSAGE gets a close frame the client can read (1009), and the rest of it
-        # is skipped unread; autobahn's default drops the TCP connection without one (1006).
-        daphne.ws_factory.setProtocolOptions(failByDrop=False)
+        # is skipped unread; autobahn's default drops the TCP connection without one (1006). The
+        # client may still be sending that frame: its close reply gets 5 s, not autobahn's 1.
+        daphne.ws_factory.setProtocolOptions(failByDrop=False, closeHandshakeTimeout=5)
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(d.asFuture(loop) for d in daphne.listeners))
         if errors:
