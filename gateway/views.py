@@ -44,11 +44,15 @@ def _unauthorized() -> JsonResponse:
     return response
 
 
+def _webhook(runtime: Runtime) -> bool:
+    return runtime.telegram is not None and runtime.telegram.settings.mode == "webhook"
+
+
 def gate(runtime: Runtime) -> Gate:
     """What a request may send, decided on its head alone: how many body bytes, or a refusal."""
 
     def admit(head: Head) -> Refusal | int:
-        if head.path.startswith("/telegram/"):
+        if head.path.startswith("/telegram/") and _webhook(runtime):
             return MAX_UPDATE
         if head.length != 0 and head.path.startswith("/api/"):
             scope = {"headers": head.headers, "query_string": head.query_string}
@@ -119,7 +123,7 @@ async def ack(request: HttpRequest, alert_id: str) -> HttpResponse:
 async def telegram_webhook(request: HttpRequest, secret: str) -> JsonResponse:
     """Updates from Telegram in webhook mode, handed to the same path as polled ones."""
     server = _runtime(request).telegram
-    if server is None or server.settings.mode != "webhook":
+    if not _webhook(_runtime(request)):
         return not_found(request)
     expected_path = server.settings.webhook_path
     header = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")

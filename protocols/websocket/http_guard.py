@@ -224,9 +224,11 @@ def guarded_channel(guard: Guard) -> type:
             super().allContentReceived()
 
         def requestDone(self, request: Any) -> None:  # noqa: N802 - Twisted's name
-            super().requestDone(request)
             if self.persistent and not self._refused:
-                self._guard.waiting(self)  # keep-alive: a stranger again until its next request
+                # Kept alive: a stranger again until its next request (first, because Twisted goes
+                # on at once with a request the client sent before this answer, if there is one).
+                self._guard.waiting(self)
+            super().requestDone(request)
 
         def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted's name
             self._guard.arrived(self)
