@@ -7,6 +7,8 @@ import contextlib
 import os
 import resource
 import socket
+import subprocess
+import sys
 import time
 
 import django
@@ -179,3 +181,39 @@ def test_an_asset_name_over_255_characters_is_a_404(gateway_factory: GatewayFact
     gw = gateway_factory()
     code, body = http_get(f"{gw.url}/static/{'x' * 300}.js")
     assert code == 404 and len(str(body)) < 100
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    with connect(gw) as sock:
+        sock.sendall(
+            b"POST /api/alerts/x/ack HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer ops-secret-token\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"%x\r\n%s\r\n" % (8192, b"x" * 8192)
+        with contextlib.suppress(OSError):  # refused part-way: the rest may meet a closed socket
+            for _ in range(20):
+                sock.sendall(chunk)
+        response = answer(sock)
+    assert status(response) == 413
+
+
+def limits_after_start(limits: tuple[int, int]) -> subprocess.CompletedProcess[str]:
+    """gateway.server.descriptors(5000) in a process whose open-file limits are these."""
+    code = (
+        "import logging, resource; logging.basicConfig();"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, {limits});"
+        "from gateway.server import descriptors; descriptors(5000);"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+
+
+def test_the_open_file_limit_is_raised_to_fit_the_caps_or_the_shortfall_is_said() -> None:
+    raised = limits_after_start((1024, 8192))
+    assert raised.stdout.strip() == "5000" and raised.stderr == ""
+    short = limits_after_start((1024, 2048))
+    assert short.stdout.strip() == "2048"
+    assert (
+        "open files are limited to 2048, but http.max_websockets and http.max_half_open need" in short.stderr
+    )
