@@ -16,7 +16,7 @@ def source(obj: object) -> str:
     return inspect.getsource(obj)  # type: ignore[arg-type]
 
 
-def test_twisted_http_channel_hooks_are_where_http_guard_expects_them() -> None:
+def test_twisted_http_channel_hooks_are_where_twisted_io_expects_them() -> None:
     from twisted.protocols.basic import LineReceiver
     from twisted.web.http import HTTPChannel, HTTPFactory
 

@@ -3,18 +3,23 @@
 Importing daphne.server installs Twisted's asyncio reactor on a loop daphne
 creates; the gateway runs everything on that loop (see gateway.server.event_loop),
 so HTTP, WebSocket, MQTT and Telegram share one thread.
+
+This module holds what it uses of daphne and autobahn beyond their documented APIs (daphne's
+factories and WebSocketProtocol methods, autobahn's `sendCloseFrame`, `_perMessageCompress`,
+`send_queue`); Twisted's are in protocols.websocket.twisted_io. tests/test_internals.py checks
+them all by name (daphne 4.2.3, autobahn 26.11.1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import socket
 from typing import Any
 
 from gateway import logs, metrics
-from protocols.websocket.http_guard import Guard, guarded_channel
+from protocols.websocket.http_guard import Guard
+from protocols.websocket.twisted_io import buffered, guarded_channel, idle, tcp_connection
 
 # A client message larger than this closes its socket (1009) before it is even read whole;
 # one over the consumer's 64 KiB (still small) gets an error and the socket stays open.
@@ -25,11 +30,6 @@ SERVER_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 
 class WebStartError(Exception):
     pass
-
-
-def buffered(transport: Any) -> int:
-    """Bytes Twisted holds for a TCP transport, not yet taken by the kernel."""
-    return len(getattr(transport, "dataBuffer", b"")) + int(getattr(transport, "_tempDataLen", 0))
 
 
 # The scope key of a dashboard WebSocket's frame writer (see `FrameWriter`).
@@ -68,7 +68,7 @@ class FrameWriter:
             return True
         data = prepared.payloadHybi
         transport: Any = protocol.transport
-        if isinstance(transport, _tcp_connection()) and _idle(transport):
+        if isinstance(transport, tcp_connection()) and idle(transport):
             # Nothing waits before it: to the kernel now, as asyncio's own transports do.
             try:
                 sent = transport.socket.send(data)
@@ -86,24 +86,6 @@ class FrameWriter:
         """Once what was written went out to the kernel; False when the socket closed (or was
         dropped: its client read nothing for `timeout` seconds). For writers that pace themselves."""
         return await self._protocol.drained(timeout)  # type: ignore[no-any-return]
-
-
-def _idle(transport: Any) -> bool:
-    """A connected Twisted TCP transport with nothing buffered."""
-    return bool(
-        transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and len(transport.dataBuffer) == transport.offset
-    )
-
-
-@functools.cache
-def _tcp_connection() -> Any:
-    from twisted.internet.tcp import Connection
-
-    return Connection
 
 
 def bounded_protocol(base: type, limit: int) -> type:
