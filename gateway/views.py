@@ -55,7 +55,7 @@ def gate(runtime: Runtime) -> Gate:
         if head.path.startswith("/telegram/") and _webhook(runtime):
             return MAX_UPDATE
         if head.length != 0 and head.path.startswith("/api/"):
-            scope = {"headers": head.headers, "query_string": head.query_string}
+            scope = {"headers": head.headers, "query_string": head.query_string, "client": head.client}
             if authenticate(scope, runtime.config.auth.tokens)[0] is None:
                 challenge = ((b"WWW-Authenticate", CHALLENGE.encode()),)
                 return Refusal(401, TOKEN_REQUIRED, challenge, reason="token")

@@ -61,6 +61,7 @@ class Head:
     query_string: bytes
     headers: list[tuple[bytes, bytes]]  # names in lower case, as in an ASGI scope
     length: int | None  # Content-Length; None: chunked
+    client: list[Any] | None = None  # [host, port], as daphne puts it in a scope
 
 
 # A refusal, or how many body bytes may be read.

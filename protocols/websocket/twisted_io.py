@@ -174,12 +174,15 @@ def guarded_channel(guard: Guard) -> type:
                 for name, values in request.requestHeaders.getAllRawHeaders()
                 for value in values
             ]
+            transport: Any = self.transport
+            peer = transport.getPeer()
             return Head(
                 method.decode("latin-1"),
                 unquote(path.decode("latin-1")),
                 query,
                 headers,
                 self.length,
+                [peer.host, peer.port] if hasattr(peer, "host") else None,
             )
 
     return GuardedChannel
