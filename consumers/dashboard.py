@@ -22,6 +22,8 @@ from protocols.websocket.server import FRAMES, FrameWriter, prepare
 
 MAX_CLIENT_MESSAGE = 64 * 1024
 RESUME_LIMIT = 1000
+# How long a `resume` waits for its client to read what it was sent before dropping it as too slow.
+RESUME_DRAIN_SECONDS = 30.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_POLICY = 1008
 # Per connection: a dashboard sends a few messages a minute; a burst of acks fits, a flood does not.
@@ -173,9 +175,14 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
-        with contextlib.suppress(StopConsumer):
-            while True:
-                await self.dispatch(await receive())
+        try:
+            with contextlib.suppress(StopConsumer):
+                while True:
+                    await self.dispatch(await receive())
+        finally:
+            # However it ends (closed, failed, cancelled by daphne), its place in the Hub is freed.
+            if self.hub is not None:
+                self.hub.leave(self)
 
     async def connect(self) -> None:
         self.runtime: Runtime = self.scope["gateway"]
@@ -310,6 +317,10 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         self.held = self.held if self.held is not None else []
         try:
             for change in await self.runtime.book.events_after(after, RESUME_LIMIT, self.since):
+                # Paced by the socket: written at once, a long replay looked like a client that
+                # stopped reading, which was dropped, reconnected and resumed from the same seq.
+                if self.frames is not None and not await self.frames.drained(RESUME_DRAIN_SECONDS):
+                    return
                 await self.send(text_data=change.text)
         finally:
             self._release()

@@ -178,6 +178,19 @@ class TokenGate:
         self._log = logs.RateLimit(interval=10.0)
 
     async def identify(self, scope: dict[str, Any], config: Config, form_token: str | None = None) -> Caller:
+        caller = self.identify_now(scope, config, form_token)
+        if caller is not None:
+            return caller
+        # A key as this gateway makes them: valid, or of a session that ended (logout, expiry,
+        # a changed token). No guess (32 random characters are hopeless to guess), so neither
+        # braked for nor counted: a guesser behind the same NAT or proxy cannot end others'
+        # sessions, and a stale cookie does not lock its user out of the form.
+        return Caller(await session_owner(config.auth.tokens, credential(scope)[1]), "cookie")
+
+    def identify_now(
+        self, scope: dict[str, Any], config: Config, form_token: str | None = None
+    ) -> Caller | None:
+        """`identify` without the database: None for a session key, which only the database knows."""
         tokens = config.auth.tokens
         if not tokens:
             return Caller("anonymous", "open")
@@ -185,15 +198,11 @@ class TokenGate:
         via, presented = ("form", form_token) if form_token is not None else credential(scope)
         if via == "none":
             return Caller(None, via)
+        if via == "cookie" and _SESSION_KEY.fullmatch(presented):
+            return None
         address = client_address(scope, config.http.trusted_proxies)
         client = _brake_key(address)
         protocol = "websocket" if scope.get("type") == "websocket" else "http"
-        if via == "cookie" and _SESSION_KEY.fullmatch(presented):
-            # A key as this gateway makes them: valid, or of a session that ended (logout, expiry,
-            # a changed token). No guess (32 random characters are hopeless to guess), so neither
-            # braked for nor counted: a guesser behind the same NAT or proxy cannot end others'
-            # sessions, and a stale cookie does not lock its user out of the form.
-            return Caller(await session_owner(tokens, presented), via)
         left = self.brake.wait(client)
         if left > 0:
             metrics.bad_input.labels(protocol, "token_throttled").inc()

@@ -111,6 +111,10 @@ class HttpSection(_Section):
     hosts: list[str] = []
     # Proxies (addresses or networks) whose X-Forwarded-For names the client.
     trusted_proxies: list[str] = []
+    # Seconds a client has to send a whole request (head and body) once it connected or was answered.
+    request_timeout: float = Field(default=10.0, gt=0)
+    # Connections whose request has not fully arrived, at most; past it the oldest is closed.
+    max_half_open: int = Field(default=256, ge=1)
 
     @field_validator("bind")
     @classmethod

@@ -149,20 +149,32 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     )
 
 
+Asset = tuple[bytes, str, str]  # body, content type, ETag
+
+
 @cache
-def _asset(name: str) -> tuple[bytes, str, str] | None:
-    path = STATIC / name
-    kind = ASSET_TYPES.get(path.suffix)
-    # Only files directly in static/ with a listed type: no path tricks, no templates.
-    if kind is None or "/" in name or name.startswith(".") or not path.is_file():
-        return None
-    body = path.read_bytes()
-    return body, kind, '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+def assets() -> dict[str, Asset]:
+    """Every file directly in static/ with a listed type, read once: no path tricks, no templates.
+
+    A request names one of these or gets a 404: the name never reaches the file system (one of
+    300 characters was a 500), and a name that is not here is not remembered either.
+    """
+    found = {}
+    for path in sorted(STATIC.iterdir()):
+        kind = ASSET_TYPES.get(path.suffix)
+        if kind is not None and path.is_file() and not path.name.startswith("."):
+            body = path.read_bytes()
+            found[path.name] = (body, kind, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+    return found
+
+
+def find_asset(name: str) -> Asset | None:
+    return assets().get(name)
 
 
 @require_GET
 async def asset(request: HttpRequest, name: str) -> HttpResponseBase:
-    found = _asset(name)
+    found = find_asset(name)
     if found is None:
         return HttpResponse("not found", status=404, content_type="text/plain")
     body, kind, etag = found

@@ -95,6 +95,35 @@ def settle_heap() -> None:
         pass
 
 
+# File descriptors a web process needs besides its WebSockets and half-open connections:
+# the listener, the database, the MQTT and Redis connections, the broker's clients, logs.
+DESCRIPTORS_BESIDES = 256
+
+
+def descriptors(needed: int) -> None:
+    """Raise the soft limit on open files to `needed` where the hard one allows; warn if it cannot.
+
+    Past the limit every new connection fails (accept: EMFILE), dashboards and health checks alike.
+    Under systemd the unit's LimitNOFILE sets it (and @resources is filtered: no raising there).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < needed:
+        log.warning(
+            "open files are limited to %d, but http.max_websockets and http.max_half_open need about %d: "
+            "raise the limit (LimitNOFILE= in the unit, ulimit -n) or lower them",
+            soft,
+            needed,
+        )
+
+
 class Gateway:
     def __init__(self, config: Config, protocols: list[str], env: Mapping[str, str] | None = None) -> None:
         self.config = config
@@ -200,13 +229,18 @@ class Gateway:
                 await self._start_peers(runtime)
                 await self._start_mqtt(application)
             if "web" in self.protocols:
+                from gateway.views import gate
+                from protocols.websocket.http_guard import Guard
                 from protocols.websocket.server import WebServer
 
+                http = config.http
+                descriptors(http.max_websockets + http.max_half_open + DESCRIPTORS_BESIDES)
                 self.web = WebServer(
                     application,
-                    config.http.host,
-                    config.http.port,
-                    send_buffer=config.http.websocket_send_buffer,
+                    http.host,
+                    http.port,
+                    send_buffer=http.websocket_send_buffer,
+                    guard=Guard(gate(runtime), http.max_half_open, http.request_timeout),
                 )
                 await ports.web(config).start(self.web.start)
                 self.health.set("web", True)

@@ -16,6 +16,7 @@ from gateway import logs, metrics
 from gateway.alerts import AckRefused
 from gateway.auth import Caller
 from gateway.runtime import Runtime
+from protocols.websocket.http_guard import Gate, Head, Refusal
 
 STATES = ("open", "active", "acknowledged", "cleared")
 
@@ -29,18 +30,53 @@ async def _caller(request: HttpRequest) -> Caller:
     return await runtime.token_gate.identify(request.scope, runtime.config)  # type: ignore[attr-defined]
 
 
-def _unauthorized(caller: Caller) -> JsonResponse:
+TOKEN_REQUIRED = "a valid token is required"
+CHALLENGE = 'Bearer realm="gateway"'
+# Bodies the views read are a login form, an ack or a Telegram update: a larger one is refused (413)
+# before any of it is read, and one that needs a token gets its 401 first (protocols.websocket.http_guard).
+MAX_BODY = 64 * 1024
+MAX_UPDATE = 1024 * 1024  # Telegram's updates are far smaller, but one must never be refused
+
+
+def _refusal(caller: Caller) -> tuple[int, str, dict[str, str]]:
+    """The status, error and headers for a caller without a valid token."""
     if caller.throttled:
         error = f"too many wrong tokens from this address: try again in {caller.wait} s"
-        response = JsonResponse({"error": error}, status=429)
-        response["Retry-After"] = str(caller.wait)
-    else:
-        if caller.via == "none":  # a token that was tried is counted by the gate
-            metrics.bad_input.labels("http", "token").inc()
-        response = JsonResponse({"error": "a valid token is required"}, status=401)
-        response["WWW-Authenticate"] = 'Bearer realm="gateway"'
+        return 429, error, {"Retry-After": str(caller.wait)}
+    if caller.via == "none":  # a token that was tried is counted by the gate
+        metrics.bad_input.labels("http", "token").inc()
+    return 401, TOKEN_REQUIRED, {"WWW-Authenticate": CHALLENGE}
+
+
+def _unauthorized(caller: Caller) -> JsonResponse:
+    status, error, headers = _refusal(caller)
+    response = JsonResponse({"error": error}, status=status, headers=headers)
     response._has_been_logged = True  # type: ignore[attr-defined] # by the gate, rate-limited: not by Django
     return response
+
+
+def _webhook(runtime: Runtime) -> bool:
+    return runtime.telegram is not None and runtime.telegram.settings.mode == "webhook"
+
+
+def gate(runtime: Runtime) -> Gate:
+    """What a request may send, decided on its head alone: how many body bytes, or a refusal."""
+
+    def admit(head: Head) -> Refusal | int:
+        if head.path.startswith("/telegram/") and _webhook(runtime):
+            return MAX_UPDATE
+        if head.length != 0 and head.path.startswith("/api/"):
+            scope = {"headers": head.headers, "query_string": head.query_string, "client": head.client}
+            # Through the same brake as every other try; a session cookie needs the database,
+            # so it is looked up by the view (its body is bounded all the same).
+            caller = runtime.token_gate.identify_now(scope, runtime.config)
+            if caller is not None and caller.who is None:
+                status, error, headers = _refusal(caller)
+                fields = tuple((k.encode(), v.encode()) for k, v in headers.items())
+                return Refusal(status, error, fields)  # counted by the gate and _refusal
+        return MAX_BODY
+
+    return admit
 
 
 @require_GET
@@ -104,7 +140,7 @@ async def ack(request: HttpRequest, alert_id: str) -> HttpResponse:
 async def telegram_webhook(request: HttpRequest, secret: str) -> JsonResponse:
     """Updates from Telegram in webhook mode, handed to the same path as polled ones."""
     server = _runtime(request).telegram
-    if server is None or server.settings.mode != "webhook":
+    if not _webhook(_runtime(request)):
         return not_found(request)
     expected_path = server.settings.webhook_path
     header = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")

@@ -297,6 +297,15 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         gw.kill()
 
 
+def with_http(gateway_factory: GatewayFactory, *settings: str) -> GatewayProcess:
+    """A started gateway with these lines (`key = value`) in its [http] section too."""
+    gw = gateway_factory(start=False)
+    config = gw.config_path.read_text()
+    gw.config_path.write_text(config.replace("[http]\n", "[http]\n" + "".join(f"{s}\n" for s in settings), 1))
+    gw.start()
+    return gw
+
+
 def split_pair(
     gateway_factory: GatewayFactory, broker_port: int, layer: str
 ) -> tuple[GatewayProcess, GatewayProcess]:

@@ -166,3 +166,13 @@ def test_install_refuses_to_run_without_root() -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     assert result.returncode == 1
     assert "must run as root" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("unit", [u.name for u in UNITS.glob("*.service")])
+def test_every_unit_has_files_for_the_connection_caps(unit: str) -> None:
+    from gateway.config import HttpSection
+    from gateway.server import DESCRIPTORS_BESIDES
+
+    http = HttpSection()
+    needed = http.max_websockets + http.max_half_open + DESCRIPTORS_BESIDES
+    assert [int(v) for v in setting(UNITS / unit, "LimitNOFILE")] >= [needed], unit

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
+import paho.mqtt.publish as mqtt_publish
 import pytest
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import (
@@ -16,6 +20,7 @@ from tests.conftest import (
     recv_json,
     recv_until,
     until,
+    with_http,
     ws_connect,
 )
 
@@ -165,3 +170,61 @@ async def test_connection_cap_refuses_at_the_handshake_and_frees_a_place_on_clos
     assert hello["type"] == "hello" and [a["sensor"] for a in hello["alerts"]] == ["front-door"]
     await third.close()
     await second.close()
+
+
+async def test_flooders_are_closed_with_1008_and_free_their_places(gateway_factory: GatewayFactory) -> None:
+    gw = with_http(gateway_factory, "max_websockets = 5")
+    flooders = [await ws_connect(gw) for _ in range(5)]
+    for ws in flooders:
+        assert (await recv_json(ws))["type"] == "hello"
+
+    async def flood(ws: ClientConnection) -> int | None:
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(2000):  # FLOOD_CLOSE (1,000) dropped comes well within these
+                await ws.send("junk")
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        return None if closed.value.rcvd is None else closed.value.rcvd.code
+
+    assert await asyncio.gather(*(flood(ws) for ws in flooders)) == [1008] * 5
+    await until(lambda: metric(gw, "gateway_websocket_connections ") == 0, what="the flooders to leave")
+    # Every place is free again: five dashboards fit.
+    dashboards = [await ws_connect(gw) for _ in range(5)]
+    for ws in dashboards:
+        assert (await recv_json(ws))["type"] == "hello"
+        await ws.close()
+
+
+async def test_a_frame_over_the_limit_is_closed_with_1009(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    ws = await ws_connect(gw, max_size=None)
+    assert (await recv_json(ws))["type"] == "hello"
+    await ws.send("x" * 1_000_000)
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    await until(lambda: metric(gw, "gateway_websocket_connections ") == 0, what="the socket to leave")
+
+
+async def test_a_long_resume_reaches_a_reading_client_whole(gateway_factory: GatewayFactory) -> None:
+    # Each event is about 300 bytes: 300 of them are several times what may wait for one client.
+    gw = with_http(gateway_factory, "websocket_send_buffer = 16384")
+    watcher = await ws_connect(gw)
+    start = (await recv_json(watcher))["seq"]
+    contact = ("false", "true")
+    door = [("zigbee2mqtt/front_door", f'{{"contact":{contact[i % 2]}}}', 1, False) for i in range(300)]
+    await asyncio.to_thread(mqtt_publish.multiple, door, hostname="127.0.0.1", port=gw.mqtt_port)
+    await recv_until(watcher, lambda m: m.get("seq") == start + 300, timeout=30)
+
+    ws = await ws_connect(gw)
+    assert (await recv_json(ws))["seq"] == start + 300
+    await ws.send(json.dumps({"type": "resume", "after": start}))
+    replayed = [await recv_until(ws, lambda m: m["type"] == "alert") for _ in range(300)]
+    assert [m["seq"] for m in replayed] == list(range(start + 1, start + 301))
+    await ws.send('{"type":"ping"}')
+    assert (await recv_until(ws, lambda m: m["type"] == "pong"))["type"] == "pong"
+    assert metric(gw, 'gateway_bad_input_total{protocol="websocket",reason="slow_client"}') == 0
+    await ws.close()
+    await watcher.close()

@@ -3,30 +3,33 @@
 Importing daphne.server installs Twisted's asyncio reactor on a loop daphne
 creates; the gateway runs everything on that loop (see gateway.server.event_loop),
 so HTTP, WebSocket, MQTT and Telegram share one thread.
+
+This module holds what it uses of daphne and autobahn beyond their documented APIs (daphne's
+factories and WebSocketProtocol methods, autobahn's `sendCloseFrame`, `_perMessageCompress`,
+`send_queue`); Twisted's are in protocols.websocket.twisted_io. tests/test_internals.py checks
+them all by name (daphne 4.2.3, autobahn 26.11.1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import socket
 from typing import Any
 
 from gateway import logs, metrics
+from protocols.websocket.http_guard import Guard
+from protocols.websocket.twisted_io import buffered, guarded_channel, idle, tcp_connection
 
 # A client message larger than this closes its socket (1009) before it is even read whole;
 # one over the consumer's 64 KiB (still small) gets an error and the socket stays open.
 MAX_MESSAGE = 256 * 1024
+# Close codes of RFC 6455 that consumers may send besides autobahn's 1000 and 3000-4999.
+SERVER_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 
 
 class WebStartError(OSError):
     """The listening socket's error (the gateway says which config key it was)."""
-
-
-def buffered(transport: Any) -> int:
-    """Bytes Twisted holds for a TCP transport, not yet taken by the kernel."""
-    return len(getattr(transport, "dataBuffer", b"")) + int(getattr(transport, "_tempDataLen", 0))
 
 
 # The scope key of a dashboard WebSocket's frame writer (see `FrameWriter`).
@@ -65,7 +68,7 @@ class FrameWriter:
             return True
         data = prepared.payloadHybi
         transport: Any = protocol.transport
-        if isinstance(transport, _tcp_connection()) and _idle(transport):
+        if isinstance(transport, tcp_connection()) and idle(transport):
             # Nothing waits before it: to the kernel now, as asyncio's own transports do.
             try:
                 sent = transport.socket.send(data)
@@ -79,42 +82,70 @@ class FrameWriter:
         transport.write(data)
         return True
 
-
-def _idle(transport: Any) -> bool:
-    """A connected Twisted TCP transport with nothing buffered."""
-    return bool(
-        transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and len(transport.dataBuffer) == transport.offset
-    )
-
-
-@functools.cache
-def _tcp_connection() -> Any:
-    from twisted.internet.tcp import Connection
-
-    return Connection
+    async def drained(self, timeout: float) -> bool:
+        """Once what was written went out to the kernel; False when the socket closed (or was
+        dropped: its client read nothing for `timeout` seconds). For writers that pace themselves."""
+        return await self._protocol.drained(timeout)  # type: ignore[no-any-return]
 
 
 def bounded_protocol(base: type, limit: int) -> type:
     """daphne's WebSocket protocol that drops a client which stopped reading, not the process."""
 
     class BoundedWebSocketProtocol(base):  # type: ignore[misc, valid-type]
+        # Set while Twisted holds over half of `limit` for the client (this protocol is the
+        # transport's streaming producer); `_drained` is what a paced writer awaits meanwhile.
+        writing_paused = False
+        _drained: asyncio.Future[None] | None = None
+
         def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
             # Alerts are small writes: no Nagle delay behind an unacknowledged one. And the
             # kernel's share of a slow client's backlog is bounded too, not autotuned to MiBs.
+            transport = self.transport
             with contextlib.suppress(AttributeError, OSError):
-                self.transport.setTcpNoDelay(True)
-                self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
+                transport.setTcpNoDelay(True)
+                transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
+            # The HTTP channel this socket was upgraded from is still the transport's producer.
+            with contextlib.suppress(AttributeError):
+                transport.unregisterProducer()
+                transport.bufferSize = min(transport.bufferSize, limit // 2)
+                transport.registerProducer(self, True)
             super().connectionMade()
+
+        def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
+            self.writing_paused = True
+
+        def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
+            self.writing_paused = False
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+
+        def stopProducing(self) -> None:  # noqa: N802 - Twisted's name
+            self.resumeProducing()  # the connection is gone: nothing more to wait for
+
+        async def drained(self, timeout: float) -> bool:
+            """Wait until what was written went out; False once the socket is closed.
+
+            A client that reads nothing for `timeout` seconds meanwhile is dropped as too slow.
+            """
+            if self.writing_paused and self.state == self.STATE_OPEN:
+                waiter = self._drained = asyncio.get_running_loop().create_future()
+                try:
+                    await asyncio.wait_for(waiter, timeout)
+                except TimeoutError:
+                    self._drop_slow(buffered(self.transport))
+                finally:
+                    self._drained = None
+            return bool(self.state == self.STATE_OPEN)
 
         def too_slow(self) -> bool:
             """Whether its client left more than `limit` bytes unread; such a client is dropped."""
             waiting = buffered(self.transport)
             if waiting <= limit:
                 return False
+            self._drop_slow(waiting)
+            return True
+
+        def _drop_slow(self, waiting: int) -> None:
             if not getattr(self, "dropped_slow", False):
                 self.dropped_slow = True
                 metrics.bad_input.labels("websocket", "slow_client").inc()
@@ -122,7 +153,15 @@ def bounded_protocol(base: type, limit: int) -> type:
                     "dropped WebSocket client %s: %d bytes it did not read", self.client_addr, waiting
                 )
                 self.dropConnection(abort=True)
-            return True
+
+        def serverClose(self, code: int | None = None) -> None:  # noqa: N802 - daphne's name
+            # autobahn's sendClose takes only the application codes (1000, 3000-4999) and raises on
+            # the protocol's own, so a consumer's 1008 reached the client as 1011 and the consumer
+            # died. 1008 (policy) and 1009 (too big) are this server's to send: the frame directly.
+            if code in SERVER_CLOSE_CODES and self.state == self.STATE_OPEN:
+                self.sendCloseFrame(code=code, isReply=False)
+            else:
+                super().serverClose(code)
 
         def serverSend(self, content: Any, binary: bool = False) -> None:  # noqa: N802 - daphne's name
             if not self.too_slow():
@@ -135,11 +174,18 @@ class WebServer:
     name = "web"
 
     def __init__(
-        self, application: Any, host: str, port: int, send_buffer: int = 262144, **options: Any
+        self,
+        application: Any,
+        host: str,
+        port: int,
+        send_buffer: int = 262144,
+        guard: Guard | None = None,
+        **options: Any,
     ) -> None:
         self.application = application
         self.host, self.port = host, port
         self.send_buffer = send_buffer
+        self.guard = guard or Guard()
         self.options = options
         self._daphne: Any = None
         self.port_bound: int | None = None
@@ -193,8 +239,13 @@ class WebServer:
             daphne.run()
         finally:
             reactor.run = real_run  # type: ignore[method-assign, misc]
-        # Before the loop accepts anyone: every connection gets the bounded protocol.
+        # Before the loop accepts anyone: every connection is guarded, every WebSocket bounded.
+        daphne.http_factory.protocol = guarded_channel(self.guard)
         daphne.ws_factory.protocol = bounded_protocol(daphne.ws_factory.protocol, self.send_buffer)
+        # A frame over MAX_MESSAGE gets a close frame the client can read (1009), and the rest of it
+        # is skipped unread; autobahn's default drops the TCP connection without one (1006). The
+        # client may still be sending that frame: its close reply gets 5 s, not autobahn's 1.
+        daphne.ws_factory.setProtocolOptions(failByDrop=False, closeHandshakeTimeout=5)
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(d.asFuture(loop) for d in daphne.listeners))
         if errors:
