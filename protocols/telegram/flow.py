@@ -340,7 +340,7 @@ class Outbox:
         waiting = self._chats.pop(old, deque())
         for other in waiting:
             self._counted(other, -1)
-        log.warning("chat %s was upgraded to the supergroup %s: its messages go there now", old, to)
+        log.info("chat %s was upgraded to the supergroup %s: its messages go there now", old, to)
         self.moved(old, to)
         for other in (job, *waiting):
             other.chat_id = to
