@@ -119,8 +119,7 @@ class ChatConsumer(TelegramConsumer):
         if not event.get("saved", True):
             return  # the database refused it: nowhere to record the message; dashboards show it
         if not self.allowed:
-            for group in list(self.groups_joined):  # taken off the list by a reload
-                await self._leave(group)
+            await self._no_longer_allowed()
             return
         kind = event["type"].removeprefix("alert.")
         await self._on_alert(kind, event["seq"], event["alert"], event.get("received"))
@@ -245,14 +244,19 @@ class ChatConsumer(TelegramConsumer):
         )
 
     async def telegram_chat_gone(self, event: TelegramChatGoneEvent) -> None:
+        await self._drop_subscriptions(f"can no longer be reached ({event['reason']})")
+
+    async def _no_longer_allowed(self) -> None:
+        # Taken off telegram.allowed_chats by a reload: listed again, it subscribes afresh, no backlog.
+        if self.groups_joined:
+            await self._drop_subscriptions("is no longer in telegram.allowed_chats")
+
+    async def _drop_subscriptions(self, why: str) -> None:
         removed = await self.chats.unsubscribe(self.chat_id, None)
         for group in list(self.groups_joined):
             await self._leave(group)
         log.warning(
-            "chat %s can no longer be reached (%s): removed its subscriptions %s",
-            self.chat_id,
-            event["reason"],
-            ", ".join(removed) or "(none)",
+            "chat %s %s: removed its subscriptions %s", self.chat_id, why, ", ".join(removed) or "(none)"
         )
 
     # Commands
@@ -390,6 +394,8 @@ class ChatConsumer(TelegramConsumer):
         await self.answer_callback(event["id"], (await self._acknowledge(alert_id, event["from"]))[:200])
 
     async def telegram_disconnect(self, event: Any) -> None:
+        if not self.allowed:
+            await self._no_longer_allowed()
         for group in list(self.groups_joined):
             await self._leave(group)
         await super().telegram_disconnect(event)

@@ -447,9 +447,13 @@ class TelegramServer:
 
     def _instance_for(self, chat: Chat, user: User | None) -> _Instance | None:
         inst = self._instances.get(chat["id"])
-        if inst is not None:
+        if inst is not None and inst.allowed:
             return inst
         allowed = self.allowed(chat["id"])
+        if inst is not None:
+            if not allowed:
+                return inst
+            self._forget(inst)  # allowed by a reload since: that one ends once answered, as it was
         if not allowed:
             if self._strangers >= self.settings.max_strangers:
                 self.count("chat_cap")
@@ -515,31 +519,12 @@ class TelegramServer:
             log.error("application for Telegram chat %s failed 5 times; the chat is ignored", inst.chat_id)
 
     def allowance_changed(self) -> None:
-        """After a reload: chats no longer allowed lose their instance (and with it their groups),
-        and newly allowed chats with subscriptions get theirs."""
-        if not self.leading.is_set():
-            return
+        """After a reload: the instances of chats no longer allowed end (and with them their groups);
+        a chat newly allowed gets its lasting instance on its next update."""
         for inst in list(self._instances.values()):
             if inst.allowed and not self.allowed(inst.chat_id):
-                log.info("chat %s is no longer allowed: it gets no more alerts", inst.chat_id)
                 self._forget(inst)
                 inst.queue.put_nowait({"type": "telegram.disconnect", "reason": "not allowed", "final": True})
-        task = asyncio.ensure_future(self._start_allowed())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _start_allowed(self) -> None:
-        try:
-            chats = await self.startup_chats()
-        except Exception:
-            log.exception("could not read the subscribed chats")
-            return
-        for chat in chats:
-            current = self._instances.get(chat["id"])
-            if self.allowed(chat["id"]) and (current is None or not current.allowed):
-                if current is not None:
-                    self._forget(current)  # a stranger's instance ends on its own
-                self._instance_for(chat, None)
 
     # Events out
 
