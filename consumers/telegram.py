@@ -9,8 +9,9 @@ was missed without sending anything twice.
 
 An alert the outbox had no room for stays owed: the chat's `seq` stays before
 it, and the chat catches up from there a little later (and after a restart).
-Only allowed chats are registered, join groups and get alerts; a reload that
-takes a chat off the list ends its instance, and every alert is checked again.
+Only allowed chats are registered, join groups and get alerts; a chat found no
+longer allowed (a reload ends its instance; every alert checks again) loses its
+subscriptions, as a chat that is gone does.
 """
 
 from __future__ import annotations
