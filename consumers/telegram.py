@@ -6,10 +6,17 @@ and clearing edit that message. Each chat remembers in the database the last
 alert event it dealt with (`TelegramChat.seq`) and the message of each alert
 (`TelegramMessage`), so that a restart or a poller failover catches up on what
 was missed without sending anything twice.
+
+An alert the outbox had no room for stays owed: the chat's `seq` stays before
+it, and the chat catches up from there a little later (and after a restart).
+Only allowed chats are registered, join groups and get alerts; a chat found no
+longer allowed (a reload ends its instance; every alert checks again) loses its
+subscriptions, as a chat that is gone does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 from typing import Any
@@ -21,6 +28,7 @@ from protocols.telegram import TelegramConsumer, button
 from protocols.telegram.types import (
     TelegramCallbackQueryEvent,
     TelegramChatGoneEvent,
+    TelegramChatMigratedEvent,
     TelegramMessageEvent,
     TelegramSendFailedEvent,
     TelegramSentEvent,
@@ -38,6 +46,7 @@ COMMANDS = [
     ("ack", "Acknowledge an alert: /ack <id>"),
 ]
 CATCH_UP_LIMIT = 500
+OWED_RETRY = 5.0  # seconds before an alert the outbox had no room for is tried again
 SEVERITY_MARK = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 
 
@@ -66,9 +75,10 @@ class ChatConsumer(TelegramConsumer):
         self.sending: set[str] = set()  # alerts whose message is on its way
         self.triggered: dict[str, float] = {}  # alert id -> when its MQTT trigger arrived, while sending
         self.pending_edit: dict[str, tuple[int, dict[str, Any]]] = {}
-        seq = await self.chats.register(self.scope["chat"])
+        self.owed_from: int | None = None  # the first alert event the outbox had no room for
         if not self.allowed:
-            return
+            return  # a stranger's instance ends once answered: nothing of it is kept
+        seq = await self.chats.register(self.scope["chat"])
         for group in sorted(await self.chats.groups(self.chat_id)):
             await self._join(group)
         if self.groups_joined:
@@ -76,7 +86,11 @@ class ChatConsumer(TelegramConsumer):
 
     @property
     def allowed(self) -> bool:
-        return self.chat_id in self.runtime.config.telegram.allowed_chats
+        return self.chats.allowed(self.chat_id, self.runtime.config.telegram.allowed_chats)
+
+    def _upto(self, seq: int) -> int:
+        """How far the chat's `seq` may advance: never past an alert still owed to it."""
+        return seq if self.owed_from is None else min(seq, self.owed_from - 1)
 
     async def _join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
@@ -95,7 +109,7 @@ class ChatConsumer(TelegramConsumer):
         for change in mine:
             await self._on_alert(change.event, change.seq, change.alert)
         if changes and not mine:
-            await self.chats.advance(self.chat_id, changes[-1].seq)
+            await self.chats.advance(self.chat_id, self._upto(changes[-1].seq))
 
     def _concerns(self, alert: dict[str, Any]) -> bool:
         return "alerts" in self.groups_joined or f"alerts.{alert['zone']}" in self.groups_joined
@@ -105,6 +119,9 @@ class ChatConsumer(TelegramConsumer):
     async def alert_raised(self, event: dict[str, Any]) -> None:
         if not event.get("saved", True):
             return  # the database refused it: nowhere to record the message; dashboards show it
+        if not self.allowed:
+            await self._no_longer_allowed()
+            return
         kind = event["type"].removeprefix("alert.")
         await self._on_alert(kind, event["seq"], event["alert"], event.get("received"))
 
@@ -122,7 +139,7 @@ class ChatConsumer(TelegramConsumer):
             if kind == "raised" and alert_id in self.sending:
                 return
             if kind == "raised" and await self.chats.message(alert_id, self.chat_id) is not None:
-                await self.chats.advance(self.chat_id, seq)  # sent before a restart
+                await self.chats.advance(self.chat_id, self._upto(seq))  # sent before a restart
                 return
             self.sending.add(alert_id)
             if received is not None and kind == "raised":
@@ -136,7 +153,7 @@ class ChatConsumer(TelegramConsumer):
             return
         known = await self.chats.message(alert_id, self.chat_id)
         if known is None or known[1] == alert["state"]:
-            await self.chats.advance(self.chat_id, seq)
+            await self.chats.advance(self.chat_id, self._upto(seq))
             return
         await self.edit_message(known[0], self.render(alert, kind), self._buttons(alert), ref=ref)
 
@@ -172,7 +189,7 @@ class ChatConsumer(TelegramConsumer):
         received = self.triggered.pop(alert_id, None)
         if received is not None:
             metrics.latency.labels("telegram").observe(time.time() - received)
-        await self.chats.remember(alert_id, self.chat_id, event["message_id"], state, seq)
+        await self.chats.remember(alert_id, self.chat_id, event["message_id"], state, self._upto(seq))
         pending = self.pending_edit.pop(alert_id, None)
         if pending is not None:
             pending_seq, alert = pending
@@ -189,17 +206,58 @@ class ChatConsumer(TelegramConsumer):
             self.sending.discard(alert_id)
             self.triggered.pop(alert_id, None)
             self.pending_edit.pop(alert_id, None)
-            await self.chats.advance(self.chat_id, seq)
+            if not event["permanent"]:
+                await self._owe(seq)
+                return
+            await self.chats.advance(self.chat_id, self._upto(seq))
+
+    async def _owe(self, seq: int) -> None:
+        first = self.owed_from is None
+        self.owed_from = seq if self.owed_from is None else min(self.owed_from, seq)
+        if first:
+            # Through the channel layer to itself, so that the retry runs between this chat's events.
+            retry = {"type": "alert.owed"}
+            asyncio.get_running_loop().call_later(
+                OWED_RETRY,
+                lambda: asyncio.ensure_future(self.channel_layer.send(self.channel_name, retry)),
+            )
+
+    async def alert_owed(self, event: dict[str, Any]) -> None:
+        if self.owed_from is None:
+            return
+        seq, self.owed_from = self.owed_from - 1, None
+        self.last_seq = min(self.last_seq, seq)
+        log.info("chat %s: sending the alerts the Telegram queue had no room for", self.chat_id)
+        await self._catch_up(seq)
+
+    async def telegram_chat_migrated(self, event: TelegramChatMigratedEvent) -> None:
+        old = dict(self.scope["chat"])
+        await super().telegram_chat_migrated(event)
+        groups = await self.chats.migrate(old, self.chat_id)
+        log.warning(
+            "chat %s was upgraded to the supergroup %s: its subscriptions (%s) and its allowance moved "
+            "there; put %s in telegram.allowed_chats in place of %s",
+            old["id"],
+            self.chat_id,
+            ", ".join(groups) or "none",
+            self.chat_id,
+            old["id"],
+        )
 
     async def telegram_chat_gone(self, event: TelegramChatGoneEvent) -> None:
+        await self._drop_subscriptions(f"can no longer be reached ({event['reason']})")
+
+    async def _no_longer_allowed(self) -> None:
+        # Taken off telegram.allowed_chats by a reload: listed again, it subscribes afresh, no backlog.
+        if self.groups_joined:
+            await self._drop_subscriptions("is no longer in telegram.allowed_chats")
+
+    async def _drop_subscriptions(self, why: str) -> None:
         removed = await self.chats.unsubscribe(self.chat_id, None)
         for group in list(self.groups_joined):
             await self._leave(group)
         log.warning(
-            "chat %s can no longer be reached (%s): removed its subscriptions %s",
-            self.chat_id,
-            event["reason"],
-            ", ".join(removed) or "(none)",
+            "chat %s %s: removed its subscriptions %s", self.chat_id, why, ", ".join(removed) or "(none)"
         )
 
     # Commands
@@ -337,6 +395,8 @@ class ChatConsumer(TelegramConsumer):
         await self.answer_callback(event["id"], (await self._acknowledge(alert_id, event["from"]))[:200])
 
     async def telegram_disconnect(self, event: Any) -> None:
+        if not self.allowed:
+            await self._no_longer_allowed()
         for group in list(self.groups_joined):
             await self._leave(group)
         await super().telegram_disconnect(event)

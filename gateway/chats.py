@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from channels.db import database_sync_to_async as sync_to_async  # closes a broken or stale connection first
@@ -16,9 +17,19 @@ __all__ = ["ChatBook"]
 class ChatBook:
     def __init__(self, site: str) -> None:
         self.site = site
+        self.migrated: dict[int, int] = {}  # supergroup -> the group it was upgraded from
+
+    def allowed(self, chat_id: int, allowed_chats: Collection[int]) -> bool:
+        """Whether the chat is allowed: listed, or upgraded from a group that is."""
+        return chat_id in allowed_chats or self.migrated.get(chat_id) in allowed_chats
 
     def subscribed_chats_sync(self) -> list[Chat]:
         """Every chat with at least one subscription: the server makes their scopes at start-up."""
+        self.migrated = dict(
+            TelegramChat.objects.filter(site=self.site, migrated_from__isnull=False).values_list(
+                "chat_id", "migrated_from"
+            )
+        )
         ids = set(TelegramSubscription.objects.filter(site=self.site).values_list("chat_id", flat=True))
         known = {c.chat_id: c for c in TelegramChat.objects.filter(site=self.site, chat_id__in=ids)}
         chats: list[Chat] = []
@@ -96,7 +107,33 @@ class ChatBook:
             )
             self.advance_sync(chat_id, seq)
 
+    def migrate_sync(self, old: Chat, new: int) -> list[str]:
+        """The group `old` is now the supergroup `new`: its subscriptions and position move; the groups."""
+        with transaction.atomic():
+            row = TelegramChat.objects.filter(site=self.site, chat_id=old["id"]).first()
+            TelegramChat.objects.update_or_create(
+                site=self.site,
+                chat_id=new,
+                defaults={
+                    "type": "supergroup",
+                    "title": old["title"],
+                    "username": old["username"],
+                    "seq": row.seq if row else 0,
+                    "migrated_from": old["id"],
+                },
+            )
+            groups = self.unsubscribe_sync(old["id"], None)
+            for group in groups:
+                TelegramSubscription.objects.get_or_create(
+                    site=self.site, chat_id=new, group=group, defaults={"created_at": datetime.now(UTC)}
+                )
+            # The group's messages stay in the group: the supergroup cannot edit them.
+            TelegramMessage.objects.filter(site=self.site, chat_id=old["id"]).delete()
+        self.migrated[new] = old["id"]
+        return groups
+
     subscribed_chats = sync_to_async(subscribed_chats_sync)
+    migrate = sync_to_async(migrate_sync)
     register = sync_to_async(register_sync)
     groups = sync_to_async(groups_sync)
     subscribe = sync_to_async(subscribe_sync)

@@ -139,6 +139,10 @@ def _redis(url: str) -> str:
 
 
 def _telegram(config: Config) -> str:
+    from gateway import logs
+    from protocols.telegram.server import hide_token
+
+    hide_token(config.telegram.token)
     url = f"{config.telegram.api_url.rstrip('/')}/bot{config.telegram.token}/getMe"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -146,7 +150,9 @@ def _telegram(config: Config) -> str:
     except urllib.error.HTTPError as err:
         raise OSError(f"getMe answered HTTP {err.code}") from None
     except urllib.error.URLError as err:
-        raise OSError(f"{config.telegram.api_url}: {err.reason}") from None
+        raise OSError(logs.redact(f"{config.telegram.api_url}: {err.reason}")) from None
+    except Exception as err:  # whatever it says may repeat the URL, and the URL holds the token
+        raise OSError(logs.redact(f"{type(err).__name__}: {err}")) from None
     if not data.get("ok"):
         raise OSError("getMe did not answer ok")
     return f"bot @{data['result'].get('username')} ({config.telegram.api_url})"

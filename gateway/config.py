@@ -202,6 +202,8 @@ class TelegramSection(_Section):
     mode: Literal["polling", "webhook"] = "polling"
     webhook_url: str = ""  # the gateway's public https base URL; the webhook path is appended
     webhook_secret: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,256}$")
+    # Alerts waiting for Telegram, over every chat; beyond, they wait in the database instead.
+    max_queued_alerts: int = Field(default=20_000, ge=1)
 
     @field_validator("token")
     @classmethod
@@ -218,8 +220,15 @@ class TelegramSection(_Section):
     def _http_url(cls, value: str) -> str:
         if value:
             parts = urlsplit(value)
+            try:
+                parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+            except ValueError:
+                raise ValueError("must be an http:// or https:// URL with a numeric port") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("must be an http:// or https:// URL")
+            # A request URL is built on it: spaces, control characters, a query or a fragment break it.
+            if any(c.isspace() or not c.isprintable() for c in value) or parts.query or parts.fragment:
+                raise ValueError("must be an http:// or https:// URL without spaces, query or fragment")
         return value
 
     @model_validator(mode="after")

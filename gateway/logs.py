@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from urllib.parse import quote
 
 server = logging.getLogger("gateway.server")
 mqtt = logging.getLogger("gateway.mqtt")
@@ -42,9 +43,12 @@ _secrets: set[str] = set()
 
 
 def add_secret(secret: str) -> None:
-    """Never print this string: every log line and `redact`ed text shows `<redacted>` instead."""
+    """Never print this string: every log line and `redact`ed text shows `<redacted>` instead.
+
+    Its percent-encoded forms too: an error that repeats a URL may spell `:` as `%3A` or `%3a`."""
     if len(secret) >= 8:
-        _secrets.add(secret)
+        encoded = quote(secret, safe="")
+        _secrets.update({secret, encoded, re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), encoded)})
 
 
 def redact(text: str) -> str:

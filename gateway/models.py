@@ -70,6 +70,8 @@ class TelegramChat(models.Model):
     title = models.CharField(max_length=256, null=True)
     username = models.CharField(max_length=64, null=True)
     seq = models.BigIntegerField(default=0)
+    # The group this supergroup was upgraded from: it is allowed as that group was.
+    migrated_from = models.BigIntegerField(null=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["site", "chat_id"], name="telegram_chat_site_chat")]

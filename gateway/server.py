@@ -318,6 +318,7 @@ class Gateway:
         from consumers.telegram import COMMANDS
         from gateway import metrics
         from gateway.redis_url import is_redis
+        from protocols.telegram.flow import Limits
         from protocols.telegram.lease import Lease, RedisLease
         from protocols.telegram.server import TelegramServer, TelegramSettings
 
@@ -329,6 +330,7 @@ class Gateway:
             webhook_url=tg.webhook_url,
             webhook_secret=tg.webhook_secret,
             commands=COMMANDS,
+            limits=Limits(max_owed=tg.max_queued_alerts),
         )
         layer = self.config.gateway.channel_layer
         lease: Lease = Lease()
@@ -340,11 +342,14 @@ class Gateway:
             settings,
             application,
             startup_chats=runtime.chats.subscribed_chats,
+            # Read at every use: a reload changes the list.
+            allowed=lambda chat_id: runtime.chats.allowed(chat_id, runtime.config.telegram.allowed_chats),
             lease=lease,
             on_state=self._telegram_state,
             count=metrics.count_telegram,
         )
         runtime.telegram = self.telegram
+        runtime.reload_listeners.add(self.telegram.allowance_changed)
         metrics.telegram_queue.set_function(lambda: self.telegram.outbox.depth)
 
         async def serve() -> None:

@@ -11,7 +11,11 @@ Telegram (429 → TelegramRetryAfter, 403 → TelegramForbiddenError, 400 → Te
 
 Users are simulated with :meth:`BotApiStandin.user_says` and :meth:`BotApiStandin.press_button`; the updates
 are served by ``getUpdates`` (a real long poll) or, while a webhook is set, POSTed to the webhook. Faults are
-injected with :meth:`BotApiStandin.fail`. Everything runs on the test's event loop; async use only.
+injected with :meth:`BotApiStandin.fail` (``echo_url=True``: the error's description repeats the request's
+path percent-encoded, ``:`` as ``%3A``, as an upstream error page may). A group is upgraded to a supergroup
+with :meth:`BotApiStandin.migrate_chat`: from then on every send to the group is answered 400 with
+``parameters.migrate_to_chat_id``, as Telegram does. Changing ``token`` makes every call with the old one
+401, as a revoked token. Everything runs on the test's event loop; async use only.
 
 Behaviour worth knowing: the bot's message ids count from 1 per chat, users' messages get ids from 1_000_001
 so they never collide; an edit without ``reply_markup`` removes the keyboard (as in Telegram); a long poll
@@ -39,6 +43,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Self
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -75,18 +80,39 @@ STRING_FIELDS = frozenset(
 USER_MESSAGE_ID_BASE = 1_000_000  # user messages get ids far from the bot's (which count from 1 per chat)
 
 
+MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, description: str | None = None, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        description: str | None = None,
+        retry_after: int | None = None,
+        *,
+        migrate_to_chat_id: int | None = None,
+        echo_url: bool = False,
+    ) -> None:
         super().__init__(status, description)
         self.status = status
         phrases = {code.value: code.phrase for code in HTTPStatus}
         self.description = description or FAULT_TEXT.get(status) or phrases.get(status, "Error")
         self.retry_after = retry_after
+        self.migrate_to_chat_id = migrate_to_chat_id
+        self.echo_url = echo_url
 
-    def body(self) -> Json:
-        body: Json = {"ok": False, "error_code": self.status, "description": self.description}
+    def body(self, path: str = "") -> Json:
+        description = self.description
+        if self.echo_url:
+            description += f" (while requesting {quote(path, safe='/')})"
+        body: Json = {"ok": False, "error_code": self.status, "description": description}
+        parameters: Json = {}
         if self.retry_after is not None:
-            body["parameters"] = {"retry_after": self.retry_after}
+            parameters["retry_after"] = self.retry_after
+        if self.migrate_to_chat_id is not None:
+            parameters["migrate_to_chat_id"] = self.migrate_to_chat_id
+        if parameters:
+            body["parameters"] = parameters
         return body
 
 
@@ -112,6 +138,7 @@ class BotApiStandin:
         self._messages: dict[tuple[int, int], Json] = {}  # (chat_id, message_id) -> the bot's Message
         self._next_message_id: defaultdict[int, int] = defaultdict(lambda: 1)
         self._chats: dict[int, Json] = {}
+        self.migrated: dict[int, int] = {}  # group -> the supergroup it became
         self._faults: list[Json] = []
         self._update_ids = itertools.count(1)
         self._user_message_ids = itertools.count(USER_MESSAGE_ID_BASE + 1)
@@ -241,14 +268,34 @@ class BotApiStandin:
         retry_after: int | None = None,
         description: str | None = None,
         chat_id: int | None = None,
+        echo_url: bool = False,
     ) -> None:
         """Answer the next ``count`` calls of ``method`` (only to ``chat_id``, if given) with this error."""
         if status == 429 and retry_after is None:
             retry_after = 1
         if status == 429 and description is None:
             description = f"Too Many Requests: retry after {retry_after}"
-        error = ApiError(status, description, retry_after)
+        error = ApiError(status, description, retry_after, echo_url=echo_url)
         self._faults.append({"method": method.lower(), "chat_id": chat_id, "left": count, "error": error})
+
+    def migrate_chat(self, group: int, supergroup: int, *, title: str | None = None) -> None:
+        """Upgrade ``group`` to ``supergroup``: the service messages both get, and 400s for the old id."""
+        title = title or self._chat(group).get("title") or f"Group {abs(group)}"
+        self.migrated[group] = supergroup
+        self._chats[supergroup] = {"id": supergroup, "type": "supergroup", "title": title}
+        user = self._user(group, None, "carol")
+        for chat, key, other in (
+            (group, "migrate_to_chat_id", supergroup),
+            (supergroup, "migrate_from_chat_id", group),
+        ):
+            message = {
+                "message_id": next(self._user_message_ids),
+                "date": int(time.time()),
+                "chat": self._chat(chat),
+                "from": user,
+                key: other,
+            }
+            self._enqueue({"message": message})
 
     # ------------------------------------------------------------------------------------------ waiting
     @property
@@ -322,12 +369,14 @@ class BotApiStandin:
                 raise ApiError(401)
             if call["method"] in ("sendMessage", "editMessageText"):
                 self._count_violations(params.get("chat_id"), call["at"])
+                if params.get("chat_id") in self.migrated:
+                    raise ApiError(400, MIGRATED, migrate_to_chat_id=self.migrated[params["chat_id"]])
             self._check_faults(name.lower(), params.get("chat_id"))
             if name.lower() not in self._methods:
                 raise ApiError(404)
             status, body = 200, {"ok": True, "result": await self._methods[name.lower()][1](params)}
         except ApiError as error:
-            status, body = error.status, error.body()
+            status, body = error.status, error.body(request.path)
         call["status"] = status
         self._notify()
         return web.json_response(body, status=status)

@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from protocols.telegram.flow import ChatGone, Job, Limits, Outbox, Rejected, RetryAfter, Transient
+from protocols.telegram.flow import (
+    ChatGone,
+    ChatMoved,
+    Job,
+    Limits,
+    Outbox,
+    Rejected,
+    RetryAfter,
+    Transient,
+)
 
 FAST = Limits(per_second=30, chat_interval=0.1, group_per_minute=20, margin=0.05, backoff_min=0.05)
 
@@ -46,9 +55,9 @@ class Api:
             raise faults.pop(0)
         return len(self.requests)
 
-    def job(self, chat_id: int, text: str) -> Job:
+    def job(self, chat_id: int, text: str, owed: bool = False) -> Job:
         self.expected += 1
-        return Job(chat_id, "send_message", {"text": text}, done=self._done)
+        return Job(chat_id, "send_message", {"text": text}, done=self._done, owed=owed)
 
     def _done(self, job: Job, outcome: str, detail: Any) -> None:
         self.done.append((job.chat_id, job.params["text"], outcome, detail))
@@ -184,3 +193,50 @@ async def test_queue_is_bounded(run: Any) -> None:
     assert outbox.submit(api.job(1, "a")) and outbox.submit(api.job(2, "b"))
     assert not outbox.submit(api.job(3, "c"))
     assert outbox.depth == 2 and counts == ["dropped"]
+
+
+async def test_replies_never_take_the_room_of_alerts() -> None:
+    api = Api()
+    counts: list[str] = []
+    limits = Limits(max_queue=5, chat_replies=2, max_owed=3)
+    outbox = Outbox(api.perform, limits, count=counts.append)  # not running: nothing drains
+    # Strangers: two replies per chat at most, five over every chat.
+    taken = [outbox.submit(api.job(-chat, f"hi {i}")) for chat in range(1, 5) for i in range(3)]
+    assert taken == [True, True, False] * 2 + [True, False, False] + [False] * 3
+    # Alerts have their own lane: the full reply lane takes none of its room.
+    assert all(outbox.submit(api.job(7, f"alert {i}", owed=True)) for i in range(3))
+    assert not outbox.submit(api.job(8, "alert 3", owed=True))
+    assert outbox.depth == 8 and counts.count("dropped") == 8
+
+
+async def test_an_alert_goes_before_the_replies_waiting(run: Any) -> None:
+    api = Api()
+    outbox = run(api, Limits(per_second=5, chat_interval=0.01, margin=0.01))
+    for chat in range(1, 11):
+        outbox.submit(api.job(-chat, "hi"))
+    outbox.submit(api.job(7, "alert", owed=True))
+    await asyncio.wait_for(api.all_done.wait(), 5)
+    texts = [text for _, _, text in api.requests]
+    assert texts.index("alert") <= 1, texts  # the first free turn, not after ten strangers
+
+
+async def test_a_group_upgraded_to_a_supergroup_gets_its_messages_there(run: Any) -> None:
+    api = Api()
+    api.faults[-5] = [ChatMoved(-1005)]
+    moves: list[tuple[int, int]] = []
+    outbox = Outbox(api.perform, FAST, moved=lambda old, new: moves.append((old, new)))
+    task = asyncio.ensure_future(outbox.run())
+    try:
+        for i in range(3):
+            outbox.submit(api.job(-5, f"m{i}", owed=True))
+        await asyncio.wait_for(api.all_done.wait(), 5)
+    finally:
+        task.cancel()
+    assert moves == [(-5, -1005)]
+    assert [(chat, text) for _, chat, text in api.requests] == [
+        (-5, "m0"),
+        (-1005, "m0"),
+        (-1005, "m1"),
+        (-1005, "m2"),
+    ]
+    assert [(chat, outcome) for chat, _, outcome, _ in api.done] == [(-1005, "ok")] * 3

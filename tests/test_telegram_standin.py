@@ -16,6 +16,7 @@ from aiogram.exceptions import (
     TelegramBadRequest,
     TelegramConflictError,
     TelegramForbiddenError,
+    TelegramMigrateToChat,
     TelegramRetryAfter,
     TelegramServerError,
     TelegramUnauthorizedError,
@@ -119,6 +120,29 @@ async def test_injected_faults_map_to_aiogram_exceptions(standin: BotApiStandin,
         async with http.post(f"{standin.base_url}/bot{standin.token}/noSuchMethod") as resp:
             assert resp.status == 404
             assert await resp.json() == {"ok": False, "error_code": 404, "description": "Not Found"}
+
+
+async def test_group_upgrade_and_an_error_page_repeating_the_url(standin: BotApiStandin, bot: Bot) -> None:
+    standin.migrate_chat(-5, -1000005)
+    with pytest.raises(TelegramMigrateToChat) as info:
+        await bot.send_message(-5, "to the old group")
+    assert info.value.migrate_to_chat_id == -1000005
+    sent = await bot.send_message(-1000005, "to the supergroup")
+    assert sent.chat.type == "supergroup"
+    updates = await bot.get_updates()
+    assert [
+        (u.message.chat.id, u.message.migrate_to_chat_id, u.message.migrate_from_chat_id)
+        for u in updates
+        if u.message
+    ] == [
+        (-5, -1000005, None),
+        (-1000005, None, -5),
+    ]
+
+    standin.fail("sendMessage", 502, echo_url=True)
+    with pytest.raises(TelegramServerError) as error:
+        await bot.send_message(5, "hi")
+    assert f"/bot{standin.token.replace(':', '%3A')}/sendMessage" in error.value.message
 
 
 async def test_long_poll_wakes_on_update_and_offset_confirms(standin: BotApiStandin, bot: Bot) -> None:

@@ -12,6 +12,7 @@ from protocols.telegram.types import (
     Button,
     TelegramCallbackQueryEvent,
     TelegramChatGoneEvent,
+    TelegramChatMigratedEvent,
     TelegramConnectEvent,
     TelegramDisconnectEvent,
     TelegramMessageEvent,
@@ -61,6 +62,10 @@ class TelegramConsumer(DirectDispatch, AsyncConsumer):
 
     async def telegram_chat_gone(self, event: TelegramChatGoneEvent) -> None:
         """The bot can no longer write to this chat (blocked, removed, or the chat is gone)."""
+
+    async def telegram_chat_migrated(self, event: TelegramChatMigratedEvent) -> None:
+        """The group was upgraded to a supergroup: `chat_id` is the new id from now on."""
+        self.scope["chat"] = {**self.scope["chat"], "id": event["to_chat_id"], "type": "supergroup"}
 
     async def telegram_disconnect(self, event: TelegramDisconnectEvent) -> None:
         if event["final"]:

@@ -11,14 +11,21 @@ goes through an `Outbox`:
   jitter cannot squeeze two requests into one of Telegram's windows; requests
   in flight count as well. `margin` widens every window a little more;
 - first in, first out within a chat (an edit never overtakes the send it edits),
-  round-robin between chats, one request in flight per chat;
+  round-robin between chats, a chat whose next job is an alert before one whose
+  next job is a reply, one request in flight per chat;
 - `RetryAfter` (a 429) pauses every send for that long; the same job then goes
   out again, so it is delivered once;
 - `ChatGone` (403, or 400 "chat not found") drops the chat's queued jobs and
   reports it once;
-- `Transient` (network errors, 5xx) puts the job back at the head of its chat
-  and backs off, doubling up to `backoff_max`; the queue is bounded by
-  `max_queue`, and a job that does not fit is refused at once.
+- `Transient` (network errors, 5xx, a refused token) puts the job back at the
+  head of its chat and backs off, doubling up to `backoff_max`;
+- `ChatMoved` (a group upgraded to a supergroup) re-addresses the chat's jobs
+  to its new id, reports the move once, and sends the job again there;
+- two lanes: jobs the application is `owed` an outcome for (alerts) and plain
+  replies. Replies are bounded by `max_queue` overall and `chat_replies` per
+  chat, so that strangers writing to the bot cannot take the room of an alert;
+  owed jobs have `max_owed` of their own. A job that does not fit is refused at
+  once, and the application keeps an owed one to send later.
 
 The outbox knows nothing of aiogram: `perform(job)` does the request and raises
 one of the exceptions below.
@@ -37,7 +44,7 @@ from gateway import logs
 
 log = logs.telegram
 
-__all__ = ["ChatGone", "Job", "Limits", "Outbox", "Rejected", "RetryAfter", "Transient"]
+__all__ = ["ChatGone", "ChatMoved", "Job", "Limits", "Outbox", "Rejected", "RetryAfter", "Transient"]
 
 
 class RetryAfter(Exception):
@@ -48,6 +55,14 @@ class RetryAfter(Exception):
 
 class ChatGone(Exception):
     """The chat cannot receive messages: the bot was blocked or removed, or the chat does not exist."""
+
+
+class ChatMoved(Exception):
+    """The group was upgraded to a supergroup: the same chat now has the id `to`."""
+
+    def __init__(self, to: int) -> None:
+        super().__init__(f"the group is now the supergroup {to}")
+        self.to = to
 
 
 class Transient(Exception):
@@ -64,7 +79,9 @@ class Limits:
     chat_interval: float = 1.0
     group_per_minute: int = 20
     margin: float = 0.05
-    max_queue: int = 2000
+    max_queue: int = 2000  # replies waiting, over every chat
+    chat_replies: int = 4  # replies waiting for one chat
+    max_owed: int = 20_000  # owed jobs (alerts) waiting
     max_in_flight: int = 8
     backoff_min: float = 0.5
     backoff_max: float = 30.0
@@ -77,6 +94,7 @@ class Job:
     params: dict[str, Any]
     # Called once with ("ok", result), ("gone", reason) or ("failed", error).
     done: Callable[[Job, str, Any], None] = lambda job, outcome, detail: None
+    owed: bool = False  # the application tracks its outcome: the alerts' lane, not the replies'
     attempts: int = 0
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -88,14 +106,18 @@ class Outbox:
         limits: Limits | None = None,
         *,
         count: Callable[[str], None] = lambda outcome: None,
+        moved: Callable[[int, int], None] = lambda old, new: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.perform = perform
         self.limits = limits or Limits()
         self.count = count
+        self.moved = moved
         self.clock = clock
         self._chats: OrderedDict[int, deque[Job]] = OrderedDict()
         self._size = 0
+        self._owed = 0  # of `_size`, in the owed lane
+        self._chat_replies: dict[int, int] = {}  # replies waiting, per chat (chats with none left out)
         self._busy: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._answered: deque[float] = deque()  # when recent requests were answered, oldest first
@@ -115,15 +137,33 @@ class Outbox:
         return self._size + len(self._busy)
 
     def submit(self, job: Job) -> bool:
-        """Queue a job; False when the queue is full (the job is not taken)."""
-        if self._size >= self.limits.max_queue:
+        """Queue a job; False when its lane is full (the job is not taken)."""
+        lim = self.limits
+        if job.owed:
+            full = self._owed >= lim.max_owed
+        else:
+            replies = self._size - self._owed
+            full = replies >= lim.max_queue or self._chat_replies.get(job.chat_id, 0) >= lim.chat_replies
+        if full:
             self.count("dropped")
             return False
         self._chats.setdefault(job.chat_id, deque()).append(job)
-        self._size += 1
+        self._counted(job, 1)
         self._idle.clear()
         self._wake.set()
         return True
+
+    def _counted(self, job: Job, n: int) -> None:
+        """Count `n` (1 or -1) of this job in its lane."""
+        self._size += n
+        if job.owed:
+            self._owed += n
+            return
+        left = self._chat_replies.get(job.chat_id, 0) + n
+        if left:
+            self._chat_replies[job.chat_id] = left
+        else:
+            del self._chat_replies[job.chat_id]
 
     async def drain(self, timeout: float) -> bool:
         """Wait until everything queued was sent or given up, at most `timeout` seconds."""
@@ -164,20 +204,32 @@ class Outbox:
             # Free when the oldest answered request leaves the window, or when one in flight is answered.
             return None, (self._answered[0] + window - now) if self._answered else None
         soonest: float | None = None
+        reply: int | None = None  # the first chat ready with a reply: taken if no alert is ready
         for chat_id, jobs in self._chats.items():
             if chat_id in self._busy:
                 continue
             ready_at = self._ready_at(chat_id)
             if ready_at <= now:
-                job = jobs.popleft()
-                self._size -= 1
-                if jobs:
-                    self._chats.move_to_end(chat_id)  # round-robin between chats
-                else:
-                    del self._chats[chat_id]
-                return job, None
-            soonest = ready_at if soonest is None else min(soonest, ready_at)
+                if jobs[0].owed:
+                    return self._take(chat_id, jobs), None
+                if reply is None:
+                    reply = chat_id
+                    if not self._owed:
+                        break
+            else:
+                soonest = ready_at if soonest is None else min(soonest, ready_at)
+        if reply is not None:
+            return self._take(reply, self._chats[reply]), None
         return None, None if soonest is None else soonest - now
+
+    def _take(self, chat_id: int, jobs: deque[Job]) -> Job:
+        job = jobs.popleft()
+        self._counted(job, -1)
+        if jobs:
+            self._chats.move_to_end(chat_id)  # round-robin between chats
+        else:
+            del self._chats[chat_id]
+        return job
 
     def _ready_at(self, chat_id: int) -> float:
         lim = self.limits
@@ -243,10 +295,14 @@ class Outbox:
                 delay,
             )
             self._requeue(job)
+        except ChatMoved as err:
+            self.count("moved")
+            self._move(job, err.to)
         except ChatGone as err:
             self.count("gone")
             dropped = self._chats.pop(job.chat_id, deque())
-            self._size -= len(dropped)
+            for other in dropped:
+                self._counted(other, -1)
             self._finish(job)
             log.warning("chat %s is gone (%s); %d queued messages dropped", job.chat_id, err, len(dropped))
             job.done(job, "gone", str(err))
@@ -275,8 +331,23 @@ class Outbox:
         self._busy.discard(job.chat_id)
         self._chats.setdefault(job.chat_id, deque()).appendleft(job)
         self._chats.move_to_end(job.chat_id, last=False)
-        self._size += 1
+        self._counted(job, 1)
         self._wake.set()
+
+    def _move(self, job: Job, to: int) -> None:
+        old = job.chat_id
+        self._busy.discard(old)
+        waiting = self._chats.pop(old, deque())
+        for other in waiting:
+            self._counted(other, -1)
+        log.info("chat %s was upgraded to the supergroup %s: its messages go there now", old, to)
+        self.moved(old, to)
+        for other in (job, *waiting):
+            other.chat_id = to
+        self._requeue(job)
+        for other in waiting:
+            self._chats[to].append(other)
+            self._counted(other, 1)
 
     def _finish(self, job: Job) -> None:
         self._busy.discard(job.chat_id)

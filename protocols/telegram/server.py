@@ -1,10 +1,12 @@
 """The Telegram protocol server: one bot, one ASGI application instance per chat.
 
 Updates come from a long poll (the default: edge boxes sit behind NAT) or from
-the webhook view, which hands them to `feed`. Each chat gets an instance on its
-first update; chats that have subscriptions get one at start-up, so that
-broadcasts reach them before they write again. Sends and edits go through the
-`Outbox` (flow.py), which keeps to Telegram's limits.
+the webhook view, which hands them to `feed`. An allowed chat gets an instance on
+its first update that lives until the chat is no longer allowed; allowed chats
+that have subscriptions get one at start-up, so that broadcasts reach them
+before they write again. Any other chat gets an instance for as long as it has
+updates to answer, so that strangers cost nothing once answered. Sends and edits
+go through the `Outbox` (flow.py), which keeps to Telegram's limits.
 
 aiogram is imported when the server starts, in a worker thread: it costs about
 7 s and 160 MiB here, and must not hold up the MQTT and web servers. With a
@@ -20,6 +22,7 @@ import hashlib
 import importlib
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,19 +31,31 @@ from typing import Any
 from gateway import logs
 from gateway.ratelimit import TokenBucket
 from protocols.telegram.events import validate_outgoing
-from protocols.telegram.flow import ChatGone, Job, Limits, Outbox, Rejected, RetryAfter, Transient
+from protocols.telegram.flow import (
+    ChatGone,
+    ChatMoved,
+    Job,
+    Limits,
+    Outbox,
+    Rejected,
+    RetryAfter,
+    Transient,
+)
 from protocols.telegram.lease import Lease
 from protocols.telegram.types import Chat, TelegramScope, User
 
 log = logs.telegram
 _malformed_log = logs.RateLimit(interval=30.0)
+_chat_log = logs.RateLimit(interval=60.0)
 
-__all__ = ["TelegramServer", "TelegramSettings", "parse_command"]
+__all__ = ["TelegramServer", "TelegramSettings", "hide_token", "parse_command"]
 
 ALLOWED_UPDATES = ["message", "callback_query"]
 # What one chat may send: a burst of commands, then one a second; the rest is dropped and counted,
 # so a flooding chat cannot fill the outbox with replies ahead of its own alerts and everyone else's.
 CHAT_BURST, CHAT_RATE = 8.0, 1.0
+# The chats whose rate is remembered, most recent kept: a stranger's outlives its instance.
+RATE_MEMORY = 10_000
 # Telegram's own limit for a message's text: anything longer did not come from Telegram.
 MAX_TEXT = 4096
 
@@ -55,7 +70,7 @@ class TelegramSettings:
     commands: list[tuple[str, str]] = field(default_factory=list)  # for setMyCommands
     poll_timeout: int = 25
     limits: Limits = field(default_factory=Limits)
-    max_chats: int = 10_000
+    max_strangers: int = 1000  # chats that are not allowed, answered at once
     backoff_min: float = 0.5
     backoff_max: float = 30.0
 
@@ -64,6 +79,12 @@ class TelegramSettings:
         """`/telegram/<secret>/`: derived from token and secret, so it changes when either does."""
         digest = hashlib.sha256(f"{self.token}\0{self.webhook_secret}".encode()).hexdigest()[:32]
         return f"/telegram/{digest}/"
+
+
+def hide_token(token: str) -> None:
+    """Keep the token out of every log line and `logs.redact`ed text, whole or by its secret half."""
+    logs.add_secret(token)
+    logs.add_secret(token.partition(":")[2])  # however the bot id before it is spelled
 
 
 def parse_command(text: str, bot_username: str) -> tuple[str | None, list[str]]:
@@ -81,13 +102,11 @@ def parse_command(text: str, bot_username: str) -> tuple[str | None, list[str]]:
 class _Instance:
     chat_id: int
     scope: TelegramScope
+    allowed: bool  # False: ends as soon as it has nothing left to answer
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
     restarts: int = 0
     gone: bool = False  # told the application its chat is gone; reset when the chat writes again
-    # Incoming flood control per chat.
-    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(CHAT_RATE, CHAT_BURST))
-    throttled_logged: float = -1e9
 
 
 class TelegramServer:
@@ -99,6 +118,7 @@ class TelegramServer:
         application: Callable[..., Any],
         *,
         startup_chats: Callable[[], Awaitable[list[Chat]]] = lambda: _no_chats(),
+        allowed: Callable[[int], bool] = lambda chat_id: True,
         lease: Lease | None = None,
         on_state: Callable[[bool, str], None] = lambda up, detail: None,
         count: Callable[[str], None] = lambda outcome: None,
@@ -106,20 +126,26 @@ class TelegramServer:
         self.settings = settings
         self.application = application
         self.startup_chats = startup_chats
+        self.allowed = allowed
         self.lease = lease or Lease()
         self.on_state = on_state
         self.count = count
-        logs.add_secret(settings.token)
+        hide_token(settings.token)
         self.bot_user: dict[str, Any] = {"id": int(settings.token.split(":", 1)[0]), "username": ""}
-        self.outbox = Outbox(self._perform, settings.limits, count=lambda o: count(f"send_{o}"))
+        self.outbox = self._outbox(lambda o: count(f"send_{o}"))
         self.leading = asyncio.Event()
         self.up = asyncio.Event()
         self._instances: dict[int, _Instance] = {}
+        self._strangers = 0  # instances of chats not allowed, running now
+        self._buckets: OrderedDict[int, TokenBucket] = OrderedDict()  # incoming flood control per chat
         self._bot: Any = None
         self._aiogram: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._last_detail = ""  # the last API problem logged, so a long outage logs it once
+
+    def _outbox(self, count: Callable[[str], None]) -> Outbox:
+        return Outbox(self._perform, self.settings.limits, count=count, moved=self._moved)
 
     # Lifecycle
 
@@ -162,6 +188,7 @@ class TelegramServer:
         except Exception:
             log.exception("could not read the subscribed chats")
             chats = []
+        chats = [chat for chat in chats if self.allowed(chat["id"])]
         for chat in chats:
             self._instance_for(chat, None)
         if chats:
@@ -192,12 +219,13 @@ class TelegramServer:
             for task in pending:
                 task.cancel()
         self._instances.clear()
+        self._strangers = 0
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
         self._tasks.clear()
-        self.outbox = Outbox(self._perform, self.settings.limits, count=self.outbox.count)
+        self.outbox = self._outbox(self.outbox.count)
 
     async def _prepare(self) -> None:
         bot = self._bot
@@ -242,14 +270,19 @@ class TelegramServer:
                 except ag.errors.ClientDecodeError as err:
                     # One update aiogram cannot read must not wedge every poll after it: take the
                     # batch as plain JSON, which `feed` checks field by field.
-                    allowed, _ = _malformed_log.allow("batch")
-                    if allowed:
-                        log.warning("aiogram could not read an update batch (%s); taking it as JSON", err)
                     try:
                         raw = await self._raw_updates(offset)
                     except (OSError, TimeoutError, ValueError, KeyError) as raw_err:
                         self._down(_describe(raw_err))
                     else:
+                        allowed, _ = _malformed_log.allow("batch")
+                        if allowed:
+                            # Ids and kinds only: the batch itself holds what people wrote.
+                            log.warning(
+                                "aiogram could not read an update batch (%s); taking it as JSON: %s",
+                                type(err.original).__name__,
+                                ", ".join(_update_kind(u) for u in raw),
+                            )
                         for update in raw:
                             offset = int(update["update_id"]) + 1
                             self.feed(update)
@@ -345,16 +378,16 @@ class TelegramServer:
                 log.warning("ignored a malformed update (%s; %d more not logged)", err, held)
         return True
 
-    def _within_rate(self, inst: _Instance) -> bool:
-        now = time.monotonic()
-        if inst.bucket.take(now):
+    def _within_rate(self, chat_id: int) -> bool:
+        bucket = self._buckets.pop(chat_id, None) or TokenBucket(CHAT_RATE, CHAT_BURST)
+        self._buckets[chat_id] = bucket  # the most recent last
+        if len(self._buckets) > RATE_MEMORY:
+            self._buckets.popitem(last=False)
+        if bucket.take():
             return True
         self.count("update_throttled")
-        if now - inst.throttled_logged >= 60:
-            inst.throttled_logged = now
-            log.warning(
-                "chat %s sends too fast: updates dropped (at most %g a second)", inst.chat_id, CHAT_RATE
-            )
+        if _chat_log.allow(f"throttled {chat_id}")[0]:
+            log.warning("chat %s sends too fast: updates dropped (at most %g a second)", chat_id, CHAT_RATE)
         return False
 
     def _on_message(self, message: dict[str, Any]) -> None:
@@ -364,8 +397,11 @@ class TelegramServer:
             self.count("update_ignored")  # stickers, photos, joins, or not from Telegram at all
             return
         sender = _user(message.get("from"))
-        inst = self._instance_for(_chat(chat), sender)
-        if inst is None or not self._within_rate(inst):
+        scope_chat = _chat(chat)
+        if not self._within_rate(scope_chat["id"]):
+            return
+        inst = self._instance_for(scope_chat, sender)
+        if inst is None:
             return
         inst.gone = False
         command, args = parse_command(text, self.bot_user["username"])
@@ -389,8 +425,11 @@ class TelegramServer:
         if not isinstance(chat, dict) or sender is None:
             self.count("update_ignored")
             return
-        inst = self._instance_for(_chat(chat), sender)
-        if inst is None or not self._within_rate(inst):
+        scope_chat = _chat(chat)
+        if not self._within_rate(scope_chat["id"]):
+            return
+        inst = self._instance_for(scope_chat, sender)
+        if inst is None:
             return
         self.count("callback_query")
         inst.queue.put_nowait(
@@ -408,12 +447,27 @@ class TelegramServer:
 
     def _instance_for(self, chat: Chat, user: User | None) -> _Instance | None:
         inst = self._instances.get(chat["id"])
-        if inst is not None:
+        if inst is not None and inst.allowed:
             return inst
-        if len(self._instances) >= self.settings.max_chats:
-            self.count("chat_cap")
-            log.warning("chat %s ignored: already %d chats", chat["id"], len(self._instances))
-            return None
+        allowed = self.allowed(chat["id"])
+        if inst is not None:
+            if not allowed:
+                return inst
+            self._forget(inst)  # allowed by a reload since: that one ends once answered, as it was
+        if not allowed:
+            if self._strangers >= self.settings.max_strangers:
+                self.count("chat_cap")
+                allowed_now, held = _chat_log.allow("strangers")
+                if allowed_now:
+                    log.warning(
+                        "chat %s ignored: already answering %d chats that are not allowed "
+                        "(%d more not logged)",
+                        chat["id"],
+                        self._strangers,
+                        held,
+                    )
+                return None
+            self._strangers += 1
         scope: TelegramScope = {
             "type": "telegram",
             "asgi": {"version": "3.0", "spec_version": "1.0"},
@@ -421,31 +475,56 @@ class TelegramServer:
             "user": user if chat["type"] == "private" else None,
             "bot": {"id": self.bot_user["id"], "username": self.bot_user["username"]},
         }
-        inst = _Instance(chat["id"], scope)
+        inst = _Instance(chat["id"], scope, allowed)
         self._instances[chat["id"]] = inst
         inst.queue.put_nowait({"type": "telegram.connect"})
         self._start(inst)
         return inst
 
     def _start(self, inst: _Instance) -> None:
-        coro = self.application(dict(inst.scope), inst.queue.get, partial(self._send, inst))
+        receive = inst.queue.get if inst.allowed else partial(self._stranger_receive, inst)
+        coro = self.application(dict(inst.scope), receive, partial(self._send, inst))
         inst.task = asyncio.ensure_future(coro)
         inst.task.add_done_callback(partial(self._instance_done, inst))
 
+    async def _stranger_receive(self, inst: _Instance) -> dict[str, Any]:
+        if not inst.queue.empty():
+            return inst.queue.get_nowait()
+        # All answered: the instance ends, and the chat's next update makes a new one.
+        self._forget(inst)
+        return {"type": "telegram.disconnect", "reason": "nothing left to answer", "final": True}
+
+    def _forget(self, inst: _Instance) -> None:
+        if self._instances.get(inst.chat_id) is inst:
+            del self._instances[inst.chat_id]
+            if not inst.allowed:
+                self._strangers -= 1
+
     def _instance_done(self, inst: _Instance, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
+            self._forget(inst)
             return
         exc = task.exception()
         log.error("application for Telegram chat %s failed: %r", inst.chat_id, exc, exc_info=exc)
         self.count("app_error")
         if self._stopping or self._instances.get(inst.chat_id) is not inst:
             return
-        if inst.restarts < 5:
+        if not inst.allowed:
+            self._forget(inst)
+        elif inst.restarts < 5:
             inst.restarts += 1
             inst.queue.put_nowait({"type": "telegram.connect"})
             asyncio.get_running_loop().call_later(0.5 * inst.restarts, self._start, inst)
         else:
             log.error("application for Telegram chat %s failed 5 times; the chat is ignored", inst.chat_id)
+
+    def allowance_changed(self) -> None:
+        """After a reload: the instances of chats no longer allowed end (and with them their groups);
+        a chat newly allowed gets its lasting instance on its next update."""
+        for inst in list(self._instances.values()):
+            if inst.allowed and not self.allowed(inst.chat_id):
+                self._forget(inst)
+                inst.queue.put_nowait({"type": "telegram.disconnect", "reason": "not allowed", "final": True})
 
     # Events out
 
@@ -457,12 +536,22 @@ class TelegramServer:
             task.add_done_callback(self._tasks.discard)
             return
         method = "send_message" if checked["type"] == "telegram.send_message" else "edit_message"
-        job = Job(inst.chat_id, method, checked, done=partial(self._job_done, inst))
+        # A send with a `ref` is owed to the chat (an alert): it has a lane of its own in the outbox.
+        job = Job(inst.chat_id, method, checked, owed="ref" in checked)
+        if inst.allowed:  # a stranger's instance has ended by the time its reply goes: nothing to tell
+            job.done = partial(self._job_done, inst)
         if not self.outbox.submit(job):
-            log.warning(
-                "Telegram queue full (%d): a message to chat %s dropped", self.outbox.depth, inst.chat_id
-            )
-            self._job_done(inst, job, "failed", "queue full")
+            allowed, held = _chat_log.allow(f"full {job.owed}")
+            if allowed:
+                log.warning(
+                    "Telegram queue full (%d waiting): %s to chat %s %s (%d more not logged)",
+                    self.outbox.depth,
+                    "an alert" if job.owed else "a reply",
+                    inst.chat_id,
+                    "kept to send later" if job.owed else "dropped",
+                    held,
+                )
+            self._job_done(inst, job, "full", "queue full")
 
     def _job_done(self, inst: _Instance, job: Job, outcome: str, detail: Any) -> None:
         ref = job.params.get("ref")
@@ -471,7 +560,7 @@ class TelegramServer:
                 inst.queue.put_nowait({"type": "telegram.sent", "ref": ref, "message_id": int(detail)})
             return
         inst.queue.put_nowait(
-            {"type": "telegram.send_failed", "ref": ref, "error": str(detail), "permanent": True}
+            {"type": "telegram.send_failed", "ref": ref, "error": str(detail), "permanent": outcome != "full"}
         )
         if outcome == "gone" and not inst.gone:
             inst.gone = True
@@ -508,6 +597,8 @@ class TelegramServer:
             return int(p["message_id"])
         except ag.errors.TelegramRetryAfter as err:
             raise RetryAfter(err.retry_after) from None
+        except ag.errors.TelegramMigrateToChat as err:
+            raise ChatMoved(err.migrate_to_chat_id) from None
         except ag.errors.TelegramForbiddenError as err:
             raise ChatGone(err.message) from None
         except ag.errors.TelegramBadRequest as err:
@@ -517,10 +608,29 @@ class TelegramServer:
             if "chat not found" in text or "bot was kicked" in text or "user is deactivated" in text:
                 raise ChatGone(err.message) from None
             raise Rejected(err.message) from None
-        except (ag.errors.TelegramNetworkError, ag.errors.TelegramServerError, OSError, TimeoutError) as err:
+        except (
+            ag.errors.TelegramNetworkError,
+            ag.errors.TelegramServerError,
+            # A refused token is the operator's to fix; what is owed waits for it.
+            ag.errors.TelegramUnauthorizedError,
+            OSError,
+            TimeoutError,
+        ) as err:
             raise Transient(_describe(err)) from None
         except ag.errors.TelegramAPIError as err:
             raise Rejected(_describe(err)) from None
+
+    def _moved(self, old: int, new: int) -> None:
+        inst = self._instances.pop(old, None)
+        if inst is None:
+            return
+        replaced = self._instances.get(new)
+        if replaced is not None:
+            self._forget(replaced)  # the supergroup wrote first, as a stranger: that instance ends alone
+        inst.chat_id = new
+        inst.scope = {**inst.scope, "chat": {**inst.scope["chat"], "id": new, "type": "supergroup"}}
+        self._instances[new] = inst
+        inst.queue.put_nowait({"type": "telegram.chat_migrated", "from_chat_id": old, "to_chat_id": new})
 
     @property
     def chats(self) -> int:
@@ -581,6 +691,11 @@ def _user(user: Any) -> User | None:
         "first_name": str(user.get("first_name", "")),
         "is_bot": bool(user.get("is_bot", False)),
     }
+
+
+def _update_kind(update: dict[str, Any]) -> str:
+    kind = next((key for key in ALLOWED_UPDATES if key in update), "other")
+    return f"{update['update_id']} {kind}"
 
 
 def _describe(err: BaseException) -> str:

@@ -86,6 +86,12 @@ class TelegramChatGoneEvent(TypedDict):
     reason: str
 
 
+class TelegramChatMigratedEvent(TypedDict):
+    type: Literal["telegram.chat_migrated"]
+    from_chat_id: int
+    to_chat_id: int  # the group became this supergroup: the scope's chat has this id from now on
+
+
 class TelegramDisconnectEvent(TypedDict):
     type: Literal["telegram.disconnect"]
     reason: str
@@ -127,6 +133,7 @@ TelegramReceiveEvent = (
     | TelegramSentEvent
     | TelegramSendFailedEvent
     | TelegramChatGoneEvent
+    | TelegramChatMigratedEvent
     | TelegramDisconnectEvent
 )
 TelegramSendEvent = TelegramSendMessageEvent | TelegramEditMessageEvent | TelegramAnswerCallbackEvent
