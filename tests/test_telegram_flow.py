@@ -55,9 +55,9 @@ class Api:
             raise faults.pop(0)
         return len(self.requests)
 
-    def job(self, chat_id: int, text: str, owed: bool = False) -> Job:
+    def job(self, chat_id: int, text: str, owed: bool = False, stranger: bool = False) -> Job:
         self.expected += 1
-        return Job(chat_id, "send_message", {"text": text}, done=self._done, owed=owed)
+        return Job(chat_id, "send_message", {"text": text}, done=self._done, owed=owed, stranger=stranger)
 
     def _done(self, job: Job, outcome: str, detail: Any) -> None:
         self.done.append((job.chat_id, job.params["text"], outcome, detail))
@@ -190,8 +190,8 @@ async def test_queue_is_bounded(run: Any) -> None:
     api = Api()
     counts: list[str] = []
     outbox = Outbox(api.perform, Limits(max_queue=2), count=counts.append)  # not running: nothing drains
-    assert outbox.submit(api.job(1, "a")) and outbox.submit(api.job(2, "b"))
-    assert not outbox.submit(api.job(3, "c"))
+    assert outbox.submit(api.job(1, "a", stranger=True)) and outbox.submit(api.job(2, "b", stranger=True))
+    assert not outbox.submit(api.job(3, "c", stranger=True))
     assert outbox.depth == 2 and counts == ["dropped"]
 
 
@@ -201,12 +201,17 @@ async def test_replies_never_take_the_room_of_alerts() -> None:
     limits = Limits(max_queue=5, chat_replies=2, max_owed=3)
     outbox = Outbox(api.perform, limits, count=counts.append)  # not running: nothing drains
     # Strangers: two replies per chat at most, five over every chat.
-    taken = [outbox.submit(api.job(-chat, f"hi {i}")) for chat in range(1, 5) for i in range(3)]
+    taken = [
+        outbox.submit(api.job(-chat, f"hi {i}", stranger=True)) for chat in range(1, 5) for i in range(3)
+    ]
     assert taken == [True, True, False] * 2 + [True, False, False] + [False] * 3
     # Alerts have their own lane: the full reply lane takes none of its room.
     assert all(outbox.submit(api.job(7, f"alert {i}", owed=True)) for i in range(3))
     assert not outbox.submit(api.job(8, "alert 3", owed=True))
     assert outbox.depth == 8 and counts.count("dropped") == 8
+    # Nor does it take an allowed chat's: eight commands at once all get their answer.
+    assert all(outbox.submit(api.job(9, f"status {i}")) for i in range(8))
+    assert outbox.depth == 16 and counts.count("dropped") == 8
 
 
 async def test_an_alert_goes_before_the_replies_waiting(run: Any) -> None:

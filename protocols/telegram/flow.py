@@ -22,9 +22,11 @@ goes through an `Outbox`:
 - `ChatMoved` (a group upgraded to a supergroup) re-addresses the chat's jobs
   to its new id, reports the move once, and sends the job again there;
 - two lanes: jobs the application is `owed` an outcome for (alerts) and plain
-  replies. Replies are bounded by `max_queue` overall and `chat_replies` per
-  chat, so that strangers writing to the bot cannot take the room of an alert;
-  owed jobs have `max_owed` of their own. A job that does not fit is refused at
+  replies. Replies to strangers (chats not allowed) are bounded by `max_queue`
+  overall and `chat_replies` per chat, so that strangers writing to the bot take
+  the room of neither an alert nor a reply to an allowed chat; an allowed chat's
+  replies are bounded by `allowed_chat_replies`; owed jobs have `max_owed` of
+  their own. A job that does not fit is refused at
   once, and the application keeps an owed one to send later.
 
 The outbox knows nothing of aiogram: `perform(job)` does the request and raises
@@ -79,8 +81,9 @@ class Limits:
     chat_interval: float = 1.0
     group_per_minute: int = 20
     margin: float = 0.05
-    max_queue: int = 2000  # replies waiting, over every chat
-    chat_replies: int = 4  # replies waiting for one chat
+    max_queue: int = 2000  # replies to strangers waiting, over every chat
+    chat_replies: int = 4  # replies waiting for one stranger's chat
+    allowed_chat_replies: int = 100  # replies waiting for one allowed chat
     max_owed: int = 20_000  # owed jobs (alerts) waiting
     max_in_flight: int = 8
     backoff_min: float = 0.5
@@ -95,6 +98,7 @@ class Job:
     # Called once with ("ok", result), ("gone", reason) or ("failed", error).
     done: Callable[[Job, str, Any], None] = lambda job, outcome, detail: None
     owed: bool = False  # the application tracks its outcome: the alerts' lane, not the replies'
+    stranger: bool = False  # a reply to a chat that is not allowed: bounded the tightest
     attempts: int = 0
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -117,6 +121,7 @@ class Outbox:
         self._chats: OrderedDict[int, deque[Job]] = OrderedDict()
         self._size = 0
         self._owed = 0  # of `_size`, in the owed lane
+        self._stranger_replies = 0  # of `_size`, replies to strangers
         self._chat_replies: dict[int, int] = {}  # replies waiting, per chat (chats with none left out)
         self._busy: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -141,9 +146,11 @@ class Outbox:
         lim = self.limits
         if job.owed:
             full = self._owed >= lim.max_owed
+        elif job.stranger:
+            waiting = self._chat_replies.get(job.chat_id, 0)
+            full = self._stranger_replies >= lim.max_queue or waiting >= lim.chat_replies
         else:
-            replies = self._size - self._owed
-            full = replies >= lim.max_queue or self._chat_replies.get(job.chat_id, 0) >= lim.chat_replies
+            full = self._chat_replies.get(job.chat_id, 0) >= lim.allowed_chat_replies
         if full:
             self.count("dropped")
             return False
@@ -159,6 +166,8 @@ class Outbox:
         if job.owed:
             self._owed += n
             return
+        if job.stranger:
+            self._stranger_replies += n
         left = self._chat_replies.get(job.chat_id, 0) + n
         if left:
             self._chat_replies[job.chat_id] = left

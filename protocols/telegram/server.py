@@ -537,7 +537,7 @@ class TelegramServer:
             return
         method = "send_message" if checked["type"] == "telegram.send_message" else "edit_message"
         # A send with a `ref` is owed to the chat (an alert): it has a lane of its own in the outbox.
-        job = Job(inst.chat_id, method, checked, owed="ref" in checked)
+        job = Job(inst.chat_id, method, checked, owed="ref" in checked, stranger=not inst.allowed)
         if inst.allowed:  # a stranger's instance has ended by the time its reply goes: nothing to tell
             job.done = partial(self._job_done, inst)
         if not self.outbox.submit(job):
