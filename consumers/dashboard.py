@@ -14,7 +14,6 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from gateway import logs, metrics
 from gateway.alerts import AckRefused
-from gateway.auth import origin_allowed
 from gateway.ratelimit import TokenBucket
 from gateway.runtime import Runtime
 from protocols.dispatch import DirectDispatch
@@ -154,7 +153,7 @@ def hub_of(runtime: Runtime) -> Hub:
 
 class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
     groups: list[str] = []  # the process's Hub is in the groups, not each socket
-    hub: Hub | None = None  # set once the origin is allowed; it holds the socket from auth to close
+    hub: Hub | None = None  # set at connect; it holds the socket from join to close
     # The seq of its hello: events up to it are in the snapshot (or `resume` replays them),
     # every later one comes live, exactly once, whatever order the layer brings them in.
     since = 0
@@ -186,12 +185,7 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.runtime: Runtime = self.scope["gateway"]
-        config = self.runtime.config
-        if not origin_allowed(self.scope, config.http.allowed_origins):
-            metrics.bad_input.labels("websocket", "origin").inc()
-            logs.web.warning("refused a WebSocket from origin %s", dict(self.scope["headers"]).get(b"origin"))
-            await self.close()  # before accept: HTTP 403 at the handshake
-            return
+        config = self.runtime.config  # Host and Origin were checked before (gateway.security.refusal)
         hub = self.hub = hub_of(self.runtime)
         if len(hub.sockets) >= config.http.max_websockets:
             metrics.bad_input.labels("websocket", "connection_cap").inc()
@@ -219,21 +213,17 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         self.frames = self.scope.get(FRAMES)
         # Join before the snapshot, holding events: those that race it are filtered by seq.
         self.held = []
-        try:
-            await hub.join(self)
-            self.since, alerts = await self.runtime.book.snapshot()
-            await self.accept()
-            hello = {
-                "type": "hello",
-                "site": config.gateway.site,
-                "seq": self.since,
-                "alerts": alerts,
-                "sensors": self.runtime.board.snapshot(recent=True),
-            }
-            await self.send(text_data=_dumps(hello))
-        except BaseException:
-            await self.disconnect(0)  # no disconnect event follows a failed connect
-            raise
+        await hub.join(self)  # left in __call__'s finally, however the socket ends
+        self.since, alerts = await self.runtime.book.snapshot()
+        await self.accept()
+        hello = {
+            "type": "hello",
+            "site": config.gateway.site,
+            "seq": self.since,
+            "alerts": alerts,
+            "sensors": self.runtime.board.snapshot(recent=True),
+        }
+        await self.send(text_data=_dumps(hello))
         self._release()
 
     def _release(self) -> None:
@@ -247,10 +237,6 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         task = asyncio.ensure_future(self.send(text_data=text))
         _sending.add(task)
         task.add_done_callback(_sending.discard)
-
-    async def disconnect(self, code: int) -> None:
-        if self.hub is not None:
-            self.hub.leave(self)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.hub is None or self not in self.hub.sockets:

@@ -47,6 +47,7 @@ COMMANDS = [
 ]
 CATCH_UP_LIMIT = 500
 OWED_RETRY = 5.0  # seconds before an alert the outbox had no room for is tried again
+_retrying: set[asyncio.Task[None]] = set()  # the retries' hand-overs, kept until done
 SEVERITY_MARK = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 
 
@@ -72,10 +73,11 @@ class ChatConsumer(TelegramConsumer):
         self.chats = self.runtime.chats
         self.groups_joined = set()
         self.last_seq = 0
-        self.sending: set[str] = set()  # alerts whose message is on its way
+        self.sending: dict[str, int] = {}  # alert id -> seq, of messages on their way
         self.triggered: dict[str, float] = {}  # alert id -> when its MQTT trigger arrived, while sending
         self.pending_edit: dict[str, tuple[int, dict[str, Any]]] = {}
         self.owed_from: int | None = None  # the first alert event the outbox had no room for
+        self.owed_retry: asyncio.TimerHandle | None = None
         if not self.allowed:
             return  # a stranger's instance ends once answered: nothing of it is kept
         seq = await self.chats.register(self.scope["chat"])
@@ -89,8 +91,13 @@ class ChatConsumer(TelegramConsumer):
         return self.chats.allowed(self.chat_id, self.runtime.config.telegram.allowed_chats)
 
     def _upto(self, seq: int) -> int:
-        """How far the chat's `seq` may advance: never past an alert still owed to it."""
-        return seq if self.owed_from is None else min(seq, self.owed_from - 1)
+        """How far the chat's `seq` may advance: never past an alert still owed to it, nor past one
+        on its way (the outbox may still refuse it, after later events were handled)."""
+        held = [*self.sending.values(), *(() if self.owed_from is None else (self.owed_from,))]
+        return min(seq, min(held) - 1) if held else seq
+
+    async def _advance(self, seq: int) -> None:
+        await self.chats.advance(self.chat_id, self._upto(seq))
 
     async def _join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
@@ -109,7 +116,7 @@ class ChatConsumer(TelegramConsumer):
         for change in mine:
             await self._on_alert(change.event, change.seq, change.alert)
         if changes and not mine:
-            await self.chats.advance(self.chat_id, self._upto(changes[-1].seq))
+            await self._advance(changes[-1].seq)
 
     def _concerns(self, alert: dict[str, Any]) -> bool:
         return "alerts" in self.groups_joined or f"alerts.{alert['zone']}" in self.groups_joined
@@ -139,9 +146,9 @@ class ChatConsumer(TelegramConsumer):
             if kind == "raised" and alert_id in self.sending:
                 return
             if kind == "raised" and await self.chats.message(alert_id, self.chat_id) is not None:
-                await self.chats.advance(self.chat_id, self._upto(seq))  # sent before a restart
+                await self._advance(seq)  # sent before a restart
                 return
-            self.sending.add(alert_id)
+            self.sending[alert_id] = seq
             if received is not None and kind == "raised":
                 self.triggered[alert_id] = received
             await self.send_message(
@@ -153,7 +160,7 @@ class ChatConsumer(TelegramConsumer):
             return
         known = await self.chats.message(alert_id, self.chat_id)
         if known is None or known[1] == alert["state"]:
-            await self.chats.advance(self.chat_id, self._upto(seq))
+            await self._advance(seq)
             return
         await self.edit_message(known[0], self.render(alert, kind), self._buttons(alert), ref=ref)
 
@@ -185,7 +192,7 @@ class ChatConsumer(TelegramConsumer):
 
     async def telegram_sent(self, event: TelegramSentEvent) -> None:
         seq, alert_id, state = _unref(event["ref"])
-        self.sending.discard(alert_id)
+        self.sending.pop(alert_id, None)
         received = self.triggered.pop(alert_id, None)
         if received is not None:
             metrics.latency.labels("telegram").observe(time.time() - received)
@@ -203,24 +210,26 @@ class ChatConsumer(TelegramConsumer):
     async def telegram_send_failed(self, event: TelegramSendFailedEvent) -> None:
         if event["ref"]:
             seq, alert_id, _ = _unref(event["ref"])
-            self.sending.discard(alert_id)
+            self.sending.pop(alert_id, None)
             self.triggered.pop(alert_id, None)
             self.pending_edit.pop(alert_id, None)
             if not event["permanent"]:
                 await self._owe(seq)
                 return
-            await self.chats.advance(self.chat_id, self._upto(seq))
+            await self._advance(seq)
 
     async def _owe(self, seq: int) -> None:
         first = self.owed_from is None
         self.owed_from = seq if self.owed_from is None else min(self.owed_from, seq)
         if first:
             # Through the channel layer to itself, so that the retry runs between this chat's events.
-            retry = {"type": "alert.owed"}
-            asyncio.get_running_loop().call_later(
-                OWED_RETRY,
-                lambda: asyncio.ensure_future(self.channel_layer.send(self.channel_name, retry)),
-            )
+            self.owed_retry = asyncio.get_running_loop().call_later(OWED_RETRY, self._retry_owed)
+
+    def _retry_owed(self) -> None:
+        self.owed_retry = None
+        task = asyncio.ensure_future(self.channel_layer.send(self.channel_name, {"type": "alert.owed"}))
+        _retrying.add(task)
+        task.add_done_callback(_retrying.discard)
 
     async def alert_owed(self, event: dict[str, Any]) -> None:
         if self.owed_from is None:
@@ -395,6 +404,9 @@ class ChatConsumer(TelegramConsumer):
         await self.answer_callback(event["id"], (await self._acknowledge(alert_id, event["from"]))[:200])
 
     async def telegram_disconnect(self, event: Any) -> None:
+        retry = getattr(self, "owed_retry", None)
+        if event["final"] and retry is not None:
+            retry.cancel()  # what is owed is in the database: the next instance catches up
         if not self.allowed:
             await self._no_longer_allowed()
         for group in list(self.groups_joined):

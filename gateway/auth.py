@@ -178,28 +178,37 @@ class TokenGate:
         self._log = logs.RateLimit(interval=10.0)
 
     async def identify(self, scope: dict[str, Any], config: Config, form_token: str | None = None) -> Caller:
-        caller = self.identify_now(scope, config, form_token)
+        caller, session = self._check(scope, config, form_token)
         if caller is not None:
             return caller
         # A key as this gateway makes them: valid, or of a session that ended (logout, expiry,
         # a changed token). No guess (32 random characters are hopeless to guess), so neither
         # braked for nor counted: a guesser behind the same NAT or proxy cannot end others'
         # sessions, and a stale cookie does not lock its user out of the form.
-        return Caller(await session_owner(config.auth.tokens, credential(scope)[1]), "cookie")
+        return Caller(await session_owner(config.auth.tokens, session), "cookie")
 
-    def identify_now(
-        self, scope: dict[str, Any], config: Config, form_token: str | None = None
-    ) -> Caller | None:
+    def identify_now(self, scope: dict[str, Any], config: Config) -> Caller | None:
         """`identify` without the database: None for a session key, which only the database knows."""
+        return self._check(scope, config, None)[0]
+
+    def _check(
+        self, scope: dict[str, Any], config: Config, form_token: str | None
+    ) -> tuple[Caller | None, str]:
+        """The caller, or None and the session key to look up."""
         tokens = config.auth.tokens
         if not tokens:
-            return Caller("anonymous", "open")
+            return Caller("anonymous", "open"), ""
         via: Via
         via, presented = ("form", form_token) if form_token is not None else credential(scope)
         if via == "none":
-            return Caller(None, via)
+            return Caller(None, via), ""
         if via == "cookie" and _SESSION_KEY.fullmatch(presented):
-            return None
+            return None, presented
+        return self._try(scope, config, via, presented), ""
+
+    def _try(self, scope: dict[str, Any], config: Config, via: Via, presented: str) -> Caller:
+        """A token (or a cookie that is no session key of ours) tried, through the brake."""
+        tokens = config.auth.tokens
         address = client_address(scope, config.http.trusted_proxies)
         client = _brake_key(address)
         protocol = "websocket" if scope.get("type") == "websocket" else "http"

@@ -87,7 +87,7 @@ def _embedded_broker(config: Config) -> str:
         return f"embedded broker can listen on {host}:{port}"
     if err.errno != errno.EADDRINUSE:
         raise OSError(listener.cannot_listen(err))
-    answer = _connack(host if host not in ("0.0.0.0", "::") else "localhost", port)
+    answer = _connack(listener.local_host, port)
     if answer is not None:
         raise OSError(
             f"{host}:{port} is taken by something that is not an MQTT broker ({answer}): "

@@ -22,6 +22,11 @@ class Listener:
     port: int
     advice: str
 
+    @property
+    def local_host(self) -> str:
+        """Where a client on this machine reaches it: a wildcard address is reached on loopback."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
     def cannot_listen(self, err: OSError) -> str:
         return f"{self.key} {self.host}:{self.port}: cannot listen: {reason(err)}. {self.advice}"
 

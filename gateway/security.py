@@ -94,11 +94,10 @@ def refusal(scope: dict[str, Any], config: Config) -> str | None:
     host = headers.get(b"host")
     if host is not None and not host_allowed(host.decode("latin-1"), config):
         return "host"
-    if (
-        scope["type"] == "http"
-        and scope.get("method") not in SAFE_METHODS
-        and not origin_allowed(scope, config.http.allowed_origins)
-    ):
+    # A handshake is a change of state whatever its method: a page of another site must not
+    # hold a socket that sees every alert and may acknowledge them.
+    changes_state = scope["type"] == "websocket" or scope.get("method") not in SAFE_METHODS
+    if changes_state and not origin_allowed(scope, config.http.allowed_origins):
         return "origin"
     return None
 

@@ -287,7 +287,7 @@ class Gateway:
             host, port = listener.host, listener.port
             self.broker = EmbeddedBroker(host, port)
             await listener.start(self.broker.start)
-            address = BrokerAddress(host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)
+            address = BrokerAddress(listener.local_host, port)
             protocol = "3.1.1"  # amqtt speaks 3.1.1 only: skip the MQTT 5 attempt
         else:
             address = BrokerAddress.from_url(config.mqtt.url)

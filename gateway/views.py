@@ -16,7 +16,7 @@ from gateway import logs, metrics
 from gateway.alerts import AckRefused
 from gateway.auth import Caller
 from gateway.runtime import Runtime
-from protocols.websocket.http_guard import Gate, Head, Refusal
+from protocols.websocket.http_guard import MAX_BODY, Gate, Head, Refusal
 
 STATES = ("open", "active", "acknowledged", "cleared")
 
@@ -32,9 +32,9 @@ async def _caller(request: HttpRequest) -> Caller:
 
 TOKEN_REQUIRED = "a valid token is required"
 CHALLENGE = 'Bearer realm="gateway"'
-# Bodies the views read are a login form, an ack or a Telegram update: a larger one is refused (413)
-# before any of it is read, and one that needs a token gets its 401 first (protocols.websocket.http_guard).
-MAX_BODY = 64 * 1024
+# Bodies the views read are a login form, an ack or a Telegram update: one larger than the
+# server's MAX_BODY is refused (413) before any of it is read, and one that needs a token gets
+# its 401 first (protocols.websocket.http_guard).
 MAX_UPDATE = 1024 * 1024  # Telegram's updates are far smaller, but one must never be refused
 
 
@@ -139,8 +139,9 @@ async def ack(request: HttpRequest, alert_id: str) -> HttpResponse:
 @require_POST
 async def telegram_webhook(request: HttpRequest, secret: str) -> JsonResponse:
     """Updates from Telegram in webhook mode, handed to the same path as polled ones."""
-    server = _runtime(request).telegram
-    if not _webhook(_runtime(request)):
+    runtime = _runtime(request)
+    server = runtime.telegram
+    if not _webhook(runtime):
         return not_found(request)
     expected_path = server.settings.webhook_path
     header = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")

@@ -193,6 +193,8 @@ def test_asset_names_are_looked_up_not_cached_or_opened() -> None:
     assert pages.find_asset("x" * 300 + ".js") is None  # was a 500: the file system's ENAMETOOLONG
     shipped = {p.name for p in pages.STATIC.iterdir() if p.suffix in pages.ASSET_TYPES}
     assert set(pages.assets()) == shipped and pages.find_asset("app.js") is not None
+    # The old bug was a cache over the names asked for: every missing one was kept.
+    assert not hasattr(pages.find_asset, "cache_info")
 
 
 def test_an_asset_name_over_255_characters_is_a_404(gateway_factory: GatewayFactory) -> None:

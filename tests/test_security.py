@@ -317,6 +317,8 @@ async def test_every_way_a_token_is_tried_shares_one_brake_per_client(
     # Per client: another address behind the same proxy is not braked.
     assert await _attempt(gw, "bearer", "ops-secret-token", "10.0.0.99") == "ok"
     assert "wrong form token from 10.0.0.1" in gw.log  # the client the proxy names, not the proxy
+    # Each braked handshake was refused for the brake, not for its Host, Origin or the socket cap.
+    assert metric(gw, 'gateway_bad_input_total{protocol="websocket",reason="token_throttled"}') == 5
 
 
 async def test_a_flood_of_wrong_tokens_is_braked_and_logged_in_a_few_lines(

@@ -22,8 +22,8 @@ goes through an `Outbox`:
 - `ChatMoved` (a group upgraded to a supergroup) re-addresses the chat's jobs
   to its new id, reports the move once, and sends the job again there;
 - two lanes: jobs the application is `owed` an outcome for (alerts) and plain
-  replies. Replies to strangers (chats not allowed) are bounded by `max_queue`
-  overall and `chat_replies` per chat, so that strangers writing to the bot take
+  replies. Replies to strangers (chats not allowed) are bounded by `stranger_replies`
+  overall and `stranger_chat_replies` per chat, so that strangers writing to the bot take
   the room of neither an alert nor a reply to an allowed chat; an allowed chat's
   replies are bounded by `allowed_chat_replies`; owed jobs have `max_owed` of
   their own. A job that does not fit is refused at
@@ -81,8 +81,8 @@ class Limits:
     chat_interval: float = 1.0
     group_per_minute: int = 20
     margin: float = 0.05
-    max_queue: int = 2000  # replies to strangers waiting, over every chat
-    chat_replies: int = 4  # replies waiting for one stranger's chat
+    stranger_replies: int = 2000  # replies to strangers waiting, over every chat
+    stranger_chat_replies: int = 4  # replies waiting for one stranger's chat
     allowed_chat_replies: int = 100  # replies waiting for one allowed chat
     max_owed: int = 20_000  # owed jobs (alerts) waiting
     max_in_flight: int = 8
@@ -95,7 +95,8 @@ class Job:
     chat_id: int
     method: str  # "send_message" | "edit_message"
     params: dict[str, Any]
-    # Called once with ("ok", result), ("gone", reason) or ("failed", error).
+    # Called once with ("ok", result), ("gone", reason) or ("failed", error); by the server, with
+    # ("full", reason) for a job the outbox did not take.
     done: Callable[[Job, str, Any], None] = lambda job, outcome, detail: None
     owed: bool = False  # the application tracks its outcome: the alerts' lane, not the replies'
     stranger: bool = False  # a reply to a chat that is not allowed: bounded the tightest
@@ -148,7 +149,7 @@ class Outbox:
             full = self._owed >= lim.max_owed
         elif job.stranger:
             waiting = self._chat_replies.get(job.chat_id, 0)
-            full = self._stranger_replies >= lim.max_queue or waiting >= lim.chat_replies
+            full = self._stranger_replies >= lim.stranger_replies or waiting >= lim.stranger_chat_replies
         else:
             full = self._chat_replies.get(job.chat_id, 0) >= lim.allowed_chat_replies
         if full:
@@ -251,7 +252,7 @@ class Outbox:
         return ready
 
     def _launch(self, job: Job, now: float) -> None:
-        if len(self._chat_last) > 4 * self.limits.max_queue:
+        if len(self._chat_last) > 4 * self.limits.stranger_replies:
             self._forget(now)
         self._busy.add(job.chat_id)
         job.attempts += 1

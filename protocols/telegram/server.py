@@ -523,8 +523,12 @@ class TelegramServer:
         a chat newly allowed gets its lasting instance on its next update."""
         for inst in list(self._instances.values()):
             if inst.allowed and not self.allowed(inst.chat_id):
-                self._forget(inst)
-                inst.queue.put_nowait({"type": "telegram.disconnect", "reason": "not allowed", "final": True})
+                self._end(inst, "not allowed")
+
+    def _end(self, inst: _Instance, reason: str) -> None:
+        """No more updates reach `inst`; it ends (and leaves its groups) once it has read this."""
+        self._forget(inst)
+        inst.queue.put_nowait({"type": "telegram.disconnect", "reason": reason, "final": True})
 
     # Events out
 
@@ -551,7 +555,7 @@ class TelegramServer:
                     "kept to send later" if job.owed else "dropped",
                     held,
                 )
-            self._job_done(inst, job, "full", "queue full")
+            job.done(job, "full", "queue full")  # as an outcome the outbox reports
 
     def _job_done(self, inst: _Instance, job: Job, outcome: str, detail: Any) -> None:
         ref = job.params.get("ref")
@@ -626,15 +630,13 @@ class TelegramServer:
             return
         replaced = self._instances.get(new)
         if replaced is not None:
-            self._forget(replaced)  # the supergroup wrote first, as a stranger: that instance ends alone
+            # The supergroup wrote first, with an instance of its own (a stranger's, or a lasting
+            # one if its id was already allowed): the group's, which holds what is owed, takes over.
+            self._end(replaced, "chat migrated")
         inst.chat_id = new
         inst.scope = {**inst.scope, "chat": {**inst.scope["chat"], "id": new, "type": "supergroup"}}
         self._instances[new] = inst
         inst.queue.put_nowait({"type": "telegram.chat_migrated", "from_chat_id": old, "to_chat_id": new})
-
-    @property
-    def chats(self) -> int:
-        return len(self._instances)
 
 
 class _Aiogram:
