@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.config import parse_config  # noqa: E402
-from gateway.formats import parse_value  # noqa: E402
-from gateway.rules import SensorRules  # noqa: E402
+from gateway.engine.formats import parse_value  # noqa: E402
+from gateway.engine.rules import SensorRules  # noqa: E402
 
 CONFIG = {
     "sensors": [{"id": "t", "topic": "t", "format": "json", "field": "temp.water", "expire_after": "10m"}],

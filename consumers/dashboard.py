@@ -12,11 +12,11 @@ from typing import Any
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from gateway import logs, metrics
-from gateway.alerts import AckRefused
-from gateway.ratelimit import TokenBucket
+from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
+from gateway.store.alerts import AckRefused
 from protocols.dispatch import DirectDispatch
+from protocols.ratelimit import TokenBucket
 from protocols.websocket.server import FRAMES, FrameWriter, prepare
 
 MAX_CLIENT_MESSAGE = 64 * 1024
@@ -80,7 +80,7 @@ class Hub:
         # The default prefix: channels_redis pops every process-local channel through one list
         # named by it, so a channel of another prefix waits forever while consumers receive.
         self._channel = await layer.new_channel()
-        for group in self.GROUPS:  # renewed by the layer (gateway.redis_layer.RedisLayer)
+        for group in self.GROUPS:  # renewed by the layer (gateway.layers.redis.RedisLayer)
             await layer.group_add(group, self._channel)
         self._task = asyncio.ensure_future(self._run(layer))
 
@@ -185,7 +185,7 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.runtime: Runtime = self.scope["gateway"]
-        config = self.runtime.config  # Host and Origin were checked before (gateway.security.refusal)
+        config = self.runtime.config  # Host and Origin were checked before (gateway.web.security.refusal)
         hub = self.hub = hub_of(self.runtime)
         if len(hub.sockets) >= config.http.max_websockets:
             metrics.bad_input.labels("websocket", "connection_cap").inc()

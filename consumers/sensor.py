@@ -1,7 +1,7 @@
 """`SensorConsumer`: one per configured sensor; parses its payloads, runs its rules, acts on them.
 
-Parsing lives in gateway.formats, rules in gateway.rules, persistence in
-gateway.alerts: this class only wires them to MQTT events and channel groups.
+Parsing lives in gateway.engine.formats, rules in gateway.engine.rules, persistence in
+gateway.store.alerts: this class only wires them to MQTT events and channel groups.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from gateway import logs, metrics
-from gateway.alerts import AlertChange
 from gateway.config import Action, Sensor
-from gateway.formats import FieldMissing, PayloadError, Value, parse_availability, parse_value
-from gateway.rules import SensorRules, Transition
+from gateway.engine.formats import FieldMissing, PayloadError, Value, parse_availability, parse_value
+from gateway.engine.rules import SensorRules, Transition
+from gateway.engine.templates import fill_payload
+from gateway.ops import logs, metrics
 from gateway.runtime import Runtime, SensorEngine
-from gateway.templates import fill_payload
+from gateway.store.alerts import AlertChange
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
 
@@ -77,7 +77,7 @@ class SensorConsumer(MqttConsumer):
         self.sensor_event_due: asyncio.TimerHandle | None = None
         self.runtime.reload_listeners.add(self._reconfigure)
         # Shared subscriptions hand each message to one of several processes: they tell each other
-        # what they saw (gateway.peers), so every process's rule state stays the same.
+        # what they saw (gateway.layers.peers), so every process's rule state stays the same.
         self.peers = self.runtime.peers
         if self.peers is not None:
             self.peers.handlers[self.sensor.id] = self.peer_observed
@@ -146,7 +146,7 @@ class SensorConsumer(MqttConsumer):
         self._schedule()
 
     def peer_observed(self, at: float, kind: str, value: Any, retain: bool) -> None:
-        """What a peer process received (shared subscriptions, gateway.peers): the same state here.
+        """What a peer process received (shared subscriptions, gateway.layers.peers): the same state here.
 
         Called for each reading of a peer's batch, in order, with no task unless an alert changes.
         """

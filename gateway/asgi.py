@@ -14,13 +14,13 @@ from consumers.dashboard import AlertSocket, NotFoundSocket
 from consumers.sensor import SensorConsumer
 from consumers.site import SiteConsumer, ack_topic
 from gateway.runtime import Runtime
-from gateway.security import refusal, refuse
+from gateway.web.security import refusal, refuse
 from protocols.mqtt.routing import TopicRouter, route
 
 
 class WithRuntime:
     """Puts the process's `Runtime` into every scope as `scope["gateway"]`, and turns away a
-    browser's request for a foreign Host or from a foreign Origin (`gateway.security.refusal`).
+    browser's request for a foreign Host or from a foreign Origin (`gateway.web.security.refusal`).
 
     In place, and not a coroutine of its own over a copy: what a scope's application holds
     lives as long as its socket (an idle dashboard held one more scope and one more frame,

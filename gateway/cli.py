@@ -7,8 +7,8 @@ import asyncio
 import sys
 from typing import Any
 
-from gateway import logs, ports
 from gateway.config import Config, ConfigError, load_config
+from gateway.ops import logs, ports
 from gateway.server import PROTOCOLS
 
 EXIT_CONFIG = 2
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
-        from gateway.check import check
+        from gateway.ops.check import check
 
         return check(config)
     return run(config, args.protocol or list(PROTOCOLS), args.log_level)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from gateway import logs
 from gateway.config import Condition, Rule, Sensor
+from gateway.ops import logs
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime

@@ -12,16 +12,16 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from gateway import logs, metrics
-from gateway.alerts import AlertBook, AlertChange
-from gateway.auth import TokenGate
-from gateway.chats import ChatBook
 from gateway.config import Config
+from gateway.engine.rules import SensorRules
 from gateway.faults import FAULT_RULE, DeviceFaults
-from gateway.health import Health
-from gateway.peers import PeerMirror
-from gateway.rules import SensorRules
-from gateway.sensors import SensorBoard
+from gateway.layers.peers import PeerMirror
+from gateway.ops import logs, metrics
+from gateway.ops.health import Health
+from gateway.store.alerts import AlertBook, AlertChange
+from gateway.store.chats import ChatBook
+from gateway.store.sensors import SensorBoard
+from gateway.web.auth import TokenGate
 
 # The channel of `gateway/<site>/alerts`: one MQTT process takes each event (consumers.site).
 MQTT_OUT = "gateway.mqtt-alerts"
@@ -95,7 +95,7 @@ class Runtime:
         """
         layer = self.layer
         channel = await layer.new_channel()
-        await layer.group_add("sensors", channel)  # renewed by the layer (gateway.redis_layer.RedisLayer)
+        await layer.group_add("sensors", channel)  # renewed by the layer (gateway.layers.redis.RedisLayer)
         while True:
             message = await layer.receive(channel)
             if message.get("type") != "sensor.update":

@@ -12,10 +12,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gateway import logs, ports
 from gateway.config import Config
-from gateway.health import Health
-from gateway.notify import Notifier, watchdog_interval
+from gateway.ops import logs, ports
+from gateway.ops.health import Health
+from gateway.ops.notify import Notifier, watchdog_interval
 
 log = logs.server
 
@@ -229,7 +229,7 @@ class Gateway:
                 await self._start_peers(runtime)
                 await self._start_mqtt(application)
             if "web" in self.protocols:
-                from gateway.views import gate
+                from gateway.web.views import gate
                 from protocols.websocket.http_guard import Guard
                 from protocols.websocket.server import WebServer
 
@@ -265,10 +265,10 @@ class Gateway:
             self.notifier.close()
 
     async def _start_peers(self, runtime: Any) -> None:
-        """Shared subscriptions: in the peers' group before the first message (gateway.peers)."""
+        """Shared subscriptions: in the peers' group before the first message (gateway.layers.peers)."""
         from channels.layers import get_channel_layer
 
-        from gateway.peers import PeerMirror
+        from gateway.layers.peers import PeerMirror
 
         layer = get_channel_layer()
         if self.config.mqtt.shared_group and layer is not None:
@@ -281,7 +281,7 @@ class Gateway:
 
         config = self.config
         if config.mqtt.url == "embedded":
-            from gateway.broker import EmbeddedBroker
+            from protocols.mqtt.broker import EmbeddedBroker
 
             listener = ports.embedded_broker(config)
             host, port = listener.host, listener.port
@@ -300,7 +300,7 @@ class Gateway:
             shared_group=config.mqtt.shared_group,
             keepalive=config.mqtt.keepalive,
         )
-        from gateway import metrics
+        from gateway.ops import metrics
 
         self.mqtt = MqttServer(
             settings,
@@ -316,7 +316,7 @@ class Gateway:
         import hashlib
 
         from consumers.telegram import COMMANDS
-        from gateway import metrics
+        from gateway.ops import metrics
         from gateway.redis_url import is_redis
         from protocols.telegram.flow import Limits
         from protocols.telegram.lease import Lease, RedisLease

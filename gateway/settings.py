@@ -13,7 +13,7 @@ from gateway.config import Config
 from gateway.redis_url import layer_host
 
 # Per-channel queue length. Channels' default of 100 drops silently under an
-# alert burst to a busy dashboard; overflows past this are counted (gateway.layers).
+# alert burst to a busy dashboard; overflows past this are counted (gateway.layers.memory).
 CHANNEL_CAPACITY = 2000
 GROUP_EXPIRY_NEVER = 100 * 365 * 86400
 
@@ -54,7 +54,7 @@ def channel_layers(config: Config) -> dict[str, Any]:
     if url == "memory":
         return {
             "default": {
-                "BACKEND": "gateway.layers.MemoryLayer",
+                "BACKEND": "gateway.layers.memory.MemoryLayer",
                 # Members leave when their consumer ends; a day's expiry (the default) would
                 # silently drop chats and the MQTT publisher from `alerts` after a day's uptime.
                 "CONFIG": {"capacity": CHANNEL_CAPACITY, "group_expiry": GROUP_EXPIRY_NEVER},
@@ -62,7 +62,7 @@ def channel_layers(config: Config) -> dict[str, Any]:
         }
     return {
         "default": {
-            "BACKEND": "gateway.redis_layer.RedisLayer",
+            "BACKEND": "gateway.layers.redis.RedisLayer",
             "CONFIG": {
                 # redis-py 8 made socket_timeout 5 s by default, which kills the
                 # layer's 5 s blocking pop on any idle consumer (channels_redis#422).
@@ -112,18 +112,18 @@ def build(config: Config) -> dict[str, Any]:
     return {
         "DEBUG": False,
         "SECRET_KEY": secret_key(config.gateway.state_dir),
-        # Host is checked before Django (gateway.security.refusal): for the WebSocket too, and a
+        # Host is checked before Django (gateway.web.security.refusal): for the WebSocket too, and a
         # reload changes http.hosts there.
         "ALLOWED_HOSTS": ["*"],
-        "INSTALLED_APPS": ["gateway.apps.GatewayConfig", "django.contrib.sessions"],
+        "INSTALLED_APPS": ["gateway.store.apps.GatewayConfig", "django.contrib.sessions"],
         # CSRF is per view (csrf_protect on the dashboard's forms), so API and health requests skip it.
-        "MIDDLEWARE": ["gateway.security.security_headers"],
+        "MIDDLEWARE": ["gateway.web.security.security_headers"],
         "CSRF_COOKIE_HTTPONLY": True,
         "CSRF_COOKIE_SAMESITE": "Strict",
-        "CSRF_FAILURE_VIEW": "gateway.pages.csrf_failure",
+        "CSRF_FAILURE_VIEW": "gateway.web.pages.csrf_failure",
         # Behind a TLS-terminating proxy: the session cookie gets its Secure flag.
         "SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https"),
-        "ROOT_URLCONF": "gateway.urls",
+        "ROOT_URLCONF": "gateway.web.urls",
         "DATABASES": {"default": database(config)},
         "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",
         "USE_TZ": True,
@@ -131,7 +131,7 @@ def build(config: Config) -> dict[str, Any]:
         "CHANNEL_LAYERS": channel_layers(config),
         "LOGGING_CONFIG": None,
         # Sessions live in the database, so logging out ends one for good; the cookie carries
-        # only a random key. Used by gateway.auth (no session middleware: most requests need none).
+        # only a random key. Used by gateway.web.auth (no session middleware: most requests need none).
         "SESSION_ENGINE": "django.contrib.sessions.backends.db",
         "SESSION_COOKIE_NAME": "gateway_session",
         "SESSION_COOKIE_AGE": 30 * 24 * 3600,
@@ -163,14 +163,14 @@ def migrate() -> None:
 
 
 def pending_migrations(connection: Any) -> bool:
-    """Whether a migration file of gateway.migrations or of the sessions is not in the database's
+    """Whether a migration file of gateway.store.migrations or of the sessions is not in the database's
     django_migrations."""
     import pkgutil
 
     from django.contrib.sessions import migrations as sessions
     from django.db import DatabaseError
 
-    from gateway import migrations
+    from gateway.store import migrations
 
     shipped = {
         (app, m.name)

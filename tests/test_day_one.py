@@ -230,7 +230,7 @@ def test_taken_ports_are_one_line_each_before_anything_connects(tmp_path: Path) 
 # A port taken between the check and the listen still ends in one line naming the key: no
 # warning from a broker that never started, no doubled period (what did start logs at INFO).
 LATE = (
-    "import sys; from gateway import cli, ports; ports.unavailable = lambda *a: []; "
+    "import sys; from gateway import cli; from gateway.ops import ports; ports.unavailable = lambda *a: []; "
     "sys.exit(cli.main(sys.argv[1:]))"
 )
 

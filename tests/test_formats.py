@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.formats import PayloadError, compare_equal, parse_availability, parse_value
+from gateway.engine.formats import PayloadError, compare_equal, parse_availability, parse_value
 from protocols.telegram.server import parse_command
 
 

@@ -59,9 +59,9 @@ async def test_a_5000_digit_reading_is_bad_input_and_the_alert_still_clears(
 
 
 FAULT = """
-import gateway.rules
+import gateway.engine.rules
 
-_on_value = gateway.rules.SensorRules.on_value
+_on_value = gateway.engine.rules.SensorRules.on_value
 
 
 def on_value(self, value, now, retained=False, local=True):
@@ -70,7 +70,7 @@ def on_value(self, value, now, retained=False, local=True):
     return _on_value(self, value, now, retained, local)
 
 
-gateway.rules.SensorRules.on_value = on_value
+gateway.engine.rules.SensorRules.on_value = on_value
 """
 
 

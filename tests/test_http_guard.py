@@ -26,10 +26,10 @@ from tests.conftest import (
 )
 
 if not settings.configured:
-    settings.configure(CHANNEL_LAYERS={}, INSTALLED_APPS=["gateway.apps.GatewayConfig"])
+    settings.configure(CHANNEL_LAYERS={}, INSTALLED_APPS=["gateway.store.apps.GatewayConfig"])
 django.setup()
 
-from gateway import pages  # noqa: E402 - needs the apps loaded
+from gateway.web import pages  # noqa: E402 - needs the apps loaded
 
 
 def connect(gw: GatewayProcess) -> socket.socket:

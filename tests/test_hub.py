@@ -9,10 +9,10 @@ from typing import Any
 import django
 from django.conf import settings
 
-from gateway.layers import MemoryLayer
+from gateway.layers.memory import MemoryLayer
 
 if not settings.configured:
-    settings.configure(CHANNEL_LAYERS={}, INSTALLED_APPS=["gateway.apps.GatewayConfig"])
+    settings.configure(CHANNEL_LAYERS={}, INSTALLED_APPS=["gateway.store.apps.GatewayConfig"])
 django.setup()
 
 from consumers.dashboard import Hub  # noqa: E402 - needs the apps loaded

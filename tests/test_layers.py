@@ -8,10 +8,10 @@ import logging
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from gateway import metrics
 from gateway.config import load_config
-from gateway.layers import MemoryLayer
-from gateway.redis_layer import RedisLayer
+from gateway.layers.memory import MemoryLayer
+from gateway.layers.redis import RedisLayer
+from gateway.ops import metrics
 from tests.conftest import Service
 
 

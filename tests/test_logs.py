@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gateway import logs
+from gateway.ops import logs
 
 FORGED = "INFO gateway.alerts: alert zzz999 cleared: all clear"
 

@@ -1,4 +1,4 @@
-"""sd_notify: `gateway.notify` on real datagram sockets, and the gateway process talking to one as systemd."""
+"""sd_notify: `gateway.ops.notify` on real datagram sockets, and the gateway process as systemd sees it."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.health import Health
-from gateway.notify import Notifier, watchdog_interval
+from gateway.ops.health import Health
+from gateway.ops.notify import Notifier, watchdog_interval
 from tests.conftest import (
     GatewayFactory,
     GatewayProcess,
@@ -119,7 +119,7 @@ async def stop_within(gw: GatewayProcess, seconds: float) -> tuple[int, float]:
     return code, time.monotonic() - started
 
 
-# gateway.notify on its own
+# gateway.ops.notify on its own
 
 
 def test_without_notify_socket_nothing_is_sent() -> None:

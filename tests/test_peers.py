@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.layers import MemoryLayer
-from gateway.peers import PeerMirror
-from gateway.redis_layer import RedisLayer
+from gateway.layers.memory import MemoryLayer
+from gateway.layers.peers import PeerMirror
+from gateway.layers.redis import RedisLayer
 from tests.conftest import Service, until
 
 

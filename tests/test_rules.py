@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.rules import SensorRules
+from gateway.engine.rules import SensorRules
 
 
 def engine(rule: dict, now: float = 0.0) -> SensorRules:

@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.auth import client_address
 from gateway.config import parse_config
-from gateway.ratelimit import TokenBrake, TokenBucket
-from gateway.security import host_allowed
+from gateway.web.auth import client_address
+from gateway.web.security import host_allowed
+from protocols.ratelimit import TokenBrake, TokenBucket
 from tests.conftest import (
     GatewayFactory,
     GatewayProcess,

@@ -29,7 +29,7 @@ from protocols.telegram.flow import (
 )
 
 if not settings.configured:
-    settings.configure(CHANNEL_LAYERS={}, INSTALLED_APPS=["gateway.apps.GatewayConfig"])
+    settings.configure(CHANNEL_LAYERS={}, INSTALLED_APPS=["gateway.store.apps.GatewayConfig"])
 django.setup()
 
 FAST = Limits(per_second=30, chat_interval=0.1, group_per_minute=20, margin=0.05, backoff_min=0.05)

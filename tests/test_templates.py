@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.templates import fill_payload, render_message
+from gateway.engine.templates import fill_payload, render_message
 
 INJECTED = 'x","state":"ON'
 ALERT: dict[str, Any] = {

@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway import logs
+from gateway.ops import logs
 from protocols.mqtt.client import AsyncioClient, BrokerAddress
 from protocols.mqtt.events import validate_outgoing
 from protocols.mqtt.routing import topic_matches

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import logs
+from gateway.ops import logs
 
 log = logs.telegram
 

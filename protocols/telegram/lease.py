@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from gateway import logs
+from gateway.ops import logs
 
 log = logs.telegram
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from gateway import logs
-from gateway.ratelimit import TokenBucket
+from gateway.ops import logs
+from protocols.ratelimit import TokenBucket
 from protocols.telegram.events import validate_outgoing
 from protocols.telegram.flow import (
     ChatGone,

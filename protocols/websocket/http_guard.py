@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from gateway import logs, metrics
+from gateway.ops import logs, metrics
 
 MAX_LINE = 16 * 1024
 MAX_HEAD = 32 * 1024

@@ -17,7 +17,7 @@ import contextlib
 import socket
 from typing import Any
 
-from gateway import logs, metrics
+from gateway.ops import logs, metrics
 from protocols.websocket.http_guard import Guard
 from protocols.websocket.twisted_io import buffered, guarded_channel, idle, tcp_connection
 

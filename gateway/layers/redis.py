@@ -15,8 +15,8 @@ from typing import Any
 from channels_redis.core import RedisChannelLayer
 from redis.asyncio import BlockingConnectionPool
 
-from gateway import logs
-from gateway.layers import CountsFull, overflowed
+from gateway.layers.memory import CountsFull, overflowed
+from gateway.ops import logs
 
 # How long a claim (RedisLayer.claim) holds: far longer than any redelivery.
 CLAIM_SECONDS = 3600.0
@@ -116,7 +116,7 @@ class RedisLayer(CountsFull, RedisChannelLayer):
         return bool(await connection.set(f"{self.prefix}claim:{key}", b"1", nx=True, ex=int(ttl)))
 
     async def group_members(self, group: str) -> list[str]:
-        """The channels of a group that have not expired (gateway.peers sends to the others only)."""
+        """The channels of a group that have not expired (gateway.layers.peers sends to the others only)."""
         connection = self.connection(self.consistent_hash(group))
         oldest = int(time.time()) - self.group_expiry
         members = await connection.zrangebyscore(self._group_key(group), min=oldest, max="+inf")

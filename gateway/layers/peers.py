@@ -22,7 +22,7 @@ from typing import Any
 
 from channels.exceptions import ChannelFull
 
-from gateway import logs, metrics
+from gateway.ops import logs, metrics
 
 __all__ = ["GROUP", "PeerMirror", "Reading"]
 
@@ -126,7 +126,7 @@ class PeerMirror:
             try:
                 if self.channel is None:
                     channel = await self.layer.new_channel()
-                    await self.layer.group_add(GROUP, channel)  # renewed by the layer (gateway.layers)
+                    await self.layer.group_add(GROUP, channel)  # renewed by the layer (gateway.layers.memory)
                     self.channel = channel
                     self._joined.set()
                 message = await self.layer.receive(self.channel)

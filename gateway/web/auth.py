@@ -18,9 +18,9 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
-from gateway import logs, metrics
 from gateway.config import Config
-from gateway.ratelimit import TokenBrake
+from gateway.ops import logs, metrics
+from protocols.ratelimit import TokenBrake
 
 _SALT = "gateway.session"
 # What Django's session stores make (32 of a-z0-9): anything else is not looked up.

@@ -12,9 +12,9 @@ from asgiref.sync import markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 from django.http.request import split_domain_port, validate_host
 
-from gateway import logs, metrics
-from gateway.auth import client_address, origin_allowed
 from gateway.config import Config
+from gateway.ops import logs, metrics
+from gateway.web.auth import client_address, origin_allowed
 
 # Nothing inline and nothing from elsewhere: a sensor name that slipped into the
 # page as markup still could not run. 'self' covers ws:// to the same host.

@@ -7,7 +7,7 @@ import logging
 import socket
 from typing import Any
 
-from gateway import logs
+from gateway.ops import logs
 
 
 class BrokerStartError(OSError):

@@ -10,8 +10,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-from gateway import ports
 from gateway.config import Config
+from gateway.ops import ports
 
 
 def _line(name: str, ok: bool, detail: str) -> bool:
@@ -139,7 +139,7 @@ def _redis(url: str) -> str:
 
 
 def _telegram(config: Config) -> str:
-    from gateway import logs
+    from gateway.ops import logs
     from protocols.telegram.server import hide_token
 
     hide_token(config.telegram.token)

@@ -9,7 +9,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-from gateway import logs
+from gateway.ops import logs
 
 log = logs.server
 

@@ -1,6 +1,6 @@
 """Channel layers that count what they drop: a full channel is logged and counted, never silent.
 
-The Redis layer is in `gateway.redis_layer`: channels_redis and redis-py cost about 5 MiB of
+The Redis layer is in `gateway.layers.redis`: channels_redis and redis-py cost about 5 MiB of
 RSS, which a process on the in-memory layer does not pay.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 
-from gateway import logs, metrics
+from gateway.ops import logs, metrics
 
 _limit = logs.RateLimit(interval=10.0)
 
@@ -77,7 +77,7 @@ class MemoryLayer(CountsFull, InMemoryChannelLayer):
             overflowed(group, dropped)
 
     async def group_members(self, group: str) -> list[str]:
-        """The channels of a group (gateway.peers sends to the others, not to itself)."""
+        """The channels of a group (gateway.layers.peers sends to the others, not to itself)."""
         return list(self.groups.get(group, ()))
 
     async def receive(self, channel: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.config import Condition, Rule, Sensor
-from gateway.formats import Value, compare_equal
+from gateway.engine.formats import Value, compare_equal
 
 __all__ = ["SensorRules", "Transition", "matches"]
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from gateway import pages, views
+from gateway.web import pages, views
 
 urlpatterns = [
     path("", pages.index),
@@ -15,4 +15,4 @@ urlpatterns = [
     path("telegram/<str:secret>/", views.telegram_webhook),
 ]
 
-handler404 = "gateway.views.not_found"
+handler404 = "gateway.web.views.not_found"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from channels.db import database_sync_to_async as sync_to_async  # closes a broken or stale connection first
 from django.db import transaction
 
-from gateway.models import TelegramChat, TelegramMessage, TelegramSubscription
+from gateway.store.models import TelegramChat, TelegramMessage, TelegramSubscription
 from protocols.telegram.types import Chat
 
 __all__ = ["ChatBook"]

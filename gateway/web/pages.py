@@ -20,9 +20,9 @@ from django.utils.html import escape
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from gateway import logs, metrics
-from gateway.auth import Caller, client_address, end_session, start_session
+from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
+from gateway.web.auth import Caller, client_address, end_session, start_session
 
 STATIC = Path(__file__).resolve().parent / "static"
 ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}

@@ -18,9 +18,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count
 
 from gateway.config import Rule, Sensor
-from gateway.formats import Value
-from gateway.models import Alert, AlertEvent, SensorState, SiteCounter
-from gateway.templates import render_message
+from gateway.engine.formats import Value
+from gateway.engine.templates import render_message
+from gateway.store.models import Alert, AlertEvent, SensorState, SiteCounter
 
 __all__ = ["AckRefused", "AlertBook", "AlertChange"]
 

@@ -12,8 +12,8 @@ import re
 from typing import Any
 
 from gateway.config import Rule, Sensor
-from gateway.formats import Value
-from gateway.logs import CONTROL_CHARACTERS
+from gateway.engine.formats import Value
+from gateway.ops.logs import CONTROL_CHARACTERS
 
 __all__ = ["fill", "fill_payload", "render_message"]
 

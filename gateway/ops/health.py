@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway import metrics
+from gateway.ops import metrics
 
 
 class Health:

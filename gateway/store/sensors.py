@@ -11,11 +11,11 @@ from typing import Any
 
 from channels.db import database_sync_to_async as sync_to_async  # closes a broken or stale connection first
 
-from gateway import logs
-from gateway.alerts import iso
 from gateway.config import Sensor
-from gateway.formats import Value
-from gateway.models import SensorState
+from gateway.engine.formats import Value
+from gateway.ops import logs
+from gateway.store.alerts import iso
+from gateway.store.models import SensorState
 
 # The dashboard's chart of a numeric sensor: the last RECENT_POINTS readings, at
 # most one per RECENT_SPACING seconds (a later reading in the same slot replaces it).

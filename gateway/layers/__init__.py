@@ -1,0 +1,1 @@
+"""Channel layers (in-memory, Redis) and the peer mirror."""

@@ -1,0 +1,1 @@
+"""Operations: logs, metrics, health, sd_notify, ports, `gateway check`."""

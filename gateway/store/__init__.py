@@ -1,0 +1,1 @@
+"""The database: models, migrations, the alert book's SQL, chats."""

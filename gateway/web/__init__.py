@@ -1,0 +1,1 @@
+"""The HTTP face: views, pages, auth, security, urls, static files."""
