@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
-        from gateway.ops.check import check
+        from gateway.ops.check import Probes, check
 
-        return check(config)
+        return check(config, Probes(broker=_probe_broker, database=_probe_database, redis=_probe_redis))
     return run(config, args.protocol or list(PROTOCOLS), args.log_level)
 
 
@@ -97,3 +97,56 @@ def _close(loop: Any) -> None:
         task.cancel()
     if pending:
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
+# `gateway check`'s probes of the parts above ops (gateway.ops.check runs them).
+
+
+def _probe_broker(config: Config) -> str:
+    """An MQTT session as the gateway opens it (the protocol version negotiated the same way)."""
+    from protocols.mqtt.client import BrokerAddress
+    from protocols.mqtt.server import MqttServer, MqttSettings
+
+    address = BrokerAddress.from_url(config.mqtt.url)
+
+    async def probe() -> str:
+        server = MqttServer(
+            MqttSettings(
+                address, f"{config.mqtt.client_id}-check", config.mqtt.protocol, connect_timeout=3.0
+            ),
+            application=lambda *args: None,  # no devices: no instance ever runs
+            devices=[],
+        )
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(server.serve(stop))
+        try:
+            await asyncio.wait_for(server.connected.wait(), 6.0)
+        except TimeoutError:
+            raise OSError(f"{address}: no MQTT connection within 6 s") from None
+        finally:
+            stop.set()
+            await task
+        return f"{address} (MQTT {server.protocol})"
+
+    return asyncio.run(probe())
+
+
+def _probe_database(config: Config) -> str:
+    from gateway import settings
+
+    settings.setup(config)
+    from django.db import connection
+
+    connection.ensure_connection()
+    vendor = connection.vendor
+    connection.close()
+    return f"{vendor} reachable, schema up to date"
+
+
+def _probe_redis(url: str) -> str:
+    from gateway.layers.clients import redis_client
+    from gateway.redis_url import label
+
+    redis = redis_client(url, asynchronous=False, socket_timeout=3, socket_connect_timeout=3)
+    redis.ping()
+    return f"{label(url)} answers PING"

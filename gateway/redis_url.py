@@ -1,4 +1,5 @@
-"""Redis URLs of the config: `redis://`, `rediss://`, `unix://`, and `redis+sentinel://` (Sentinel).
+"""Redis URLs of the config (parsed here, with the standard library only; clients are made by
+`gateway.layers.clients`): `redis://`, `rediss://`, `unix://`, and `redis+sentinel://` (Sentinel).
 
 `redis+sentinel://[:password@]host1:26379,host2:26379/<master name>[/<db>]`: the
 sentinels say which server is the master, and clients follow it after a failover.
@@ -57,22 +58,6 @@ def layer_host(url: str, **options: Any) -> dict[str, Any]:
         "sentinel_kwargs": {"socket_connect_timeout": options.get("socket_connect_timeout", 5)},
         **options,
     }
-
-
-def client(url: str, *, asynchronous: bool = True, **options: Any) -> Any:
-    """A redis-py client for the URL (for a Sentinel URL, one that follows the master)."""
-    if asynchronous:
-        import redis.asyncio as redis
-        from redis.asyncio.sentinel import Sentinel
-    else:
-        import redis  # type: ignore[no-redef]
-        from redis.sentinel import Sentinel  # type: ignore[assignment]
-
-    sentinel = parse_sentinel(url)
-    if sentinel is None:
-        return redis.Redis.from_url(url, **options)
-    watchers = Sentinel(sentinel.sentinels, socket_connect_timeout=options.get("socket_connect_timeout", 5))
-    return watchers.master_for(sentinel.master, db=sentinel.db, password=sentinel.password, **options)
 
 
 def label(url: str) -> str:

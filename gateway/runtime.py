@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from channels.layers import get_channel_layer
 
@@ -21,7 +21,9 @@ from gateway.ops.health import Health
 from gateway.store.alerts import AlertBook, AlertChange
 from gateway.store.chats import ChatBook
 from gateway.store.sensors import SensorBoard
-from gateway.web.auth import TokenGate
+
+if TYPE_CHECKING:  # made by the web room's owner (gateway.server): the runtime sits below the web
+    from gateway.web.auth import TokenGate
 
 # The channel of `gateway/<site>/alerts`: one MQTT process takes each event (consumers.site).
 MQTT_OUT = "gateway.mqtt-alerts"
@@ -59,7 +61,7 @@ class Runtime:
     # Whether alert events go to MQTT_OUT: a process with MQTT reads it, or one elsewhere on Redis.
     mqtt_out: bool = False
     # Who a request or socket is, with the brake on wrong tokens per client address.
-    token_gate: TokenGate = field(default_factory=TokenGate)
+    token_gate: TokenGate = field(kw_only=True)
     # The other MQTT processes of a shared subscription, if this process is one of them.
     peers: PeerMirror | None = None
     # sensor id -> its rule engine, made by its consumer's first instance (consumers.sensor).

@@ -213,10 +213,11 @@ class Gateway:
     async def run(self) -> None:
         from gateway.asgi import build_application
         from gateway.runtime import Runtime
+        from gateway.web.auth import TokenGate
 
         self._signals()
         config = self.config
-        runtime = self.runtime = Runtime(config, self.health)
+        runtime = self.runtime = Runtime(config, self.health, token_gate=TokenGate())
         from gateway.redis_url import is_redis
 
         runtime.mqtt_out = "mqtt" in self.protocols or is_redis(config.gateway.channel_layer)
@@ -313,9 +314,11 @@ class Gateway:
         self._tasks.append(asyncio.ensure_future(self.mqtt.serve(self.stop)))
 
     def _start_telegram(self, application: Any, runtime: Any) -> None:
+        import functools
         import hashlib
 
         from consumers.telegram import COMMANDS
+        from gateway.layers.clients import redis_client
         from gateway.ops import metrics
         from gateway.redis_url import is_redis
         from protocols.telegram.flow import Limits
@@ -337,7 +340,7 @@ class Gateway:
         if is_redis(layer):
             # One poller per bot among every process on this Redis; the key names the bot, not the token.
             bot = hashlib.sha256(tg.token.encode()).hexdigest()[:16]
-            lease = RedisLease(layer, f"gateway:telegram:poller:{bot}")
+            lease = RedisLease(functools.partial(redis_client, layer), f"gateway:telegram:poller:{bot}")
         self.telegram = TelegramServer(
             settings,
             application,

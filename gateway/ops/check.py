@@ -1,17 +1,20 @@
-"""`gateway check`: the config, then each service it names, one line each; exit 0 only if all is well."""
+"""`gateway check`: the config, then each service it names, one line each; exit 0 only if all is well.
+
+The probes that need a part above ops (an MQTT session, the database, a Redis client) are given
+by `gateway.cli`, so this room imports no protocol and no store."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gateway.config import Config
-from gateway.ops import ports
+from gateway.ops import logs, ports
 
 
 def _line(name: str, ok: bool, detail: str) -> bool:
@@ -19,7 +22,16 @@ def _line(name: str, ok: bool, detail: str) -> bool:
     return ok
 
 
-def check(config: Config) -> int:
+@dataclass(frozen=True)
+class Probes:
+    """Each returns what it found, or raises what went wrong."""
+
+    broker: Callable[[Config], str]  # an external broker (not the embedded one)
+    database: Callable[[Config], str]
+    redis: Callable[[str], str]
+
+
+def check(config: Config, probes: Probes) -> int:
     results = [
         _line(
             "config",
@@ -28,10 +40,10 @@ def check(config: Config) -> int:
             f"{len(config.sensors)} sensors, {len(config.rules)} rules",
         )
     ]
-    results.append(_attempt("broker", lambda: _broker(config)))
-    results.append(_attempt("database", lambda: _database(config)))
+    results.append(_attempt("broker", lambda: _broker(config, probes.broker)))
+    results.append(_attempt("database", lambda: probes.database(config)))
     if config.gateway.channel_layer != "memory":
-        results.append(_attempt("redis", lambda: _redis(config.gateway.channel_layer)))
+        results.append(_attempt("redis", lambda: probes.redis(config.gateway.channel_layer)))
     else:
         results.append(_line("layer", True, "in-memory (single process)"))
     if config.telegram_enabled:
@@ -48,34 +60,8 @@ def _attempt(name: str, probe: Callable[[], str]) -> bool:
         return _line(name, False, str(err) or type(err).__name__)
 
 
-def _broker(config: Config) -> str:
-    if config.mqtt.url == "embedded":
-        return _embedded_broker(config)
-    from protocols.mqtt.client import BrokerAddress
-    from protocols.mqtt.server import MqttServer, MqttSettings
-
-    address = BrokerAddress.from_url(config.mqtt.url)
-
-    async def probe() -> str:
-        server = MqttServer(
-            MqttSettings(
-                address, f"{config.mqtt.client_id}-check", config.mqtt.protocol, connect_timeout=3.0
-            ),
-            application=lambda *args: None,  # no devices: no instance ever runs
-            devices=[],
-        )
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(server.serve(stop))
-        try:
-            await asyncio.wait_for(server.connected.wait(), 6.0)
-        except TimeoutError:
-            raise OSError(f"{address}: no MQTT connection within 6 s") from None
-        finally:
-            stop.set()
-            await task
-        return f"{address} (MQTT {server.protocol})"
-
-    return asyncio.run(probe())
+def _broker(config: Config, external: Callable[[Config], str]) -> str:
+    return _embedded_broker(config) if config.mqtt.url == "embedded" else external(config)
 
 
 def _embedded_broker(config: Config) -> str:
@@ -118,31 +104,8 @@ def _connack(host: str, port: int, timeout: float = 3.0) -> str | None:
         return err.strerror or str(err)
 
 
-def _database(config: Config) -> str:
-    from gateway import settings
-
-    settings.setup(config)
-    from django.db import connection
-
-    connection.ensure_connection()
-    vendor = connection.vendor
-    connection.close()
-    return f"{vendor} reachable, schema up to date"
-
-
-def _redis(url: str) -> str:
-    from gateway.redis_url import client, label
-
-    redis = client(url, asynchronous=False, socket_timeout=3, socket_connect_timeout=3)
-    redis.ping()
-    return f"{label(url)} answers PING"
-
-
 def _telegram(config: Config) -> str:
-    from gateway.ops import logs
-    from protocols.telegram.server import hide_token
-
-    hide_token(config.telegram.token)
+    logs.hide_bot_token(config.telegram.token)
     url = f"{config.telegram.api_url.rstrip('/')}/bot{config.telegram.token}/getMe"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:

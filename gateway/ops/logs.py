@@ -51,6 +51,12 @@ def add_secret(secret: str) -> None:
         _secrets.update({secret, encoded, re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), encoded)})
 
 
+def hide_bot_token(token: str) -> None:
+    """Keep a Telegram bot token out of every log line and `redact`ed text, whole or by its secret half."""
+    add_secret(token)
+    add_secret(token.partition(":")[2])  # however the bot id before it is spelled
+
+
 def redact(text: str) -> str:
     for secret in _secrets:
         if secret in text:

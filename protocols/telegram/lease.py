@@ -47,9 +47,10 @@ class Lease:
 
 
 class RedisLease(Lease):
-    def __init__(self, url: str, key: str, ttl: float = 5.0, retry: float = 1.0) -> None:
+    def __init__(self, connect: Callable[..., Any], key: str, ttl: float = 5.0, retry: float = 1.0) -> None:
+        """`connect(**options)`: a redis-py asyncio client of the shared Redis, made on first use."""
         super().__init__()
-        self.url, self.key, self.ttl, self.retry = url, key, ttl, retry
+        self.connect, self.key, self.ttl, self.retry = connect, key, ttl, retry
         self._redis: Any = None
         self._lock: Any = None
         self._renewer: asyncio.Task[None] | None = None
@@ -58,10 +59,8 @@ class RedisLease(Lease):
     async def acquire(self, stop: asyncio.Event) -> bool:
         import redis.asyncio as aioredis
 
-        from gateway.redis_url import client
-
         if self._redis is None:
-            self._redis = client(self.url, socket_timeout=self.ttl, socket_connect_timeout=2)
+            self._redis = self.connect(socket_timeout=self.ttl, socket_connect_timeout=2)
             self._lock = self._redis.lock(self.key, timeout=self.ttl, blocking=False, thread_local=False)
         stop_wait = asyncio.ensure_future(stop.wait())
         announced = False

@@ -48,7 +48,7 @@ log = logs.telegram
 _malformed_log = logs.RateLimit(interval=30.0)
 _chat_log = logs.RateLimit(interval=60.0)
 
-__all__ = ["TelegramServer", "TelegramSettings", "hide_token", "parse_command"]
+__all__ = ["TelegramServer", "TelegramSettings", "parse_command"]
 
 ALLOWED_UPDATES = ["message", "callback_query"]
 # What one chat may send: a burst of commands, then one a second; the rest is dropped and counted,
@@ -79,12 +79,6 @@ class TelegramSettings:
         """`/telegram/<secret>/`: derived from token and secret, so it changes when either does."""
         digest = hashlib.sha256(f"{self.token}\0{self.webhook_secret}".encode()).hexdigest()[:32]
         return f"/telegram/{digest}/"
-
-
-def hide_token(token: str) -> None:
-    """Keep the token out of every log line and `logs.redact`ed text, whole or by its secret half."""
-    logs.add_secret(token)
-    logs.add_secret(token.partition(":")[2])  # however the bot id before it is spelled
 
 
 def parse_command(text: str, bot_username: str) -> tuple[str | None, list[str]]:
@@ -130,7 +124,7 @@ class TelegramServer:
         self.lease = lease or Lease()
         self.on_state = on_state
         self.count = count
-        hide_token(settings.token)
+        logs.hide_bot_token(settings.token)
         self.bot_user: dict[str, Any] = {"id": int(settings.token.split(":", 1)[0]), "username": ""}
         self.outbox = self._outbox(lambda o: count(f"send_{o}"))
         self.leading = asyncio.Event()
