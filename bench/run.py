@@ -157,6 +157,8 @@ class Options:
     log_level: str
     keep: bool
     subjects: list[str]
+    # Another checkout of the gateway, measured as the subject "before" (memory layer) in the same run.
+    before: Path | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -183,8 +185,17 @@ class Options:
             workers=4,
             log_level=args.log_level,
             keep=args.keep,
-            subjects=[x for x in SUBJECTS if not args.subjects or x in args.subjects.split(",")],
+            subjects=subjects(args),
+            before=Path(args.before).resolve() if args.before else None,
         )
+
+
+def subjects(args: argparse.Namespace) -> list[str]:
+    chosen = [x for x in SUBJECTS if not args.subjects or x in args.subjects.split(",")]
+    if args.before:  # floor, before, memory: the old and the new gateway side by side
+        chosen = [x for x in chosen if x != "redis"]
+        chosen.insert(1 if chosen[:1] == ["floor"] else 0, "before")
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------------- subjects
@@ -247,11 +258,17 @@ def start_floor(work: Path, services: Services) -> Subject:
 
 
 def start_gateway(
-    work: Path, name: str, services: Services, layer: str, opts: Options, protocols: tuple[str, ...] = ()
+    work: Path,
+    name: str,
+    services: Services,
+    layer: str,
+    opts: Options,
+    protocols: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Subject:
     http = free_port()
     config = write_gateway_config(work, name, services, layer, http)
-    proc = Proc(name, gateway_argv(config, protocols, opts.log_level), work, http_port=http)
+    proc = Proc(name, gateway_argv(config, protocols, opts.log_level), work, http_port=http, env=env)
     return Subject(name, proc, http, http)
 
 
@@ -622,6 +639,9 @@ async def run_subject(
 ) -> dict[str, Any]:
     if name == "floor":
         subject = start_floor(work, services)
+    elif name == "before":
+        assert opts.before is not None
+        subject = start_gateway(work, name, services, "memory", opts, env={"PYTHONPATH": str(opts.before)})
     else:
         subject = start_gateway(
             work, name, services, "memory" if name == "memory" else services.redis_url, opts
@@ -805,7 +825,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label, path, _ in ROWS:
         floor = get(subjects, "floor", *path)
-        row = {name: ratio(get(subjects, name, *path), floor) for name in ("memory", "redis")}
+        row = {name: ratio(get(subjects, name, *path), floor) for name in ("before", "memory", "redis")}
         if "lost" not in label and any(v is not None for v in row.values()):
             out[label] = row
     shared = get(results, "shared_ingest", "messages_per_s")
@@ -888,13 +908,15 @@ def print_report(results: dict[str, Any]) -> None:
         "x floor = gateway / floor, both measured in this run; target: issue 8, on the memory layer"
         + (" [QUICK: smoke test, timings mean nothing]" if meta["quick"] else "")
     )
-    head = line("", "floor", "memory", "x floor", "redis", "x floor", "target")
+    # Two gateway columns: memory and redis, or with --before, before and memory (its redis is not run).
+    first, second = ("before", "memory") if "before" in subjects else ("memory", "redis")
+    head = line("", "floor", first, "x floor", second, "x floor", "target")
     print(head)
     print("-" * max(len(head), 96))
     for label, path, target in ROWS:
         floor = get(subjects, "floor", *path)
-        mem = get(subjects, "memory", *path)
-        red = get(subjects, "redis", *path)
+        mem = get(subjects, first, *path)
+        red = get(subjects, second, *path)
         if floor is None and mem is None and red is None:
             continue
         rm, rr = ratio(mem, floor), ratio(red, floor)
@@ -986,6 +1008,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ingest", type=int, help="messages in the ingest burst (default 10000, --quick 2000)"
     )
     parser.add_argument("--subjects", help=f"a subset of {','.join(SUBJECTS)} (default: all three)")
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also measure the gateway of another checkout (e.g. a git worktree of an older commit), "
+        "memory layer, in this run: subject 'before'; the redis subject is then left out",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
