@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.config import Rule, Sensor
 from gateway.engine.formats import Value
-from gateway.ops.logs import CONTROL_CHARACTERS
+from gateway.engine.text import CONTROL_CHARACTERS
 
 __all__ = ["fill", "fill_payload", "render_message"]
 

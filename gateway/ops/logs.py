@@ -7,6 +7,8 @@ import re
 import time
 from urllib.parse import quote
 
+from gateway.engine.text import CONTROL_CHARACTERS
+
 server = logging.getLogger("gateway.server")
 mqtt = logging.getLogger("gateway.mqtt")
 web = logging.getLogger("gateway.web")
@@ -62,11 +64,6 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "<redacted>")
     return text
-
-
-# C0 and C1 controls and the Unicode line breaks: from a value, a newline above all, they
-# would start a forged line of their own, move a terminal's cursor or end a record.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def escape(text: str) -> str:
