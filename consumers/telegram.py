@@ -1,4 +1,4 @@
-"""`ChatConsumer`: the bot of SPEC §7, one instance per Telegram chat.
+"""`ChatConsumer`: the gateway's bot (the worked example of docs/specs/telegram.md), one instance per chat.
 
 It joins the channel-layer groups the chat subscribed to ("alerts", "alerts.<zone>")
 and turns alert events into messages with an Acknowledge button; acknowledging

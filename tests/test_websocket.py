@@ -1,4 +1,4 @@
-"""SPEC §7 WebSocket protocol against a real gateway: auth, origin, every message type, bad frames."""
+"""`/ws/alerts/` (README.md, Protocols) against a real gateway: auth, origin, each message, bad frames."""
 
 from __future__ import annotations
 
