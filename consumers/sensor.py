@@ -164,15 +164,6 @@ class SensorConsumer(MqttConsumer):
             self._apply_in_order(transitions, None)
         self._schedule()
 
-    async def sensor_observed(self, event: dict[str, Any]) -> None:
-        """One reading of a peer that reports each on its own (an older version, while upgrading)."""
-        if not self._setup() or event.get("origin") == getattr(self, "channel_name", None):
-            return
-        if "available" in event:
-            self.peer_observed(event["at"], "available", event["available"], False)
-        else:
-            self.peer_observed(event["at"], "value", event["value"], event.get("retain", False))
-
     def _apply_in_order(self, transitions: list[Transition], received: float | None) -> asyncio.Task[None]:
         """Store and announce these changes after those of earlier readings (ours, the peers', timers')."""
         task = asyncio.ensure_future(self._apply_locked(transitions, received))
