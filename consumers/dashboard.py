@@ -12,9 +12,9 @@ from typing import Any
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from gateway.engine.alerts import AckRefused
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
-from gateway.store.alerts import AckRefused
 from protocols.dispatch import DirectDispatch
 from protocols.ratelimit import TokenBucket
 from protocols.websocket.server import FRAMES, FrameWriter, prepare

@@ -1,7 +1,8 @@
 """`SensorConsumer`: one per configured sensor; parses its payloads, runs its rules, acts on them.
 
-Parsing lives in gateway.engine.formats, rules in gateway.engine.rules, persistence in
-gateway.store.alerts: this class only wires them to MQTT events and channel groups.
+Parsing lives in gateway.engine.formats, rules in gateway.engine.rules, the alert lifecycle in
+gateway.engine.alerts and its persistence in gateway.store.alerts: this class only wires them to
+MQTT events and channel groups.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import replace
 from typing import Any
 
 from gateway.config import Action, Sensor
+from gateway.engine.alerts import AlertChange
 from gateway.engine.formats import FieldMissing, PayloadError, Value, parse_availability, parse_value
 from gateway.engine.rules import SensorRules, Transition
 from gateway.engine.templates import fill_payload
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime, SensorEngine
-from gateway.store.alerts import AlertChange
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
 
@@ -133,7 +134,7 @@ class SensorConsumer(MqttConsumer):
         if self.peers is not None:
             self.peers.observe(self.sensor.id, received, kind, value, bool(event["retain"]))
         # Dashboards hear of a reading from the process that got it, not once per process.
-        changed = self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online)
+        changed = self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online, received)
         if transitions:
             applied = self._apply_in_order(transitions, received)
             if changed:
@@ -155,7 +156,7 @@ class SensorConsumer(MqttConsumer):
             transitions = self.rules.on_availability(bool(value), now, local=False)
         else:
             transitions = self.rules.on_value(value, now, retained=retain, local=False)
-        self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online)
+        self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online, time.time())
         if transitions:
             # A raise or clear seen here too is acted on here too: a reading and a peer's report of
             # an earlier one can arrive in either order, and the database keeps one alert per rule
@@ -234,9 +235,9 @@ class SensorConsumer(MqttConsumer):
                 metrics.deliveries.labels("database", "failed").inc()
                 known = self.announced.pop(t.rule.id, None)
                 if t.kind == "raise":
-                    change = AlertChange.unsaved("raised", t.rule, sensor, t.value, None)
+                    change = book.unsaved("raised", t.rule, sensor, t.value, None)
                 elif t.kind == "clear" and known is not None:
-                    change = AlertChange.unsaved("cleared", t.rule, sensor, t.value, known[0])
+                    change = book.unsaved("cleared", t.rule, sensor, t.value, known[0])
                 else:
                     continue
             else:
@@ -244,7 +245,7 @@ class SensorConsumer(MqttConsumer):
                     known = self.announced.pop(t.rule.id, None)
                     if known is not None and not known[1]:
                         # Raised while the database was away: clear what the clients were told of.
-                        change = AlertChange.unsaved("cleared", t.rule, sensor, t.value, known[0])
+                        change = book.unsaved("cleared", t.rule, sensor, t.value, known[0])
             if change is not None:
                 if change.event == "raised":
                     self.announced[t.rule.id] = (change.alert, change.saved)
@@ -288,7 +289,7 @@ class SensorConsumer(MqttConsumer):
         if self.rules.dropped:
             self._cooldown_dropped()
         if self.rules.online != was_online:
-            self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online)
+            self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online, time.time())
             self._sensor_changed()
         if transitions:
             await self._apply_in_order(transitions, None)

@@ -6,9 +6,9 @@ import asyncio
 import time
 from typing import Any
 
+from gateway.engine.alerts import AckRefused
 from gateway.ops import logs, metrics
 from gateway.runtime import MQTT_OUT, Runtime
-from gateway.store.alerts import AckRefused
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
 

@@ -21,9 +21,9 @@ import time
 from datetime import datetime
 from typing import Any
 
+from gateway.engine.alerts import AckRefused, AlertChange
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
-from gateway.store.alerts import AckRefused, AlertChange
 from protocols.telegram import TelegramConsumer, button
 from protocols.telegram.types import (
     TelegramCallbackQueryEvent,

@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Any
 from channels.layers import get_channel_layer
 
 from gateway.config import Config
+from gateway.engine.alerts import AlertChange
 from gateway.engine.rules import SensorRules
 from gateway.faults import FAULT_RULE, DeviceFaults
 from gateway.layers.peers import PeerMirror
 from gateway.ops import logs, metrics
 from gateway.ops.health import Health
-from gateway.store.alerts import AlertBook, AlertChange
+from gateway.store.alerts import AlertBook
 from gateway.store.chats import ChatBook
-from gateway.store.sensors import SensorBoard
+from gateway.store.sensors import SensorStore
 
 if TYPE_CHECKING:  # made by the web room's owner (gateway.server): the runtime sits below the web
     from gateway.web.auth import TokenGate
@@ -48,7 +49,7 @@ class Runtime:
     config: Config
     health: Health
     book: AlertBook = field(init=False)
-    board: SensorBoard = field(init=False)
+    board: SensorStore = field(init=False)
     chats: ChatBook = field(init=False)
     # The Telegram server of this process, if it runs one (the webhook view feeds it).
     telegram: Any = None
@@ -70,7 +71,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.book = AlertBook(self.config.gateway.site)
-        self.board = SensorBoard(self.config.gateway.site, self.config.sensors)
+        self.board = SensorStore(self.config.gateway.site, self.config.sensors)
         self.chats = ChatBook(self.config.gateway.site)
         self.faults = DeviceFaults(self)
 

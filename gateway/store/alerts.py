@@ -2,14 +2,12 @@
 
 Every change is written (alert row, event row, counter) in one transaction
 before anyone hears of it, so a broadcast never announces what a restart would
-forget, and `resume` can replay from the event log.
+forget, and `resume` can replay from the event log. What a change is, is decided by
+the pure lifecycle (`gateway.engine.alerts`); the clock is read here, and passed in.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,103 +16,14 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count
 
 from gateway.config import Rule, Sensor
+from gateway.engine import alerts as lifecycle
+from gateway.engine.alerts import OPEN_STATES, AlertChange, AlertRecord
 from gateway.engine.formats import Value
-from gateway.engine.templates import render_message
 from gateway.store.models import Alert, AlertEvent, SensorState, SiteCounter
 
-__all__ = ["AckRefused", "AlertBook", "AlertChange"]
+__all__ = ["AlertBook"]
 
-# Short ids to type on a phone: no 0/o, 1/l/i.
-_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
-OPEN_STATES = ("active", "acknowledged")
-
-
-class AckRefused(Exception):
-    """An acknowledgement that cannot be applied; the message says why."""
-
-
-def alert_groups(rule: Rule, sensor: Sensor) -> list[str]:
-    """The channel-layer groups an alert of this rule and sensor goes to ("alerts" first)."""
-    return sorted({"alerts", f"alerts.{sensor.zone}", f"sensor.{sensor.id}", *rule.notify})
-
-
-def new_id() -> str:
-    return "".join(secrets.choice(_ALPHABET) for _ in range(6))
-
-
-def iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def alert_json(alert: Alert) -> dict[str, Any]:
-    return {
-        "id": alert.id,
-        "rule": alert.rule,
-        "sensor": alert.sensor,
-        "zone": alert.zone,
-        "severity": alert.severity,
-        "state": alert.state,
-        "message": alert.message,
-        "value": alert.value,
-        "raised_at": iso(alert.raised_at),
-        "acknowledged_at": iso(alert.acknowledged_at),
-        "acknowledged_by": alert.acknowledged_by,
-        "cleared_at": iso(alert.cleared_at),
-    }
-
-
-@dataclass(frozen=True)
-class AlertChange:
-    event: str  # raised | acknowledged | cleared | repeated
-    seq: int
-    alert: dict[str, Any]
-    groups: tuple[str, ...] = ()
-    text: str = field(default="", compare=False)
-    # False: the database refused it (locked, full); announced all the same, with seq 0.
-    saved: bool = True
-
-    @classmethod
-    def make(
-        cls, event: str, seq: int, alert: dict[str, Any], groups: tuple[str, ...] = (), saved: bool = True
-    ) -> AlertChange:
-        # Encoded once here, sent as-is to every WebSocket and MQTT subscriber.
-        envelope: dict[str, Any] = {"type": "alert", "event": event, "seq": seq, "alert": alert}
-        if not saved:
-            envelope["saved"] = False
-        return cls(event, seq, alert, groups, json.dumps(envelope, separators=(",", ":")), saved)
-
-    @classmethod
-    def unsaved(
-        cls, event: str, rule: Rule, sensor: Sensor, value: Value | None, raised: dict[str, Any] | None
-    ) -> AlertChange:
-        """A raise or clear the database would not take: the alert as it would have been stored."""
-        now = _now()
-        alert = (
-            dict(raised)
-            if raised
-            else alert_json(
-                Alert(
-                    id=new_id(),
-                    rule=rule.id,
-                    sensor=sensor.id,
-                    zone=sensor.zone,
-                    severity=rule.severity,
-                    state="active",
-                    message=render_message(rule.message, rule, sensor, value, ""),
-                    value=value,
-                    raised_at=now,
-                )
-            )
-        )
-        if event == "cleared":
-            alert.update(state="cleared", cleared_at=iso(now), value=value)
-        return cls.make(event, 0, alert, tuple(alert_groups(rule, sensor)), saved=False)
-
-    @property
-    def envelope(self) -> dict[str, Any]:
-        return {"type": "alert", "event": self.event, "seq": self.seq, "alert": self.alert}
+_ALERT_FIELDS = tuple(f.attname for f in Alert._meta.concrete_fields)
 
 
 class AlertBook:
@@ -126,16 +35,15 @@ class AlertBook:
     # The writes below are plain SQL, each field's value adapted by the field itself: the
     # ORM built every query anew on each call, which cost more than running it (SQLite).
 
-    def _record(self, event: str, alert: Alert, seq: int) -> AlertChange:
-        snapshot = alert_json(alert)
-        row = {"site": self.site, "seq": seq, "event": event, "alert_id": alert.id, "alert": snapshot}
-        _insert(AlertEvent, **row, at=_now())
-        return AlertChange.make(event, seq, snapshot, tuple(alert.groups))
+    def _record(self, event: str, alert: AlertRecord, seq: int, now: datetime) -> AlertChange:
+        snapshot = alert.as_json()
+        _insert(AlertEvent, site=self.site, seq=seq, event=event, alert_id=alert.id, alert=snapshot, at=now)
+        return AlertChange.make(event, seq, snapshot, alert.groups)
 
-    def _reading(self, sensor_id: str, value: Value | None, online: bool | None) -> None:
+    def _reading(self, sensor_id: str, value: Value | None, online: bool | None, now: datetime) -> None:
         # The reading behind a change is saved with it: after a crash, the rules must not
         # start from an older value than the alerts they see (the board saves lazily).
-        row = {"site": self.site, "sensor": sensor_id, "value": value, "online": online, "updated_at": _now()}
+        row = {"site": self.site, "sensor": sensor_id, "value": value, "online": online, "updated_at": now}
         _insert(SensorState, **row, conflict=("site", "sensor"))
 
     def raise_sync(
@@ -153,7 +61,6 @@ class AlertBook:
         Only one process raises for a given message, but two processes with shared
         subscriptions can race on messages a millisecond apart: the database decides.
         """
-        groups = alert_groups(rule, sensor)
         for _ in range(5):
             try:
                 with transaction.atomic():
@@ -163,24 +70,11 @@ class AlertBook:
                     if self._open(rule.id, sensor.id) is not None:
                         transaction.set_rollback(True)
                         return None
-                    self._reading(sensor.id, value, online)
-                    alert = Alert(
-                        id=new_id(),
-                        site=self.site,
-                        rule=rule.id,
-                        sensor=sensor.id,
-                        zone=sensor.zone,
-                        severity=rule.severity,
-                        state="active",
-                        message=message or render_message(rule.message, rule, sensor, value, self.site),
-                        value=value,
-                        groups=groups,
-                        raised_at=_now(),
-                    )
-                    _insert(
-                        Alert, **{f.attname: getattr(alert, f.attname) for f in Alert._meta.concrete_fields}
-                    )
-                    return self._record("raised", alert, seq)
+                    now = _now()
+                    self._reading(sensor.id, value, online, now)
+                    alert = lifecycle.raise_alert(rule, sensor, value, self.site, now, message)
+                    _insert(Alert, **{name: getattr(alert, name) for name in _ALERT_FIELDS})
+                    return self._record("raised", alert, seq, now)
             except IntegrityError:
                 continue  # an id collision: draw again
         raise RuntimeError("could not draw a free alert id")
@@ -188,43 +82,42 @@ class AlertBook:
     def acknowledge_sync(self, alert_id: str, by: str) -> AlertChange:
         with transaction.atomic():
             seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
-            alert = (
-                Alert.objects.select_for_update().filter(site=self.site, id=alert_id.strip().lower()).first()
-            )
-            if alert is None:
-                raise AckRefused(f"no alert with id {alert_id!r}")
-            if alert.state == "cleared":
-                raise AckRefused(f"alert {alert.id} is already cleared")
-            if alert.state == "acknowledged":
-                raise AckRefused(f"alert {alert.id} was already acknowledged by {alert.acknowledged_by}")
-            alert.state, alert.acknowledged_at, alert.acknowledged_by = "acknowledged", _now(), by
+            rows = Alert.objects.select_for_update().filter(site=self.site, id=alert_id.strip().lower())
+            row, now = rows.first(), _now()
+            alert = lifecycle.acknowledge(alert_id, None if row is None else _alert(row), by, now)
             _update(alert, "state", "acknowledged_at", "acknowledged_by")
-            return self._record("acknowledged", alert, seq)
+            return self._record("acknowledged", alert, seq, now)
 
     def clear_sync(
         self, rule_id: str, sensor_id: str, value: Value | None, online: bool | None = True
     ) -> AlertChange | None:
         with transaction.atomic():
             seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
-            alert = self._open(rule_id, sensor_id)
+            open_alert, now = self._open(rule_id, sensor_id), _now()
+            alert = lifecycle.clear(open_alert, value, now)
             if alert is None:
                 transaction.set_rollback(True)
                 return None
-            self._reading(sensor_id, value, online)
-            alert.state, alert.cleared_at, alert.value = "cleared", _now(), value
+            self._reading(sensor_id, value, online, now)
             _update(alert, "state", "cleared_at", "value")
-            return self._record("cleared", alert, seq)
+            return self._record("cleared", alert, seq, now)
 
     def repeat_sync(self, rule_id: str, sensor_id: str) -> AlertChange | None:
         with transaction.atomic():
             seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
-            alert = self._open(rule_id, sensor_id)
-            if alert is None or alert.state != "active":
+            alert = lifecycle.repeat(self._open(rule_id, sensor_id))
+            if alert is None:
                 transaction.set_rollback(True)
                 return None
-            return self._record("repeated", alert, seq)
+            return self._record("repeated", alert, seq, _now())
 
-    def _open(self, rule_id: str, sensor_id: str) -> Alert | None:
+    def unsaved(
+        self, event: str, rule: Rule, sensor: Sensor, value: Value | None, raised: dict[str, Any] | None
+    ) -> AlertChange:
+        """A raise or clear the database would not take, announced all the same (AlertChange.unsaved)."""
+        return AlertChange.unsaved(event, rule, sensor, value, raised, _now())
+
+    def _open(self, rule_id: str, sensor_id: str) -> AlertRecord | None:
         # Alert.objects.select_for_update().filter(...).order_by("-raised_at").first(), written out.
         qn = connection.ops.quote_name
         states = ", ".join(["%s"] * len(OPEN_STATES))
@@ -235,13 +128,13 @@ class AlertBook:
             f"ORDER BY {qn('raised_at')} DESC LIMIT 1{lock}"
         )
         rows = list(Alert.objects.raw(sql, [self.site, rule_id, sensor_id, *OPEN_STATES]))
-        return rows[0] if rows else None
+        return _alert(rows[0]) if rows else None
 
     # Reads
 
     def open_alerts_sync(self) -> list[dict[str, Any]]:
         rows = Alert.objects.filter(site=self.site, state__in=OPEN_STATES).order_by("-raised_at")
-        return [alert_json(a) for a in rows]
+        return [_alert(a).as_json() for a in rows]
 
     def open_counts_sync(self) -> dict[str, int]:
         """Open alerts by state ("active", "acknowledged"): one COUNT query, cheap enough for a status."""
@@ -268,7 +161,7 @@ class AlertBook:
             rows = rows.filter(state__in=OPEN_STATES)
         elif state:
             rows = rows.filter(state=state)
-        return [alert_json(a) for a in rows.order_by("-raised_at")[:limit]]
+        return [_alert(a).as_json() for a in rows.order_by("-raised_at")[:limit]]
 
     def seq_sync(self) -> int:
         counter = SiteCounter.objects.filter(site=self.site).first()
@@ -343,14 +236,19 @@ def _insert(model: Any, conflict: tuple[str, ...] = (), **values: Any) -> None:
         cursor.execute(sql, params)
 
 
-def _update(obj: Any, *names: str) -> None:
-    """UPDATE these fields of one row by primary key, like obj.save(update_fields=names), minus the ORM."""
-    meta = obj._meta
+def _alert(row: Alert) -> AlertRecord:
+    values = {name: getattr(row, name) for name in _ALERT_FIELDS}
+    return AlertRecord(**{**values, "groups": tuple(values["groups"])})
+
+
+def _update(alert: AlertRecord, *names: str) -> None:
+    """UPDATE these fields of the alert's row, like Alert.save(update_fields=names), minus the ORM."""
+    meta = Alert._meta
     fields = [meta.get_field(name) for name in names]
     qn = connection.ops.quote_name
     assignments = ", ".join(f"{qn(f.column)} = %s" for f in fields)
-    params = [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields]
-    params.append(meta.pk.get_db_prep_value(obj.pk, connection))
+    params = [f.get_db_prep_save(getattr(alert, f.attname), connection) for f in fields]
+    params.append(meta.pk.get_db_prep_value(alert.id, connection))
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {qn(meta.pk.column)} = %s", params

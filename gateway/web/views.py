@@ -12,9 +12,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.engine.alerts import AckRefused
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
-from gateway.store.alerts import AckRefused
 from gateway.web.auth import Caller
 from protocols.websocket.http_guard import MAX_BODY, Gate, Head, Refusal
 

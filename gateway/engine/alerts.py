@@ -1,0 +1,168 @@
+"""The alert lifecycle, pure: raise, acknowledge, clear, repeat; time is a parameter.
+
+`gateway.store.alerts.AlertBook` stores what these functions return, one transaction each.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.config import Rule, Sensor
+from gateway.engine.formats import Value
+from gateway.engine.templates import render_message
+
+__all__ = [
+    "OPEN_STATES",
+    "AckRefused",
+    "AlertChange",
+    "AlertRecord",
+    "acknowledge",
+    "alert_groups",
+    "clear",
+    "iso",
+    "new_id",
+    "raise_alert",
+    "repeat",
+]
+
+# Short ids to type on a phone: no 0/o, 1/l/i.
+_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+OPEN_STATES = ("active", "acknowledged")
+
+
+class AckRefused(Exception):
+    """An acknowledgement that cannot be applied; the message says why."""
+
+
+def alert_groups(rule: Rule, sensor: Sensor) -> list[str]:
+    """The channel-layer groups an alert of this rule and sensor goes to ("alerts" first)."""
+    return sorted({"alerts", f"alerts.{sensor.zone}", f"sensor.{sensor.id}", *rule.notify})
+
+
+def new_id() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(6))
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """One alert as the book keeps it; `as_json` is what every protocol is told of it."""
+
+    id: str
+    site: str
+    rule: str
+    sensor: str
+    zone: str
+    severity: str
+    state: str  # active | acknowledged | cleared
+    message: str
+    value: Value | None
+    groups: tuple[str, ...]
+    raised_at: datetime
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    cleared_at: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "rule": self.rule,
+            "sensor": self.sensor,
+            "zone": self.zone,
+            "severity": self.severity,
+            "state": self.state,
+            "message": self.message,
+            "value": self.value,
+            "raised_at": iso(self.raised_at),
+            "acknowledged_at": iso(self.acknowledged_at),
+            "acknowledged_by": self.acknowledged_by,
+            "cleared_at": iso(self.cleared_at),
+        }
+
+
+def raise_alert(
+    rule: Rule, sensor: Sensor, value: Value | None, site: str, now: datetime, message: str | None = None
+) -> AlertRecord:
+    """A new active alert, with a new id; `message`: the text as it is, instead of the rule's template."""
+    return AlertRecord(
+        id=new_id(),
+        site=site,
+        rule=rule.id,
+        sensor=sensor.id,
+        zone=sensor.zone,
+        severity=rule.severity,
+        state="active",
+        message=message or render_message(rule.message, rule, sensor, value, site),
+        value=value,
+        groups=tuple(alert_groups(rule, sensor)),
+        raised_at=now,
+    )
+
+
+def acknowledge(alert_id: str, alert: AlertRecord | None, by: str, now: datetime) -> AlertRecord:
+    """The alert acknowledged by `by`; `alert`: the one `alert_id` names, None when there is none."""
+    if alert is None:
+        raise AckRefused(f"no alert with id {alert_id!r}")
+    if alert.state == "cleared":
+        raise AckRefused(f"alert {alert.id} is already cleared")
+    if alert.state == "acknowledged":
+        raise AckRefused(f"alert {alert.id} was already acknowledged by {alert.acknowledged_by}")
+    return replace(alert, state="acknowledged", acknowledged_at=now, acknowledged_by=by)
+
+
+def clear(alert: AlertRecord | None, value: Value | None, now: datetime) -> AlertRecord | None:
+    """The open alert cleared by `value`; None when there is no open alert to clear."""
+    if alert is None or alert.state not in OPEN_STATES:
+        return None
+    return replace(alert, state="cleared", cleared_at=now, value=value)
+
+
+def repeat(alert: AlertRecord | None) -> AlertRecord | None:
+    """The alert to announce again: only while it is active (acknowledged: someone is on it)."""
+    return alert if alert is not None and alert.state == "active" else None
+
+
+@dataclass(frozen=True)
+class AlertChange:
+    event: str  # raised | acknowledged | cleared | repeated
+    seq: int
+    alert: dict[str, Any]
+    groups: tuple[str, ...] = ()
+    text: str = field(default="", compare=False)
+    # False: the database refused it (locked, full); announced all the same, with seq 0.
+    saved: bool = True
+
+    @classmethod
+    def make(
+        cls, event: str, seq: int, alert: dict[str, Any], groups: tuple[str, ...] = (), saved: bool = True
+    ) -> AlertChange:
+        # Encoded once here, sent as-is to every WebSocket and MQTT subscriber.
+        envelope: dict[str, Any] = {"type": "alert", "event": event, "seq": seq, "alert": alert}
+        if not saved:
+            envelope["saved"] = False
+        return cls(event, seq, alert, groups, json.dumps(envelope, separators=(",", ":")), saved)
+
+    @classmethod
+    def unsaved(
+        cls,
+        event: str,
+        rule: Rule,
+        sensor: Sensor,
+        value: Value | None,
+        raised: dict[str, Any] | None,
+        now: datetime,
+    ) -> AlertChange:
+        """A raise or clear the database would not take: the alert as it would have been stored."""
+        alert = dict(raised) if raised else raise_alert(rule, sensor, value, "", now).as_json()
+        if event == "cleared":
+            alert.update(state="cleared", cleared_at=iso(now), value=value)
+        return cls.make(event, 0, alert, tuple(alert_groups(rule, sensor)), saved=False)
