@@ -163,7 +163,7 @@ def _probe_apps(config: Config) -> str:
     from gateway.asgi import load_extensions
 
     load_extensions(config)
-    return f"{len(config.consumers)} consumers and {len(config.workers)} workers load"
+    return "imported " + ", ".join([c.app for c in config.consumers] + [w.app for w in config.workers])
 
 
 def _probe_redis(url: str) -> str:

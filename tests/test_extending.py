@@ -20,6 +20,7 @@ from channels.layers import InMemoryChannelLayer
 from websockets.asyncio.client import connect
 
 from gateway.config import ConfigError, parse_config
+from gateway.reload import merge
 from protocols.worker import WorkerServer
 from tests.conftest import (
     ROOT,
@@ -165,8 +166,8 @@ async def test_a_worker_process_alone_takes_the_jobs_the_others_hand_over_redis(
     assert gw.stop() == 0
 
 
-# Routing: a wildcard filter's scopes start with their first message and never take a sensor's device;
-# a WebSocket path goes before the gateway's own.
+# Routing: a wildcard filter's scopes start with their first message and never take a sensor's device,
+# an exact topic's is made at start-up (a sensor's topic too); a WebSocket path goes before the gateway's own.
 PROBE = """
 import json
 
@@ -203,10 +204,15 @@ app = "probe_ext:ValveStates"
 protocol = "websocket"
 path = "/ws/echo/<str:name>/"
 app = "probe_ext:Echo"
+
+[[consumers]]
+protocol = "mqtt"
+topic = "sensors/boiler"
+app = "probe_ext:ValveStates"
 """
 
 
-async def test_wildcard_consumers_get_a_scope_per_new_topic_and_websocket_paths_come_first(
+async def test_mqtt_consumers_take_their_own_devices_and_websocket_paths_come_first(
     gateway_factory: GatewayFactory, mosquitto: Service, tmp_path: Path
 ) -> None:
     gw = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}", start=False, extra=PROBE_ENTRIES)
@@ -221,6 +227,11 @@ async def test_wildcard_consumers_get_a_scope_per_new_topic_and_websocket_paths_
         await recv_json(ws)
         await publish(mosquitto.port, "zigbee2mqtt/front_door", '{"contact":false}')
         assert (await recv_until(ws, alert_event("raised")))["alert"]["sensor"] == "front-door"
+        # An exact topic that is a sensor's: the entry's device (from start-up) and the sensor's both get it.
+        await publish(mosquitto.port, "sensors/boiler", '{"temp":{"water":85}}')
+        reply = json.loads((await asyncio.wait_for(seen.get(), 10))[1])
+        assert reply == {"device": "consumers[2]", "lazy": False, "payload": '{"temp":{"water":85}}'}
+        assert (await recv_until(ws, alert_event("raised")))["alert"]["sensor"] == "boiler"
         await ws.close()
         await publish(mosquitto.port, "zigbee2mqtt/main_valve", '{"state":"OFF"}')
         reply = json.loads((await asyncio.wait_for(seen.get(), 10))[1])
@@ -279,7 +290,7 @@ def test_check_says_the_apps_load(gateway_factory: GatewayFactory, tmp_path: Pat
         timeout=30,
     )
     assert done.returncode == 0, done.stdout
-    assert re.search(r"^apps +ok +1 consumers and 1 workers load$", done.stdout, re.M), done.stdout
+    assert re.search(r"^apps +ok +imported valve_ext:ValveCloser, valve_ext:ValveJournal$", done.stdout, re.M)
 
 
 def test_a_worker_process_needs_workers(gateway_factory: GatewayFactory) -> None:
@@ -416,3 +427,13 @@ async def test_a_worker_goes_on_listening_after_a_message_without_a_type(
     stop.set()
     await asyncio.wait_for(serving, 5)
     assert states[-1] is False
+
+
+def test_a_reload_keeps_the_running_consumers_and_workers_and_says_they_need_a_restart() -> None:
+    entry = {"protocol": "mqtt", "app": "valve_ext:ValveCloser", "topic": "zigbee2mqtt/main_valve"}
+    old = parse_config({"consumers": [entry]}, {}, "test")
+    worker = {"channel": "valve-journal", "app": "valve_ext:ValveJournal"}
+    new = parse_config({"workers": [worker]}, {}, "test")
+    merged, needs_restart = merge(old, new)
+    assert (merged.consumers, merged.workers) == (old.consumers, [])
+    assert needs_restart == ["consumers", "workers"]

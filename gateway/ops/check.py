@@ -49,8 +49,9 @@ def check(config: Config, probes: Probes) -> int:
     if config.consumers or config.workers:
         try:
             results.append(_line("apps", True, probes.apps(config)))
-        except ConfigError as err:  # what stops `gateway run` with exit 2
-            config_error = not _line("apps", False, str(err))
+        except ConfigError as err:  # what stops `gateway run`: exit 2 here too
+            _line("apps", False, str(err))
+            config_error = True
         except Exception as err:
             results.append(_line("apps", False, str(err) or type(err).__name__))
     if config.gateway.channel_layer != "memory":
