@@ -331,6 +331,8 @@ def test_consumer_entries_are_checked_with_the_key_named(entries: list[dict[str,
 def test_worker_entries_are_checked_with_the_key_named() -> None:
     with pytest.raises(ConfigError, match=r"^workers\[0\]\.channel: 'journal!x' is not a channel name"):
         parse_config({"workers": [{"channel": "journal!x", "app": "a:B"}]}, {}, "test")
+    with pytest.raises(ConfigError, match=r"^workers\[0\]\.channel: 'gateway.mqtt-alerts': channels named"):
+        parse_config({"workers": [{"channel": "gateway.mqtt-alerts", "app": "a:B"}]}, {}, "test")
     with pytest.raises(ConfigError, match=r"^workers: channel 'journal' is given twice"):
         parse_config({"workers": [{"channel": "journal", "app": "a:B"}] * 2}, {}, "test")
     config = parse_config(

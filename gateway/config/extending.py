@@ -77,6 +77,9 @@ class Worker(BaseModel):
         # A name as Channels takes it, and not a process-local one ("name!…").
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,99}", value):
             raise ValueError(f"{value!r} is not a channel name: 1 to 99 of A-Z a-z 0-9 _ . -")
+        if value.startswith("gateway."):
+            # Such as gateway.runtime.MQTT_OUT: a worker there would take the gateway's own messages.
+            raise ValueError(f"{value!r}: channels named gateway.… are the gateway's own")
         return value
 
 
