@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.config import Config, ConfigError, load_config
 from gateway.ops import logs, ports
-from gateway.server import PROTOCOLS
+from gateway.server import PROTOCOLS, usable
 
 EXIT_CONFIG = 2
 
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         from gateway.ops.check import Probes, check
 
-        return check(config, Probes(broker=_probe_broker, database=_probe_database, redis=_probe_redis))
+        probes = Probes(broker=_probe_broker, database=_probe_database, redis=_probe_redis, apps=_probe_apps)
+        return check(config, probes)
     return run(config, args.protocol or list(PROTOCOLS), args.log_level)
 
 
@@ -53,13 +54,16 @@ def run(config: Config, protocols: list[str], log_level: str = "INFO") -> int:
     if protocols == ["telegram"] and not config.telegram_enabled:
         print("gateway: --protocol telegram needs telegram.token in the config", file=sys.stderr)
         return EXIT_CONFIG
+    if protocols == ["worker"] and not config.workers:
+        print("gateway: --protocol worker needs [[workers]] in the config", file=sys.stderr)
+        return EXIT_CONFIG
     # Every address before anything starts or connects: one line for each that is taken.
     taken = ports.unavailable(config, protocols)
     for line in taken:
         print(f"gateway: {line}", file=sys.stderr)
     if taken:
         return 1
-    wanted = set(PROTOCOLS) if config.telegram_enabled else {"web", "mqtt"}
+    wanted = set(usable(config, PROTOCOLS))
     if config.gateway.channel_layer == "memory" and not wanted <= set(protocols):
         logs.server.warning(
             "split mode with the in-memory channel layer: other processes will not hear this one"
@@ -70,6 +74,13 @@ def run(config: Config, protocols: list[str], log_level: str = "INFO") -> int:
     except Exception as err:
         print(f"gateway: database {_db_label(config)}: {err}", file=sys.stderr)
         return 1
+    from gateway.asgi import load_extensions
+
+    try:
+        load_extensions(config)  # with Django set up: an app may use the models
+    except ConfigError as err:
+        print(f"gateway: config error: {config.source}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     gateway = Gateway(config, protocols)
     try:
         loop.run_until_complete(gateway.run())
@@ -141,6 +152,18 @@ def _probe_database(config: Config) -> str:
     vendor = connection.vendor
     connection.close()
     return f"{vendor} reachable, schema up to date"
+
+
+def _probe_apps(config: Config) -> str:
+    """Every `app` of [[consumers]] and [[workers]] imported, as `gateway run` does once Django is set up."""
+    from django.apps import apps
+
+    if not apps.ready:
+        raise OSError("not tried: Django could not be set up (see database)")
+    from gateway.asgi import load_extensions
+
+    load_extensions(config)
+    return "imported " + ", ".join([c.app for c in config.consumers] + [w.app for w in config.workers])
 
 
 def _probe_redis(url: str) -> str:

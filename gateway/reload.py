@@ -26,6 +26,9 @@ def merge(old: Config, new: Config) -> tuple[Config, list[str]]:
         update={
             "gateway": old.gateway,
             "mqtt": old.mqtt,
+            # The router and the MQTT devices are made from them once, at start-up.
+            "consumers": old.consumers,
+            "workers": old.workers,
             "http": new.http.model_copy(update={"bind": old.http.bind}),
             "telegram": old.telegram.model_copy(update={"allowed_chats": new.telegram.allowed_chats}),
         }
@@ -40,4 +43,5 @@ def _changed(old: Config, new: Config, merged: Config) -> set[str]:
         wanted: dict[str, Any] = getattr(new, section).model_dump()
         running: dict[str, Any] = getattr(merged, section).model_dump()
         keys |= {f"{section}.{k}" for k in wanted if wanted[k] != before.get(k) and running[k] != wanted[k]}
+    keys |= {key for key in ("consumers", "workers") if getattr(old, key) != getattr(new, key)}
     return keys

@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from gateway.config import Config
@@ -19,7 +20,7 @@ from gateway.ops.notify import Notifier, watchdog_interval
 
 log = logs.server
 
-PROTOCOLS = ("web", "mqtt", "telegram")
+PROTOCOLS = ("web", "mqtt", "telegram", "worker")
 DRAIN_SECONDS = 8.0
 # A protocol down this long stops the watchdog pings, so systemd restarts the process. Long,
 # because most outages are outside (broker, internet) where a restart mends nothing and costs
@@ -32,6 +33,12 @@ TELEGRAM_READY_WAIT = 60.0
 STATUS_SECONDS = 15.0
 # How stale the alert count in STATUS= may get: one COUNT query per period, off the ping's path.
 COUNT_SECONDS = 10.0
+
+
+def usable(config: Config, protocols: Iterable[str]) -> list[str]:
+    """Those of `protocols` the config gives work to: Telegram needs a bot token, a worker [[workers]]."""
+    work = {"telegram": config.telegram_enabled, "worker": bool(config.workers)}
+    return [p for p in protocols if work.get(p, True)]
 
 
 def event_loop(protocols: list[str]) -> asyncio.AbstractEventLoop:
@@ -63,10 +70,12 @@ def without_pyopenssl() -> None:
 
 def mqtt_devices(config: Config) -> list[Any]:
     from consumers.site import ack_topic
+    from gateway.asgi import consumer_devices
     from protocols.mqtt.server import Device
 
     devices = [Device(s.id, s.topics) for s in config.sensors]
     devices.append(Device(f"site:{config.gateway.site}", (ack_topic(config.gateway.site),)))
+    devices += [Device(name, (topic,)) for name, topic in consumer_devices(config).items()]
     return devices
 
 
@@ -127,7 +136,7 @@ def descriptors(needed: int) -> None:
 class Gateway:
     def __init__(self, config: Config, protocols: list[str], env: Mapping[str, str] | None = None) -> None:
         self.config = config
-        self.protocols = [p for p in protocols if p != "telegram" or config.telegram_enabled]
+        self.protocols = usable(config, protocols)
         self.health = Health(self.protocols)
         self.stop = asyncio.Event()
         self.started = time.monotonic()
@@ -257,6 +266,14 @@ class Gateway:
                 self._follower = asyncio.ensure_future(runtime.follow_sensors())
             if "telegram" in self.protocols:
                 self._start_telegram(application, runtime)
+            if "worker" in self.protocols:
+                from protocols.worker import WorkerServer
+
+                up = partial(self.health.set, "worker")
+                worker = WorkerServer(
+                    application, [w.channel for w in config.workers], runtime.layer, on_state=up
+                )
+                self._tasks.append(asyncio.ensure_future(worker.serve(self.stop)))
             self._announcer = asyncio.ensure_future(self._announce_ready())
             await self.stop.wait()
         finally:
@@ -277,6 +294,7 @@ class Gateway:
             await runtime.peers.start()
 
     async def _start_mqtt(self, application: Any) -> None:
+        from gateway.asgi import consumer_filters
         from protocols.mqtt.client import BrokerAddress
         from protocols.mqtt.server import MqttServer, MqttSettings
 
@@ -300,6 +318,7 @@ class Gateway:
             status_topic=f"gateway/{config.gateway.site}/status",
             shared_group=config.mqtt.shared_group,
             keepalive=config.mqtt.keepalive,
+            discover=consumer_filters(config),
         )
         from gateway.ops import metrics
 

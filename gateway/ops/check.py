@@ -13,8 +13,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.ops import logs, ports
+
+EXIT_CONFIG = 2  # as gateway.cli: a config that `gateway run` refuses
 
 
 def _line(name: str, ok: bool, detail: str) -> bool:
@@ -29,6 +31,7 @@ class Probes:
     broker: Callable[[Config], str]  # an external broker (not the embedded one)
     database: Callable[[Config], str]
     redis: Callable[[str], str]
+    apps: Callable[[Config], str]  # the [[consumers]] and [[workers]] (after database: Django is set up)
 
 
 def check(config: Config, probes: Probes) -> int:
@@ -42,6 +45,15 @@ def check(config: Config, probes: Probes) -> int:
     ]
     results.append(_attempt("broker", lambda: _broker(config, probes.broker)))
     results.append(_attempt("database", lambda: probes.database(config)))
+    config_error = False
+    if config.consumers or config.workers:
+        try:
+            results.append(_line("apps", True, probes.apps(config)))
+        except ConfigError as err:  # what stops `gateway run`: exit 2 here too
+            _line("apps", False, str(err))
+            config_error = True
+        except Exception as err:
+            results.append(_line("apps", False, str(err) or type(err).__name__))
     if config.gateway.channel_layer != "memory":
         results.append(_attempt("redis", lambda: probes.redis(config.gateway.channel_layer)))
     else:
@@ -50,6 +62,8 @@ def check(config: Config, probes: Probes) -> int:
         results.append(_attempt("telegram", lambda: _telegram(config)))
     else:
         results.append(_line("telegram", True, "off (no token)"))
+    if config_error:
+        return EXIT_CONFIG
     return 0 if all(results) else 1
 
 

@@ -17,6 +17,7 @@ alerts = logging.getLogger("gateway.alerts")
 sensors = logging.getLogger("gateway.sensors")
 layer = logging.getLogger("gateway.layer")
 broker = logging.getLogger("gateway.broker")
+worker = logging.getLogger("gateway.worker")
 
 
 class RateLimit:

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.config.extending import Consumer, Worker, check_extensions
+
 __all__ = ["Config", "ConfigError", "load_config", "parse_duration"]
 
 
@@ -351,6 +353,8 @@ class Config(_Section):
     telegram: TelegramSection = TelegramSection()
     sensors: list[Sensor] = []
     rules: list[Rule] = []
+    consumers: list[Consumer] = []
+    workers: list[Worker] = []
     # Where it came from, for messages; not a TOML key.
     source: str = Field(default="built-in defaults", exclude=True)
 
@@ -367,6 +371,7 @@ class Config(_Section):
                 raise ValueError(f"rules[{rule.id}].sensor: no sensor with id {rule.sensor!r}")
             if rule.zone and rule.zone not in zones:
                 raise ValueError(f"rules[{rule.id}].zone: no sensor is in zone {rule.zone!r}")
+        check_extensions(self.consumers, self.workers)
         return self
 
     @property
