@@ -5,19 +5,14 @@ Instances are created the daphne way (a queue as `receive`, a bound method as
 session kept while we were away find their instance. A QoS 1/2 message is
 acknowledged to the broker only when its instance asks for the next event, that
 is once the consumer has handled it: a crash in between means redelivery.
-
-An instance that fails is started again with the same queue, so its device loses only the
-message it failed on; one that keeps failing is reported (`on_fault`), never given up.
+The instances, their topics and their failures are protocols.mqtt.devices'.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -26,9 +21,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.ops import logs
+from protocols.backoff import Backoff
 from protocols.mqtt.client import AsyncioClient, BrokerAddress
+from protocols.mqtt.devices import Delivery, Device, DeviceInstance, Devices
 from protocols.mqtt.events import validate_outgoing
-from protocols.mqtt.routing import topic_matches
 from protocols.mqtt.types import MqttScope
 
 log = logs.mqtt
@@ -39,18 +35,8 @@ __all__ = ["Device", "MqttServer", "MqttSettings"]
 SESSION_EXPIRY = 7 * 24 * 3600
 # MQTT 5: QoS 1/2 messages the broker may send before we acknowledge one (mosquitto: 20 otherwise).
 RECEIVE_MAXIMUM = 1000
-# An instance that failed this many times in a row, with no message handled in between, is a fault.
-FAILING_AFTER = 3
-# An instance that fails before it takes any event is started again after 0.5 s, 1 s, ... up to this.
-RESTART_BACKOFF_MAX = 30.0
-_failure_log = logs.RateLimit(interval=30.0)
-
-
-@dataclass(frozen=True)
-class Device:
-    id: str
-    topics: tuple[str, ...]
-    lazy: bool = False
+# Reconnects wait backoff_min, doubling to backoff_max, each spread by this fraction either way.
+RECONNECT_JITTER = 0.2
 
 
 @dataclass
@@ -70,42 +56,6 @@ class MqttSettings:
     qos: int = 1
 
 
-@dataclass(eq=False)
-class _Delivery:
-    mid: int
-    qos: int
-    generation: int
-    holders: int
-
-
-class _Inbox(asyncio.Queue[tuple[dict[str, Any], "_Delivery | None"]]):
-    """An instance's queue, which can also wake a waiter with no task of its own (`_Receive.notify`)."""
-
-    waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: tuple[dict[str, Any], _Delivery | None]) -> None:
-        super().put_nowait(item)
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-@dataclass(eq=False)
-class _Instance:
-    device: Device
-    scope: MqttScope
-    queue: _Inbox = field(default_factory=lambda: _Inbox())
-    task: asyncio.Task[None] | None = None
-    taken: _Delivery | None = None
-    filters: set[str] = field(default_factory=set)
-    last_used: float = 0.0
-    # Since its last (re)start: whether the last event it took (until `proven`) was an
-    # `mqtt.message`, and whether it handled one (asked for the next event after it).
-    took: bool = False
-    proven: bool = False
-    failures: int = 0  # in a row, with no message handled in between
-
-
 class MqttServer:
     name = "mqtt"
 
@@ -119,22 +69,32 @@ class MqttServer:
         count: Callable[[str], None] = lambda outcome: None,
         on_fault: Callable[[str, str | None], None] = lambda device, detail: None,
     ) -> None:
+        """`on_fault(device id, what fails)` once a device's instance keeps failing; (device id, None)
+        once it has handled a message after each start."""
         self.settings = settings
-        self.application = application
-        self.devices = devices
         self.on_state = on_state
         self.count = count
-        # (device id, what fails) once its instance keeps failing; (device id, None) when an
-        # instance, after each start, has handled a message.
-        self.on_fault = on_fault
         self.connected = asyncio.Event()
         self.protocol = "3.1.1" if settings.protocol == "3.1.1" else "5"
         self.session_present = False
-        self._instances: list[_Instance] = []
-        self._exact: dict[str, list[_Instance]] = {}
-        self._wild: list[tuple[str, _Instance]] = []
-        self._lazy: dict[str, _Instance] = {}
-        self._lazy_sweep: asyncio.TimerHandle | None = None
+        self._configured = devices
+        self._started = False
+        self._devices = Devices(
+            application,
+            self._scope,
+            send=self._send,
+            ack=self._ack,
+            greeting=self._greeting,
+            subscribe=self._subscribe,
+            unsubscribe=self._unsubscribe,
+            discover=settings.discover,
+            max_lazy=settings.max_lazy_devices,
+            lazy_idle=settings.lazy_idle,
+            count=count,
+            on_fault=on_fault,
+        )
+        # The routing tables, changed in place: one attribute less on the path of every message.
+        self._exact, self._wild = self._devices.exact, self._devices.wild
         self._generation = 0
         self._client: AsyncioClient | None = None
         self._lost: asyncio.Future[str] | None = None
@@ -145,22 +105,32 @@ class MqttServer:
 
     # Lifecycle
 
+    @property
+    def ready(self) -> asyncio.Event:
+        return self.connected
+
+    async def start(self) -> None:
+        """Every configured device's instance, before the session brings what it kept for them."""
+        self._started = True
+        for device in self._configured:
+            self._devices.add(device)
+
     async def serve(self, stop: asyncio.Event) -> None:
         """Connect, reconnect with back-off until `stop` is set, then shut down in order."""
-        for device in self.devices:
-            self._add_instance(device)
-        delay = self.settings.backoff_min
+        if not self._started:
+            await self.start()  # a server run on its own, not by `Servers`
+        backoff = Backoff(self.settings.backoff_min, self.settings.backoff_max, RECONNECT_JITTER)
         stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
                 try:
                     await self._connect()
                 except (OSError, ConnectionRefusedError, _ConnectFailed) as err:
+                    delay = backoff.next()
                     log.warning("broker %s: %s; retrying in %.1fs", self.settings.address, err, delay)
                     await asyncio.wait([stop_wait], timeout=delay)
-                    delay = min(delay * 2, self.settings.backoff_max) * random.uniform(0.8, 1.2)
                     continue
-                delay = self.settings.backoff_min
+                backoff.reset()
                 assert self._lost is not None
                 await asyncio.wait([stop_wait, self._lost], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -227,8 +197,7 @@ class MqttServer:
 
     async def _shutdown(self) -> None:
         self._stopping = True
-        if self._lazy_sweep is not None:
-            self._lazy_sweep.cancel()
+        self._devices.stop()
         client = self._client
         if client is not None and client.is_connected():
             self._send_acks()
@@ -237,17 +206,7 @@ class MqttServer:
                 await self._wait_published(info, 2.0)
             client.disconnect()
         self._set_down("server stopping")
-        for inst in self._instances:
-            inst.queue.put_nowait(
-                ({"type": "mqtt.disconnect", "reason": "server stopping", "final": True}, None)
-            )
-        tasks = [i.task for i in self._instances if i.task is not None and not i.task.done()]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=5.0)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        await self._devices.close(5.0)
 
     async def _wait_published(self, info: paho.MQTTMessageInfo, timeout: float) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -271,7 +230,7 @@ class MqttServer:
                 "so every MQTT process of this group gets every sensor message",
                 self.protocol,
             )
-        filters = self._all_filters()
+        filters = self._devices.filters()
         if filters:
             client.subscribe([(self._shared(f), self.settings.qos) for f in filters])
         if self.settings.status_topic:
@@ -286,9 +245,13 @@ class MqttServer:
         )
         self.connected.set()
         self.on_state(True)
-        event = {"type": "mqtt.connect", "protocol": self.protocol, "session_present": self.session_present}
-        for inst in self._instances:
-            inst.queue.put_nowait((dict(event), None))
+        self._devices.greet_all()
+
+    def _greeting(self) -> dict[str, Any] | None:
+        """The `mqtt.connect` event, while connected."""
+        if not self.connected.is_set():
+            return None
+        return {"type": "mqtt.connect", "protocol": self.protocol, "session_present": self.session_present}
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
@@ -305,10 +268,7 @@ class MqttServer:
                 log.warning("lost the broker connection: %s", reason)
             self._set_down(reason)
             if not self._stopping:
-                for inst in self._instances:
-                    inst.queue.put_nowait(
-                        ({"type": "mqtt.disconnect", "reason": reason, "final": False}, None)
-                    )
+                self._devices.tell_all({"type": "mqtt.disconnect", "reason": reason, "final": False})
 
     def _set_down(self, reason: str) -> None:
         if self.connected.is_set():
@@ -353,14 +313,14 @@ class MqttServer:
     ) -> None:
         targets = self._exact.get(topic)
         if targets is None or self._wild:
-            targets = self._route(topic)
+            targets = self._devices.route(topic)
         if not targets:
             self.count("unrouted")
             self._ack(mid, qos, self._generation)
             return
         delivery = None
         if qos > 0:
-            delivery = _Delivery(mid, qos, self._generation, len(targets))
+            delivery = Delivery(mid, qos, self._generation, len(targets))
         for inst in targets:
             event = {
                 "type": "mqtt.message",
@@ -373,101 +333,14 @@ class MqttServer:
             }
             inst.queue.put_nowait((event, delivery))
 
-    # Devices after a reload
-
     def update_devices(self, devices: list[Device]) -> None:
-        """Start instances for new devices, end those of removed ones, follow changed topics."""
-        current = {i.device.id: i for i in self._instances if not i.device.lazy}
-        wanted = {d.id: d for d in devices}
-        for device_id, inst in current.items():
-            device = wanted.get(device_id)
-            if device is None:
-                self._remove_instance(inst)
-            elif device.topics != inst.device.topics:
-                for topic_filter in set(inst.device.topics) - set(device.topics):
-                    self._remove_filter(inst, topic_filter)
-                for topic_filter in device.topics:
-                    if topic_filter not in inst.filters:
-                        self._add_filter(inst, topic_filter)
-                        self._subscribe_now(topic_filter)
-                inst.device = device
-        for device_id, device in wanted.items():
-            if device_id not in current:
-                inst = self._add_instance(device)
-                for topic_filter in device.topics:
-                    self._subscribe_now(topic_filter)
-                if self.connected.is_set():
-                    event = {
-                        "type": "mqtt.connect",
-                        "protocol": self.protocol,
-                        "session_present": self.session_present,
-                    }
-                    inst.queue.put_nowait((event, None))
-        self.devices = devices
+        """After a reload: instances for new devices, removed ones end, changed topics followed."""
+        self._configured = devices
+        self._devices.update(devices)
 
-    def _remove_instance(self, inst: _Instance) -> None:
-        for topic_filter in list(inst.filters):
-            self._remove_filter(inst, topic_filter)
-        self._instances.remove(inst)
-        # What it holds is handled (or dropped by the application) and acknowledged, then it ends.
-        inst.queue.put_nowait(({"type": "mqtt.disconnect", "reason": "device removed", "final": True}, None))
-
-    def _subscribe_now(self, topic_filter: str) -> None:
-        if self._client is not None and self.connected.is_set():
-            self._client.subscribe(self._shared(topic_filter), self.settings.qos)
-
-    # Routing and instances
-
-    def _route(self, topic: str) -> list[_Instance]:
-        targets = list(self._exact.get(topic, ()))
-        for topic_filter, inst in self._wild:
-            if inst not in targets and topic_matches(topic_filter, topic):
-                targets.append(inst)
-        if not targets and self.settings.discover:
-            lazy = self._lazy.get(topic)
-            if lazy is None and any(topic_matches(f, topic) for f in self.settings.discover):
-                lazy = self._add_lazy(topic)
-            if lazy is not None:
-                lazy.last_used = time.monotonic()
-                targets.append(lazy)
-        return targets
-
-    def _add_lazy(self, topic: str) -> _Instance | None:
-        if len(self._lazy) >= self.settings.max_lazy_devices:
-            self.count("lazy_cap")
-            return None
-        inst = self._add_instance(Device(id=topic, topics=(topic,), lazy=True), subscribe=False)
-        self._lazy[topic] = inst
-        if self._lazy_sweep is None:
-            self._lazy_sweep = asyncio.get_running_loop().call_later(self.settings.lazy_idle / 2, self._sweep)
-        if self.connected.is_set():
-            inst.queue.put_nowait(
-                (
-                    {
-                        "type": "mqtt.connect",
-                        "protocol": self.protocol,
-                        "session_present": self.session_present,
-                    },
-                    None,
-                )
-            )
-        return inst
-
-    def _sweep(self) -> None:
-        """End lazy devices that fell silent: a wildcard route's scopes are capped and they expire."""
-        self._lazy_sweep = None
-        now = time.monotonic()
-        for topic, inst in list(self._lazy.items()):
-            if now - inst.last_used >= self.settings.lazy_idle and inst.queue.empty():
-                del self._lazy[topic]
-                self._remove_instance(inst)
-                self.count("lazy_expired")
-        if self._lazy:
-            self._lazy_sweep = asyncio.get_running_loop().call_later(self.settings.lazy_idle / 2, self._sweep)
-
-    def _add_instance(self, device: Device, subscribe: bool = True) -> _Instance:
+    def _scope(self, device: Device) -> MqttScope:
         s = self.settings
-        scope: MqttScope = {
+        return {
             "type": "mqtt",
             "asgi": {"version": "3.0", "spec_version": "1.0"},
             "device": device.id,
@@ -477,88 +350,8 @@ class MqttServer:
             "client_id": s.client_id,
             "broker": (s.address.host, s.address.port),
         }
-        inst = _Instance(device=device, scope=scope)
-        self._instances.append(inst)
-        if subscribe:
-            for topic_filter in device.topics:
-                self._add_filter(inst, topic_filter)
-        self._start(inst)
-        return inst
 
-    def _start(self, inst: _Instance) -> None:
-        if self._stopping or inst not in self._instances:
-            return  # a restart that came due after the end
-        inst.took = inst.proven = False
-        coro = self.application(dict(inst.scope), _Receive(self, inst), partial(self._send, inst))
-        inst.task = asyncio.ensure_future(coro)
-        inst.task.add_done_callback(partial(self._instance_done, inst))
-
-    def _instance_done(self, inst: _Instance, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            return
-        self.count("app_error")
-        inst.failures += 1
-        device = inst.device.id
-        allowed, held = _failure_log.allow(device)
-        if allowed:
-            log.error(
-                "application for MQTT device %r failed (%d in a row%s): %r",
-                device,
-                inst.failures,
-                f", {held} failures not logged" if held else "",
-                exc,
-                exc_info=exc,
-            )
-        # The message it choked on is acknowledged: redelivering it would crash it again.
-        self._release(inst)
-        if self._stopping:
-            return
-        if inst not in self._instances:
-            # Its device was removed: what it still holds is acknowledged, or the broker's
-            # in-flight window would fill up and stall every other device.
-            while not inst.queue.empty():
-                _, inst.taken = inst.queue.get_nowait()
-                self._release(inst)
-            if inst.failures >= FAILING_AFTER:
-                self.on_fault(device, None)  # gone, so no longer failing
-            return
-        if inst.failures == FAILING_AFTER:
-            log.error(
-                "MQTT device %r keeps failing (%d times in a row); it is started again for each message",
-                device,
-                inst.failures,
-            )
-            self.on_fault(device, f"{type(exc).__name__}: {str(exc)[:200]}")
-        # Started again at once when it failed on an event: that event is gone, the queue moves on,
-        # and what waits keeps its order. One that fails before taking any waits longer each time.
-        delay = 0.0 if inst.took else min(0.5 * 2 ** (inst.failures - 1), RESTART_BACKOFF_MAX)
-        asyncio.get_running_loop().call_later(delay, self._start, inst)
-
-    def _proven(self, inst: _Instance) -> None:
-        inst.proven = True
-        inst.failures = 0
-        self.on_fault(inst.device.id, None)
-
-    async def _receive(self, inst: _Instance) -> dict[str, Any]:
-        # Asking for the next event means the previous one was handled.
-        self._release(inst)
-        if inst.took and not inst.proven:
-            self._proven(inst)
-        event, delivery = await inst.queue.get()
-        inst.taken = delivery
-        if not inst.proven:
-            inst.took = event["type"] == "mqtt.message"
-        return event
-
-    def _release(self, inst: _Instance) -> None:
-        delivery, inst.taken = inst.taken, None
-        if delivery is not None:
-            delivery.holders -= 1
-            if delivery.holders == 0:
-                self._ack(delivery.mid, delivery.qos, delivery.generation)
+    # Out to the broker
 
     def _ack(self, mid: int, qos: int, generation: int) -> None:
         # A mid from an earlier connection means nothing now: the broker redelivers it.
@@ -577,7 +370,7 @@ class MqttServer:
         if self._client is not None and self.connected.is_set():
             self._client.ack_many(mids)
 
-    async def _send(self, inst: _Instance, event: dict[str, Any]) -> None:
+    async def _send(self, inst: DeviceInstance, event: dict[str, Any]) -> None:
         checked: dict[str, Any] = dict(validate_outgoing(event))
         kind = checked["type"]
         if kind == "mqtt.publish":
@@ -597,37 +390,18 @@ class MqttServer:
                 log.warning("publish to %s dropped: %s", checked["topic"], paho.error_string(info.rc))
         elif kind == "mqtt.subscribe":
             if checked["topic"] not in inst.filters:
-                self._add_filter(inst, checked["topic"])
-                if self._client is not None and self.connected.is_set():
-                    self._client.subscribe(self._shared(checked["topic"]), checked.get("qos", 1))
+                self._devices.add_filter(inst, checked["topic"])
+                self._subscribe(checked["topic"], checked.get("qos", 1))
         else:
-            self._remove_filter(inst, checked["topic"])
+            self._devices.remove_filter(inst, checked["topic"])
 
-    def _add_filter(self, inst: _Instance, topic_filter: str) -> None:
-        inst.filters.add(topic_filter)
-        if "+" in topic_filter or "#" in topic_filter:
-            self._wild.append((topic_filter, inst))
-        else:
-            self._exact.setdefault(topic_filter, []).append(inst)
+    def _subscribe(self, topic_filter: str, qos: int | None = None) -> None:
+        if self._client is not None and self.connected.is_set():
+            self._client.subscribe(self._shared(topic_filter), self.settings.qos if qos is None else qos)
 
-    def _remove_filter(self, inst: _Instance, topic_filter: str) -> None:
-        if topic_filter not in inst.filters:
-            return
-        inst.filters.discard(topic_filter)
-        self._wild = [(f, i) for f, i in self._wild if not (i is inst and f == topic_filter)]
-        holders = self._exact.get(topic_filter)
-        if holders and inst in holders:
-            holders.remove(inst)
-            if not holders:
-                del self._exact[topic_filter]
-        if topic_filter not in self._all_filters() and self._client is not None and self.connected.is_set():
+    def _unsubscribe(self, topic_filter: str) -> None:
+        if self._client is not None and self.connected.is_set():
             self._client.unsubscribe(self._shared(topic_filter))
-
-    def _all_filters(self) -> list[str]:
-        filters = dict.fromkeys(self._exact)
-        filters.update(dict.fromkeys(f for f, _ in self._wild))
-        filters.update(dict.fromkeys(self.settings.discover))
-        return list(filters)
 
     def _shared(self, topic_filter: str) -> str:
         group = self.settings.shared_group
@@ -638,43 +412,3 @@ class MqttServer:
 
 class _ConnectFailed(Exception):
     pass
-
-
-class _Receive:
-    """An instance's `receive`; `receive.nowait()` (an extension) returns a queued event without waiting.
-
-    `nowait()` returns None when nothing is queued. Like `receive()`, calling it means the previous
-    event was handled (it is acknowledged). An application that handles a burst then takes each
-    queued event without a task and a wake-up of its own (`MqttConsumer` does), and when none is
-    queued, `notify(future)` has the server set the future's result at the next one.
-    """
-
-    __slots__ = ("inst", "server")
-
-    def __init__(self, server: MqttServer, inst: _Instance) -> None:
-        self.server, self.inst = server, inst
-
-    def __call__(self) -> Coroutine[Any, Any, dict[str, Any]]:
-        return self.server._receive(self.inst)
-
-    def notify(self, waiter: asyncio.Future[None]) -> None:
-        """Set `waiter`'s result once an event is queued (at once if one is)."""
-        queue = self.inst.queue
-        if queue.empty():
-            queue.waiter = waiter
-        elif not waiter.done():
-            waiter.set_result(None)
-
-    def nowait(self) -> dict[str, Any] | None:
-        inst = self.inst
-        self.server._release(inst)
-        if inst.took and not inst.proven:
-            self.server._proven(inst)
-        try:
-            event, delivery = inst.queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
-        inst.taken = delivery
-        if not inst.proven:
-            inst.took = event["type"] == "mqtt.message"
-        return event
