@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.engine.formats import PayloadError, compare_equal, parse_availability, parse_value
-from protocols.telegram.server import parse_command
+from protocols.telegram.updates import parse_command
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from django.conf import settings
 
 from protocols.telegram import TelegramConsumer, button
 from protocols.telegram.events import validate_outgoing
-from protocols.telegram.server import parse_command
 from protocols.telegram.testing import TelegramCommunicator
 from protocols.telegram.types import TelegramCallbackQueryEvent, TelegramMessageEvent
+from protocols.telegram.updates import parse_command
 
 if not settings.configured:
     settings.configure(CHANNEL_LAYERS={})

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.ops import logs
+from protocols.backoff import Backoff
 
 log = logs.telegram
 
@@ -130,7 +131,7 @@ class Outbox:
         self._chat_last: dict[int, float] = {}
         self._group_sent: dict[int, deque[float]] = {}
         self._paused_until = 0.0
-        self._failures = 0
+        self._backoff = Backoff(self.limits.backoff_min, self.limits.backoff_max)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -294,8 +295,7 @@ class Outbox:
             self._requeue(job)
         except Transient as err:
             self.count("retried")
-            self._failures += 1
-            delay = min(self.limits.backoff_max, self.limits.backoff_min * 2 ** (self._failures - 1))
+            delay = self._backoff.next()
             self._paused_until = max(self._paused_until, self.clock() + delay)
             log.warning(
                 "sending to chat %s failed (%s, attempt %d); retrying in %.1fs",
@@ -332,7 +332,7 @@ class Outbox:
             job.done(job, "failed", logs.redact(repr(err)))
         else:
             self.count("ok")
-            self._failures = 0
+            self._backoff.reset()
             self._finish(job)
             job.done(job, "ok", result)
 

@@ -11,6 +11,7 @@ from asgiref.testing import ApplicationCommunicator
 from protocols.checking import checked
 from protocols.telegram.events import validate_outgoing
 from protocols.telegram.types import Chat, TelegramScope, TelegramSendEvent, User
+from protocols.telegram.updates import parse_command
 
 __all__ = ["TelegramCommunicator", "make_scope"]
 
@@ -48,8 +49,6 @@ class TelegramCommunicator(ApplicationCommunicator):
 
     async def say(self, text: str, user_id: int | None = None, username: str | None = "alice") -> None:
         """A user writes `text` in the chat (commands are parsed as the server does)."""
-        from protocols.telegram.server import parse_command
-
         command, args = parse_command(text, self.scope["bot"]["username"])
         await self.send_input(
             {

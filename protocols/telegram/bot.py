@@ -1,0 +1,278 @@
+"""`BotApi`: the bot's side of the Bot API, through aiogram: who it is, its updates (a long poll,
+or the webhook it sets), and each request the outbox makes, aiogram's errors mapped onto the
+outbox's (protocols.telegram.flow). It says whether the API answers through `on_state`.
+
+aiogram is imported by `load`, in a worker thread: it costs about 7 s and 160 MiB here, and
+must not hold up the MQTT and web servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from gateway.ops import logs
+from protocols.backoff import Backoff
+from protocols.telegram.flow import ChatGone, ChatMoved, Job, Rejected, RetryAfter, Transient
+from protocols.telegram.updates import ALLOWED_UPDATES, kind
+
+log = logs.telegram
+_malformed_log = logs.RateLimit(interval=30.0)
+
+__all__ = ["BotApi", "describe"]
+
+# Retries after the API failed are spread by this fraction either way.
+RETRY_JITTER = 0.2
+
+
+class BotApi:
+    def __init__(
+        self,
+        token: str,
+        api_url: str,
+        *,
+        commands: list[tuple[str, str]],
+        backoff_min: float,
+        backoff_max: float,
+        on_state: Callable[[bool, str], None],
+        count: Callable[[str], None],
+    ) -> None:
+        self.token, self.api_url, self.commands = token, api_url, commands
+        self.backoff_min, self.backoff_max = backoff_min, backoff_max
+        self.on_state, self.count = on_state, count
+        self.user: dict[str, Any] = {"id": int(token.split(":", 1)[0]), "username": ""}
+        self.up = asyncio.Event()
+        self._bot: Any = None
+        self._aiogram: Any = None
+        self._last_detail = ""  # the last API problem logged, so a long outage logs it once
+
+    async def load(self) -> None:
+        """Import aiogram (in a thread: seconds of CPU) and make the bot; ImportError if it is missing."""
+        await asyncio.to_thread(importlib.import_module, "aiogram")
+        self._aiogram = _Aiogram()
+        self._bot = self._aiogram.bot(self.token, self.api_url)
+
+    async def close(self) -> None:
+        if self._bot is not None:
+            await self._bot.session.close()
+
+    def _up(self, mode: str) -> None:
+        self.up.set()
+        self.on_state(True, mode)
+
+    def _down(self, detail: str) -> None:
+        detail = logs.redact(detail)
+        if self.up.is_set() or self._last_detail != detail:
+            log.warning("Telegram API: %s", detail)
+        self._last_detail = detail
+        self.up.clear()
+        self.on_state(False, detail)
+
+    async def _prepare(self) -> None:
+        bot = self._bot
+        me = await bot.get_me()
+        self.user = {"id": me.id, "username": me.username or ""}
+        if self.commands:
+            await bot.set_my_commands([self._aiogram.command(name, text) for name, text in self.commands])
+
+    # Updates in
+
+    async def poll(self, feed: Callable[[dict[str, Any]], Any], timeout: int) -> None:
+        """Long-poll for updates, each handed to `feed`, until cancelled; the API's failures back off."""
+        bot, ag = self._bot, self._aiogram
+        backoff = Backoff(self.backoff_min, self.backoff_max, RETRY_JITTER)
+        prepared = False
+        offset: int | None = None
+        try:
+            while True:
+                try:
+                    if not prepared:
+                        await self._prepare()
+                        await bot.delete_webhook(drop_pending_updates=False)
+                        prepared = True
+                        # The API answers: up now, not when the first long poll ends.
+                        log.info("polling as @%s", self.user["username"])
+                        self._up("polling")
+                    updates = await bot.get_updates(
+                        offset=offset,
+                        timeout=timeout,
+                        allowed_updates=ALLOWED_UPDATES,
+                        request_timeout=timeout + 10,
+                    )
+                except ag.errors.TelegramUnauthorizedError:
+                    self._down("the bot token was refused (401)")
+                    backoff.exhaust()
+                except ag.errors.TelegramConflictError as err:
+                    self._down(f"another poller or a webhook is active (409: {err.message})")
+                    prepared = False  # deleteWebhook again
+                except ag.errors.TelegramRetryAfter as err:
+                    self._down(f"429, retry after {err.retry_after}s")
+                    await asyncio.sleep(err.retry_after)
+                    continue
+                except ag.errors.ClientDecodeError as err:
+                    # One update aiogram cannot read must not wedge every poll after it: take the
+                    # batch as plain JSON, which `feed` checks field by field.
+                    try:
+                        raw = await self._raw_updates(offset)
+                    except (OSError, TimeoutError, ValueError, KeyError) as raw_err:
+                        self._down(describe(raw_err))
+                    else:
+                        allowed, _ = _malformed_log.allow("batch")
+                        if allowed:
+                            # Ids and kinds only: the batch itself holds what people wrote.
+                            log.warning(
+                                "aiogram could not read an update batch (%s); taking it as JSON: %s",
+                                type(err.original).__name__,
+                                ", ".join(kind(u) for u in raw),
+                            )
+                        for update in raw:
+                            offset = int(update["update_id"]) + 1
+                            feed(update)
+                        continue
+                except (ag.errors.TelegramAPIError, OSError, TimeoutError) as err:
+                    self._down(describe(err))
+                else:
+                    if not self.up.is_set():
+                        log.info("Telegram API answers again")
+                        self._up("polling")
+                    backoff.reset()
+                    for update in updates:
+                        offset = update.update_id + 1
+                        feed(update.model_dump(mode="json", by_alias=True, exclude_none=True))
+                    continue
+                await asyncio.sleep(backoff.next())
+        finally:
+            if offset is not None:
+                # Confirm the last batch, or the next poller would get it again.
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(bot.get_updates(offset=offset, timeout=0, limit=1), 2.0)
+
+    async def _raw_updates(self, offset: int | None) -> list[dict[str, Any]]:
+        import aiohttp
+
+        url = f"{self.api_url.rstrip('/')}/bot{self.token}/getUpdates"
+        params = {"timeout": "0", "allowed_updates": json.dumps(ALLOWED_UPDATES)}
+        if offset is not None:
+            params["offset"] = str(offset)
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session,
+            session.get(url, params=params) as response,
+        ):
+            body = await response.json(content_type=None)
+        if not isinstance(body, dict) or not body.get("ok") or not isinstance(body.get("result"), list):
+            raise ValueError(f"getUpdates answered {response.status}")
+        return [u for u in body["result"] if isinstance(u, dict) and isinstance(u.get("update_id"), int)]
+
+    async def set_webhook(self, url: str, secret: str, stop: asyncio.Event) -> None:
+        """Have Telegram send updates to `url` (the web server hands them to `feed`), until `stop`."""
+        backoff = Backoff(self.backoff_min, self.backoff_max, RETRY_JITTER)
+        while True:
+            try:
+                await self._prepare()
+                await self._bot.set_webhook(url=url, secret_token=secret, allowed_updates=ALLOWED_UPDATES)
+            except (self._aiogram.errors.TelegramAPIError, OSError, TimeoutError) as err:
+                self._down(describe(err))
+                await asyncio.sleep(backoff.next())
+                continue
+            log.info("webhook set for @%s", self.user["username"])
+            self._up("webhook")
+            await stop.wait()
+            return
+
+    # Requests out
+
+    async def answer_callback(self, event: dict[str, Any]) -> None:
+        try:
+            await self._bot.answer_callback_query(
+                callback_query_id=event["id"], text=event.get("text"), show_alert=event.get("alert", False)
+            )
+            self.count("callback_answered")
+        except (self._aiogram.errors.TelegramAPIError, OSError, TimeoutError) as err:
+            # A query older than a few seconds can no longer be answered; nothing else to do.
+            self.count("callback_answer_failed")
+            log.info("could not answer a button press: %s", describe(err))
+
+    async def perform(self, job: Job) -> int:
+        """One Bot API request for the outbox, its failure mapped onto the outbox's exceptions."""
+        ag = self._aiogram
+        p = job.params
+        markup = ag.keyboard(p.get("buttons"))
+        try:
+            if job.method == "send_message":
+                message = await self._bot.send_message(
+                    chat_id=job.chat_id,
+                    text=p["text"],
+                    reply_markup=markup,
+                    disable_notification=p.get("silent", False),
+                )
+                return int(message.message_id)
+            await self._bot.edit_message_text(
+                text=p["text"], chat_id=job.chat_id, message_id=p["message_id"], reply_markup=markup
+            )
+            return int(p["message_id"])
+        except ag.errors.TelegramRetryAfter as err:
+            raise RetryAfter(err.retry_after) from None
+        except ag.errors.TelegramMigrateToChat as err:
+            raise ChatMoved(err.migrate_to_chat_id) from None
+        except ag.errors.TelegramForbiddenError as err:
+            raise ChatGone(err.message) from None
+        except ag.errors.TelegramBadRequest as err:
+            text = err.message.lower()
+            if "message is not modified" in text:
+                return int(p["message_id"])
+            if "chat not found" in text or "bot was kicked" in text or "user is deactivated" in text:
+                raise ChatGone(err.message) from None
+            raise Rejected(err.message) from None
+        except (
+            ag.errors.TelegramNetworkError,
+            ag.errors.TelegramServerError,
+            # A refused token is the operator's to fix; what is owed waits for it.
+            ag.errors.TelegramUnauthorizedError,
+            OSError,
+            TimeoutError,
+        ) as err:
+            raise Transient(describe(err)) from None
+        except ag.errors.TelegramAPIError as err:
+            raise Rejected(describe(err)) from None
+
+
+class _Aiogram:
+    """The parts of aiogram the bot uses, imported on first use (see the module docstring)."""
+
+    def __init__(self) -> None:
+        from aiogram import exceptions
+        from aiogram.types import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
+
+        self.errors = exceptions
+        self._command = BotCommand
+        self._button = InlineKeyboardButton
+        self._markup = InlineKeyboardMarkup
+
+    def bot(self, token: str, api_url: str) -> Any:
+        from aiogram import Bot
+        from aiogram.client.session.aiohttp import AiohttpSession
+        from aiogram.client.telegram import TelegramAPIServer
+
+        session = AiohttpSession(api=TelegramAPIServer.from_base(api_url))
+        return Bot(token, session=session)
+
+    def command(self, name: str, description: str) -> Any:
+        return self._command(command=name, description=description)
+
+    def keyboard(self, rows: list[list[dict[str, str]]] | None) -> Any:
+        if not rows:
+            return None
+        return self._markup(
+            inline_keyboard=[
+                [self._button(text=b["text"], callback_data=b["data"]) for b in row] for row in rows
+            ]
+        )
+
+
+def describe(err: BaseException) -> str:
+    message = getattr(err, "message", None) or str(err) or type(err).__name__
+    return logs.redact(f"{type(err).__name__}: {message}")
