@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -17,11 +18,14 @@ from gateway.config import Config
 from gateway.ops import logs, ports
 from gateway.ops.health import Health
 from gateway.ops.notify import Notifier, watchdog_interval
+from protocols.lifecycle import Server, Servers
 
 log = logs.server
 
 PROTOCOLS = ("web", "mqtt", "telegram", "worker")
+# The protocol servers drain together within this; each later step of the shutdown has STEP_SECONDS.
 DRAIN_SECONDS = 8.0
+STEP_SECONDS = 5.0
 # A protocol down this long stops the watchdog pings, so systemd restarts the process. Long,
 # because most outages are outside (broker, internet) where a restart mends nothing and costs
 # every dashboard a reconnect; what it does mend is a client wedged inside this process.
@@ -141,12 +145,13 @@ class Gateway:
         self.stop = asyncio.Event()
         self.started = time.monotonic()
         self.ready = asyncio.Event()
-        self.web: Any = None
+        # The protocol servers, and what they lean on (the embedded broker): started before them,
+        # stopped after them and after the runtime's state is saved.
+        self.servers = Servers()
+        self.backends = Servers()
         self.mqtt: Any = None
-        self.broker: Any = None
         self.telegram: Any = None
         self.runtime: Any = None
-        self._tasks: list[asyncio.Task[Any]] = []
         # systemd's side: what NOTIFY_SOCKET and WATCHDOG_USEC ask of this process (nothing outside systemd).
         env = os.environ if env is None else env
         self.notifier = Notifier(env.get("NOTIFY_SOCKET"))
@@ -221,59 +226,24 @@ class Gateway:
 
     async def run(self) -> None:
         from gateway.asgi import build_application
+        from gateway.redis_url import is_redis
         from gateway.runtime import Runtime
         from gateway.web.auth import TokenGate
 
         self._signals()
         config = self.config
         runtime = self.runtime = Runtime(config, self.health, token_gate=TokenGate())
-        from gateway.redis_url import is_redis
-
         runtime.mqtt_out = "mqtt" in self.protocols or is_redis(config.gateway.channel_layer)
         await runtime.load()
         application = build_application(runtime)
         try:
             if self.notifier.enabled:
                 self._systemd = asyncio.ensure_future(self._notify_systemd())
-            if "mqtt" in self.protocols:
-                await self._start_peers(runtime)
-                await self._start_mqtt(application)
-            if "web" in self.protocols:
-                from gateway.web.views import gate
-                from protocols.websocket.http_guard import Guard
-                from protocols.websocket.server import WebServer
-
-                http = config.http
-                descriptors(http.max_websockets + http.max_half_open + DESCRIPTORS_BESIDES)
-                self.web = WebServer(
-                    application,
-                    http.host,
-                    http.port,
-                    send_buffer=http.websocket_send_buffer,
-                    guard=Guard(gate(runtime), http.max_half_open, http.request_timeout),
-                )
-                await ports.web(config).start(self.web.start)
-                self.health.set("web", True)
-                from channels.layers import get_channel_layer
-
-                from consumers.dashboard import hub_of
-
-                layer = get_channel_layer()
-                if hasattr(layer, "recovered"):
-                    layer.recovered.append(hub_of(runtime).restart_all)
-            if "web" in self.protocols and "mqtt" not in self.protocols:
-                # Split mode: sensor readings come from the MQTT processes over the channel layer.
-                self._follower = asyncio.ensure_future(runtime.follow_sensors())
-            if "telegram" in self.protocols:
-                self._start_telegram(application, runtime)
-            if "worker" in self.protocols:
-                from protocols.worker import WorkerServer
-
-                up = partial(self.health.set, "worker")
-                worker = WorkerServer(
-                    application, [w.channel for w in config.workers], runtime.layer, on_state=up
-                )
-                self._tasks.append(asyncio.ensure_future(worker.serve(self.stop)))
+            await self._start_runtime(runtime)
+            self.backends = Servers(self.backend_servers())
+            self.servers = Servers(self.protocol_servers(application, runtime))
+            await self.backends.start()
+            await self.servers.start()
             self._announcer = asyncio.ensure_future(self._announce_ready())
             await self.stop.wait()
         finally:
@@ -282,31 +252,50 @@ class Gateway:
             await self._shutdown(runtime)
             self.notifier.close()
 
-    async def _start_peers(self, runtime: Any) -> None:
-        """Shared subscriptions: in the peers' group before the first message (gateway.layers.peers)."""
+    async def _start_runtime(self, runtime: Any) -> None:
+        """Where sensor readings come from: this process's MQTT server, which shares them with its peers
+        on a shared subscription (gateway.layers.peers, joined before the first message), or else, in
+        a web process of the split mode, the MQTT processes over the channel layer."""
         from channels.layers import get_channel_layer
 
         from gateway.layers.peers import PeerMirror
 
         layer = get_channel_layer()
-        if self.config.mqtt.shared_group and layer is not None:
-            runtime.peers = PeerMirror(layer)
-            await runtime.peers.start()
+        if "mqtt" in self.protocols:
+            if self.config.mqtt.shared_group and layer is not None:
+                runtime.peers = PeerMirror(layer)
+                await runtime.peers.start()
+        elif "web" in self.protocols:
+            self._follower = asyncio.ensure_future(runtime.follow_sensors())
 
-    async def _start_mqtt(self, application: Any) -> None:
+    def backend_servers(self) -> list[Server]:
+        if "mqtt" not in self.protocols or self.config.mqtt.url != "embedded":
+            return []
+        from protocols.mqtt.broker import EmbeddedBroker
+
+        listener = ports.embedded_broker(self.config)
+        return [Listening(EmbeddedBroker(listener.host, listener.port), listener)]
+
+    def protocol_servers(self, application: Any, runtime: Any) -> list[Server]:
+        """This process's protocol servers, in the order they start (Telegram waits for MQTT's)."""
+        builders: dict[str, Callable[[Any, Any], Server]] = {
+            "mqtt": self._mqtt,
+            "web": self._web,
+            "telegram": self._telegram,
+            "worker": self._worker,
+        }
+        return [build(application, runtime) for name, build in builders.items() if name in self.protocols]
+
+    def _mqtt(self, application: Any, runtime: Any) -> Server:
         from gateway.asgi import consumer_filters
+        from gateway.ops import metrics
         from protocols.mqtt.client import BrokerAddress
         from protocols.mqtt.server import MqttServer, MqttSettings
 
         config = self.config
         if config.mqtt.url == "embedded":
-            from protocols.mqtt.broker import EmbeddedBroker
-
             listener = ports.embedded_broker(config)
-            host, port = listener.host, listener.port
-            self.broker = EmbeddedBroker(host, port)
-            await listener.start(self.broker.start)
-            address = BrokerAddress(listener.local_host, port)
+            address = BrokerAddress(listener.local_host, listener.port)
             protocol = "3.1.1"  # amqtt speaks 3.1.1 only: skip the MQTT 5 attempt
         else:
             address = BrokerAddress.from_url(config.mqtt.url)
@@ -320,19 +309,40 @@ class Gateway:
             keepalive=config.mqtt.keepalive,
             discover=consumer_filters(config),
         )
-        from gateway.ops import metrics
-
-        self.mqtt = MqttServer(
+        mqtt = self.mqtt = MqttServer(
             settings,
             application,
             mqtt_devices(config),
-            on_state=lambda up: self.health.set("mqtt", up),
+            on_state=partial(self.health.set, "mqtt"),
             count=lambda outcome: metrics.mqtt_messages.labels(outcome).inc(),
-            on_fault=self.runtime.faults.report,
+            on_fault=runtime.faults.report,
         )
-        self._tasks.append(asyncio.ensure_future(self.mqtt.serve(self.stop)))
+        return mqtt
 
-    def _start_telegram(self, application: Any, runtime: Any) -> None:
+    def _web(self, application: Any, runtime: Any) -> Server:
+        from channels.layers import get_channel_layer
+
+        from consumers.dashboard import hub_of
+        from gateway.web.views import gate
+        from protocols.websocket.http_guard import Guard
+        from protocols.websocket.server import WebServer
+
+        http = self.config.http
+        descriptors(http.max_websockets + http.max_half_open + DESCRIPTORS_BESIDES)
+        web = WebServer(
+            application,
+            http.host,
+            http.port,
+            send_buffer=http.websocket_send_buffer,
+            guard=Guard(gate(runtime), http.max_half_open, http.request_timeout),
+            on_state=partial(self.health.set, "web"),
+        )
+        layer = get_channel_layer()
+        if hasattr(layer, "recovered"):
+            layer.recovered.append(hub_of(runtime).restart_all)
+        return Listening(web, ports.web(self.config))
+
+    def _telegram(self, application: Any, runtime: Any) -> Server:
         import functools
         import hashlib
 
@@ -360,28 +370,28 @@ class Gateway:
             # One poller per bot among every process on this Redis; the key names the bot, not the token.
             bot = hashlib.sha256(tg.token.encode()).hexdigest()[:16]
             lease = RedisLease(functools.partial(redis_client, layer), f"gateway:telegram:poller:{bot}")
-        self.telegram = TelegramServer(
+        telegram = self.telegram = TelegramServer(
             settings,
             application,
             startup_chats=runtime.chats.subscribed_chats,
             # Read at every use: a reload changes the list.
             allowed=lambda chat_id: runtime.chats.allowed(chat_id, runtime.config.telegram.allowed_chats),
             lease=lease,
+            # aiogram's import takes seconds of CPU: let the MQTT connection come up first.
+            load_after=None if self.mqtt is None else self.mqtt.connected,
             on_state=self._telegram_state,
             count=metrics.count_telegram,
         )
-        runtime.telegram = self.telegram
-        runtime.reload_listeners.add(self.telegram.allowance_changed)
-        metrics.telegram_queue.set_function(lambda: self.telegram.outbox.depth)
+        runtime.telegram = telegram
+        runtime.reload_listeners.add(telegram.allowance_changed)
+        metrics.telegram_queue.set_function(lambda: telegram.outbox.depth)
+        return telegram
 
-        async def serve() -> None:
-            # aiogram's import takes seconds of CPU: let the MQTT connection come up first.
-            if self.mqtt is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.mqtt.connected.wait(), 5.0)
-            await self.telegram.serve(self.stop)
+    def _worker(self, application: Any, runtime: Any) -> Server:
+        from protocols.worker import WorkerServer
 
-        self._tasks.append(asyncio.ensure_future(serve()))
+        channels = [w.channel for w in self.config.workers]
+        return WorkerServer(application, channels, runtime.layer, on_state=partial(self.health.set, "worker"))
 
     def _telegram_state(self, up: bool, detail: str = "") -> None:
         if up and not self._telegram_settled:
@@ -390,8 +400,7 @@ class Gateway:
         self.health.set("telegram", up, detail)
 
     async def _announce_ready(self) -> None:
-        if self.mqtt is not None:
-            await self.mqtt.connected.wait()
+        await self.servers.ready()
         settle_heap()
         self.ready.set()
         log.info(
@@ -490,20 +499,37 @@ class Gateway:
 
     async def _shutdown(self, runtime: Any) -> None:
         started = time.monotonic()
-        # In order, each step bounded, and one failing step does not skip the rest.
-        if self.web is not None:
-            await _step("web", self.web.stop())
-        if self._tasks:
-            # The MQTT server sees the stop event: offline status, final disconnects.
-            _, pending = await asyncio.wait(self._tasks, timeout=DRAIN_SECONDS)
-            for task in pending:
-                task.cancel()
+        # In order, each step bounded, and one failing step does not skip the rest: the protocol
+        # servers together (MQTT says offline, Telegram sends what is queued), the runtime's state,
+        # then what the servers leaned on to their end (the embedded broker).
+        await self.servers.drain(DRAIN_SECONDS)
         if runtime.peers is not None:
             await _step("peers", runtime.peers.stop())
         await _step("sensor state", runtime.board.flush())
-        if self.broker is not None:
-            await _step("broker", self.broker.stop())
+        await self.backends.drain(STEP_SECONDS)
         log.info("stopped in %.2fs", time.monotonic() - started)
+
+
+@dataclass
+class Listening:
+    """`server`, whose start binds `listener`'s address: a failure to is `CannotListen`, naming the key."""
+
+    server: Server
+    listener: ports.Listener
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    @property
+    def ready(self) -> asyncio.Event:
+        return self.server.ready
+
+    async def start(self) -> None:
+        await self.listener.start(self.server.start)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        await self.server.serve(stop)
 
 
 def _debug_stall_seconds(env: Mapping[str, str]) -> float | None:
@@ -518,6 +544,6 @@ def _debug_stall_seconds(env: Mapping[str, str]) -> float | None:
 
 async def _step(name: str, coro: Any) -> None:
     try:
-        await asyncio.wait_for(coro, 5.0)
+        await asyncio.wait_for(coro, STEP_SECONDS)
     except Exception:
         log.exception("shutdown of %s failed", name)

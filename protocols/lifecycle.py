@@ -27,7 +27,8 @@ class Server(Protocol):
     started to (Telegram: aiogram takes seconds to import, and the bot may stand by).
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     @property
     def ready(self) -> asyncio.Event: ...

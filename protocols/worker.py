@@ -18,6 +18,7 @@ from asgiref.typing import ASGIReceiveCallable, ASGISendCallable
 from channels.worker import Worker
 
 from gateway.ops import logs
+from protocols.backoff import Backoff
 
 log = logs.worker
 
@@ -42,6 +43,8 @@ class _Worker(Worker):
 
 
 class WorkerServer:
+    name = "worker"
+
     def __init__(
         self,
         application: Any,
@@ -56,6 +59,7 @@ class WorkerServer:
             raise ValueError("a worker listens on one channel at least")
         self.drain = drain
         self.on_state = on_state
+        self.ready = asyncio.Event()
         # Channels whose instance waits for its next message: it holds none.
         self._waiting: set[str] = set()
         self._changed = asyncio.Event()
@@ -81,7 +85,7 @@ class WorkerServer:
                 took = True
                 return message
 
-            failures = 0
+            backoff = Backoff(RESTART_MIN, RESTART_MAX)
             try:
                 while True:
                     took = False
@@ -90,32 +94,38 @@ class WorkerServer:
                         return
                     except Exception:
                         log.exception("worker on channel %s failed; it starts again", channel)
-                    failures = 0 if took else failures + 1
-                    if failures:
-                        await asyncio.sleep(min(RESTART_MIN * 2 ** (failures - 1), RESTART_MAX))
+                    if took:
+                        backoff.reset()
+                    else:
+                        await asyncio.sleep(backoff.next())
             finally:
                 self._changed.set()
 
         return instance
 
+    async def start(self) -> None:
+        """Nothing to bind: the channel layer is reached (and reached again) by `serve`."""
+
     async def serve(self, stop: asyncio.Event) -> None:
         """Listen until `stop` is set, then drain; a failed listening starts again (with back-off)."""
         loop = asyncio.get_running_loop()
-        delay = RESTART_MIN
+        backoff = Backoff(RESTART_MIN, RESTART_MAX)
         try:
             while not stop.is_set():
                 self.on_state(True)
+                self.ready.set()
                 log.info("worker listening on %s", ", ".join(self.channels))
                 started = loop.time()
                 try:
                     await _until(stop, self.worker.arun())
                 except Exception as err:
                     self.on_state(False)
-                    delay = RESTART_MIN if loop.time() - started > RESTART_MAX else delay
+                    if loop.time() - started > RESTART_MAX:
+                        backoff.reset()  # it listened a while: a new failure, not the same one again
+                    delay = backoff.next()
                     log.error("worker stopped listening (%s); starting again in %.1fs", err, delay)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
-                    delay = min(delay * 2, RESTART_MAX)
         finally:
             self.on_state(False)
             await self._drain()

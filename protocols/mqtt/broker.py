@@ -15,8 +15,11 @@ class BrokerStartError(OSError):
 
 
 class EmbeddedBroker:
+    name = "broker"
+
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
+        self.ready = asyncio.Event()
         self._broker: Any = None
 
     async def start(self) -> None:
@@ -49,8 +52,11 @@ class EmbeddedBroker:
         finally:
             quiet.setLevel(level)
         logs.broker.info("embedded MQTT broker listening on %s:%d", self.host, self.port)
+        self.ready.set()
 
-    async def stop(self) -> None:
+    async def serve(self, stop: asyncio.Event) -> None:
+        """amqtt serves on the loop; at `stop` it shuts down, its clients disconnected."""
+        await stop.wait()
         if self._broker is not None:
             try:
                 await asyncio.wait_for(self._broker.shutdown(), 3.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from gateway.ops import logs, metrics
@@ -180,18 +181,22 @@ class WebServer:
         port: int,
         send_buffer: int = 262144,
         guard: Guard | None = None,
+        on_state: Callable[[bool], None] = lambda up: None,
         **options: Any,
     ) -> None:
         self.application = application
         self.host, self.port = host, port
         self.send_buffer = send_buffer
         self.guard = guard or Guard()
+        self.on_state = on_state
         self.options = options
+        self.ready = asyncio.Event()
         self._daphne: Any = None
         self.port_bound: int | None = None
         self._ports: list[Any] = []
 
     async def start(self) -> None:
+        """Listen; the reactor serves on this loop from then on."""
         from daphne.server import Server
         from twisted.internet import reactor
 
@@ -252,8 +257,15 @@ class WebServer:
             raise WebStartError(*errors[0].args)
         self.port_bound = daphne.listening_addresses[0][1]
         logs.web.info("HTTP and WebSocket on http://%s:%d/", self.host, self.port_bound)
+        self.ready.set()
+        self.on_state(True)
 
-    async def stop(self) -> None:
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Twisted serves on the loop; at `stop`: listen no more, close every connection, reap the apps."""
+        await stop.wait()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
         daphne = self._daphne
         if daphne is None:
             return
