@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,7 +14,8 @@ from typing import Any
 from gateway.config import Config
 from gateway.ops import logs, ports
 from gateway.ops.health import Health
-from gateway.ops.notify import Notifier, watchdog_interval
+from gateway.ops.notify import Notifier, Reporter, watchdog_interval
+from gateway.ops.process import descriptors, settle_heap, without_pyopenssl
 from protocols.lifecycle import Server, Servers
 
 log = logs.server
@@ -26,17 +24,6 @@ PROTOCOLS = ("web", "mqtt", "telegram", "worker")
 # The protocol servers drain together within this; each later step of the shutdown has STEP_SECONDS.
 DRAIN_SECONDS = 8.0
 STEP_SECONDS = 5.0
-# A protocol down this long stops the watchdog pings, so systemd restarts the process. Long,
-# because most outages are outside (broker, internet) where a restart mends nothing and costs
-# every dashboard a reconnect; what it does mend is a client wedged inside this process.
-WATCHDOG_DOWN_LIMIT = 600.0
-# READY=1 waits for Telegram at most this long after the rest is up: a box that boots without
-# internet must not fail its start (TimeoutStartSec) and lose MQTT and the dashboard with it.
-TELEGRAM_READY_WAIT = 60.0
-# How often STATUS= is refreshed when systemd asks for no watchdog pings.
-STATUS_SECONDS = 15.0
-# How stale the alert count in STATUS= may get: one COUNT query per period, off the ping's path.
-COUNT_SECONDS = 10.0
 
 
 def usable(config: Config, protocols: Iterable[str]) -> list[str]:
@@ -59,19 +46,6 @@ def event_loop(protocols: list[str]) -> asyncio.AbstractEventLoop:
     return loop
 
 
-def without_pyopenssl() -> None:
-    """Keep pyOpenSSL (and cryptography's X.509 with it) out of this process: 5 MiB of RSS.
-
-    daphne listens on plain TCP here (TLS ends at a proxy in front, see docs/deploy.md), yet
-    Twisted and autobahn import pyOpenSSL whenever it is installed (twisted[tls], pulled in by
-    daphne) for TLS they would never use. Made unimportable before they look, both take the
-    no-TLS path they have for an install without it. Nothing else here needs pyOpenSSL: paho,
-    aiohttp (Telegram), redis-py and amqtt use the standard `ssl` module.
-    """
-    if "OpenSSL" not in sys.modules:
-        sys.modules["OpenSSL"] = None  # type: ignore[assignment] # import OpenSSL -> ImportError
-
-
 def mqtt_devices(config: Config) -> list[Any]:
     from consumers.site import ack_topic
     from gateway.asgi import consumer_devices
@@ -83,58 +57,9 @@ def mqtt_devices(config: Config) -> list[Any]:
     return devices
 
 
-# CPython collects generation 0 every 700 net allocations of containers; reference counting
-# frees nearly everything here, the collector only finds cycles. Rarer passes (see settle_heap).
-GC_THRESHOLDS = (20_000, 20, 10)
-
-
-def settle_heap() -> None:
-    """Take what start-up made (modules, classes, settings) out of the garbage collector's walks.
-
-    Those objects live until exit, yet every full collection walked all of them: with
-    1,000 dashboards open, full passes took 50-200 ms and were the p99 of an alert's
-    fan-out. Frozen, and with passes rarer (`GC_THRESHOLDS`), they stop being that.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    # And the C heap's free pages back to the system (glibc's malloc_trim): start-up frees memory
-    # that glibc keeps (modules compiled without .pyc, the migration check, the config): 1.1 MiB.
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 # File descriptors a web process needs besides its WebSockets and half-open connections:
 # the listener, the database, the MQTT and Redis connections, the broker's clients, logs.
 DESCRIPTORS_BESIDES = 256
-
-
-def descriptors(needed: int) -> None:
-    """Raise the soft limit on open files to `needed` where the hard one allows; warn if it cannot.
-
-    Past the limit every new connection fails (accept: EMFILE), dashboards and health checks alike.
-    Under systemd the unit's LimitNOFILE sets it (and @resources is filtered: no raising there).
-    """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    if soft < needed:
-        log.warning(
-            "open files are limited to %d, but http.max_websockets and http.max_half_open need about %d: "
-            "raise the limit (LimitNOFILE= in the unit, ulimit -n) or lower them",
-            soft,
-            needed,
-        )
 
 
 class Gateway:
@@ -160,13 +85,8 @@ class Gateway:
         self._announcer: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._telegram_settled = False
+        self.systemd = Reporter(self.notifier, self.health, self.watchdog, self.started)
         self._systemd: asyncio.Task[None] | None = None
-        self._notified_ready = False
-        self._wake = asyncio.Event()
-        self.health.listeners.add(self._wake.set)
-        self._alerts: dict[str, int] | None = None
-        self._counting: asyncio.Task[None] | None = None
-        self._counted_at = float("-inf")
 
     def _signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -192,14 +112,14 @@ class Gateway:
     async def reload(self) -> bool:
         """Re-read the config file; a bad one is refused and the running config stays."""
         # systemd shows "reloading" until READY=1 again; before the first READY=1 it is still starting.
-        reloading = self._notified_ready
+        reloading = self.systemd.ready_sent
         if reloading:
             self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             return self._reload()
         finally:
             if reloading:
-                self.notifier.send("READY=1", f"STATUS={self._status()}")
+                self.notifier.send("READY=1", f"STATUS={self.systemd.status()}")
 
     def _reload(self) -> bool:
         from gateway.config import ConfigError, load_config
@@ -235,10 +155,11 @@ class Gateway:
         runtime = self.runtime = Runtime(config, self.health, token_gate=TokenGate())
         runtime.mqtt_out = "mqtt" in self.protocols or is_redis(config.gateway.channel_layer)
         await runtime.load()
+        self.systemd.count_alerts = runtime.book.open_counts
         application = build_application(runtime)
         try:
             if self.notifier.enabled:
-                self._systemd = asyncio.ensure_future(self._notify_systemd())
+                self._systemd = asyncio.ensure_future(self.systemd.run())
             await self._start_runtime(runtime)
             self.backends = Servers(self.backend_servers())
             self.servers = Servers(self.protocol_servers(application, runtime))
@@ -260,8 +181,8 @@ class Gateway:
 
         from gateway.layers.peers import PeerMirror
 
-        layer = get_channel_layer()
         if "mqtt" in self.protocols:
+            layer = get_channel_layer()
             if self.config.mqtt.shared_group and layer is not None:
                 runtime.peers = PeerMirror(layer)
                 await runtime.peers.start()
@@ -410,92 +331,14 @@ class Gateway:
             self.config.gateway.site,
         )
 
-    async def _notify_systemd(self) -> None:
-        """READY=1 once every enabled protocol is up, WATCHDOG=1 while alive, STATUS= when it changes."""
-        tick = self.watchdog or STATUS_SECONDS
-        sent_status = ""
-        withheld: list[str] = []
-        while True:
-            self._count_alerts_soon()
-            fields = []
-            if not self._notified_ready and self._ready_for_systemd():
-                # Later than the "ready in" log line, which waits for MQTT and the web, not Telegram.
-                self._notified_ready = True
-                fields.append("READY=1")
-                log.info("systemd: READY=1 after %.2fs", time.monotonic() - self.started)
-            if self.watchdog is not None:
-                # A stalled loop sends nothing anyway; a protocol dead for long is worth a restart as well.
-                dead = [p for p in self.protocols if self.health.down_for(p) > WATCHDOG_DOWN_LIMIT]
-                if dead and not withheld:
-                    log.error(
-                        "%s down for over %.0fs: no more watchdog pings, systemd will restart the process",
-                        ", ".join(dead),
-                        WATCHDOG_DOWN_LIMIT,
-                    )
-                elif withheld and not dead:
-                    log.info("every protocol is back: watchdog pings resume")
-                withheld = dead
-                if not dead:
-                    fields.append("WATCHDOG=1")
-            status = self._status()
-            if status != sent_status:
-                fields.append(f"STATUS={status}")
-                sent_status = status
-            self.notifier.send(*fields)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), tick)
-
-    def _ready_for_systemd(self) -> bool:
-        if self.health.connected:  # a sensor failing inside (gateway.faults) must not hold back the start
-            return True
-        others = [p for p in self.protocols if p != "telegram"]
-        if len(others) == len(self.protocols) or not all(self.health.is_up(p) for p in others):
-            return False
-        if time.monotonic() - self.started < TELEGRAM_READY_WAIT:
-            return False
-        log.warning(
-            "telegram still down after %.0fs: READY=1 without it; it keeps trying", TELEGRAM_READY_WAIT
-        )
-        return True
-
-    def _status(self) -> str:
-        parts = [self.health.summary() or "no protocol servers"]
-        if self._alerts is not None:
-            active, acknowledged = self._alerts.get("active", 0), self._alerts.get("acknowledged", 0)
-            parts.append(f"{active} active alert{'' if active == 1 else 's'}")
-            if acknowledged:
-                parts.append(f"{acknowledged} acknowledged")
-        # One assignment per line in the datagram: a detail must not start another.
-        return ", ".join(parts).replace("\n", " ")
-
-    def _count_alerts_soon(self) -> None:
-        """Refresh the alert count in the background: a slow database must not hold back a ping."""
-        if self.runtime is None or time.monotonic() < self._counted_at + COUNT_SECONDS:
-            return
-        if self._counting is not None and not self._counting.done():
-            return
-        self._counted_at = time.monotonic()
-        self._counting = asyncio.ensure_future(self._count_alerts())
-
-    async def _count_alerts(self) -> None:
-        try:
-            counts = await self.runtime.book.open_counts()
-        except Exception as err:
-            log.debug("counting open alerts for the systemd status failed: %s", err)
-            return
-        if counts != self._alerts:
-            self._alerts = counts
-            self._wake.set()
-
     def _stop_reporting(self) -> None:
         # The announcer may still wait for a broker that never answered: nothing there to drain.
-        for task in (self._announcer, self._systemd, self._counting, self._follower):
+        for task in (self._announcer, self._systemd, self._follower):
             if task is not None:
                 task.cancel()
         if self.runtime is not None and self.runtime.dashboards is not None:
             self.runtime.dashboards.stop()
-        self.notifier.send("STOPPING=1", "STATUS=stopping")
+        self.systemd.stop()
 
     async def _shutdown(self, runtime: Any) -> None:
         started = time.monotonic()

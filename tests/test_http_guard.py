@@ -219,11 +219,11 @@ def test_a_chunked_body_is_cut_off_at_the_limit(gateway_factory: GatewayFactory)
 
 
 def limits_after_start(limits: tuple[int, int]) -> subprocess.CompletedProcess[str]:
-    """gateway.server.descriptors(5000) in a process whose open-file limits are these."""
+    """gateway.ops.process.descriptors(5000) in a process whose open-file limits are these."""
     code = (
         "import logging, resource; logging.basicConfig();"
         f"resource.setrlimit(resource.RLIMIT_NOFILE, {limits});"
-        "from gateway.server import descriptors; descriptors(5000);"
+        "from gateway.ops.process import descriptors; descriptors(5000);"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
