@@ -23,6 +23,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 
 from gateway.ops import logs, metrics
+from protocols.backoff import Backoff
 
 __all__ = ["GROUP", "PeerMirror", "Reading"]
 
@@ -121,7 +122,7 @@ class PeerMirror:
     # Theirs, to our consumers
 
     async def _receive(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 if self.channel is None:
@@ -131,11 +132,11 @@ class PeerMirror:
                     self._joined.set()
                 message = await self.layer.receive(self.channel)
             except Exception as err:  # the layer's receive retries outages itself; anything else: later
+                delay = backoff.next()
                 log.warning("shared subscription: peers' group (%s); retrying in %.1fs", err, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
-            delay = 0.2
+            backoff.reset()
             if message.get("origin") != self.channel and message.get("type") == "sensor.observed.batch":
                 self.deliver(message.get("readings") or ())
 

@@ -17,6 +17,7 @@ from redis.asyncio import BlockingConnectionPool
 
 from gateway.layers.memory import CountsFull, overflowed
 from gateway.ops import logs
+from protocols.backoff import Backoff
 
 # How long a claim (RedisLayer.claim) holds: far longer than any redelivery.
 CLAIM_SECONDS = 3600.0
@@ -148,7 +149,7 @@ class RedisLayer(CountsFull, RedisChannelLayer):
 
     async def receive(self, channel: str) -> dict[str, Any]:
         # A Redis outage must not end every consumer: wait and try again.
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 return await super().receive(channel)
@@ -157,6 +158,7 @@ class RedisLayer(CountsFull, RedisChannelLayer):
                     type(err).__module__.split(".")[0] != "redis"
                 ):
                     raise
+                delay = backoff.next()
                 allowed, held = _receive_log.allow("receive")
                 if allowed:
                     logs.layer.warning(
@@ -166,7 +168,6 @@ class RedisLayer(CountsFull, RedisChannelLayer):
             # the renewer tries every second until they are back.
             self._renew_now.set()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 RENEW_SECONDS = 600.0
