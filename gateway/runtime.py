@@ -34,7 +34,7 @@ _handover_log = logs.RateLimit(interval=10.0)
 @dataclass(eq=False)
 class SensorEngine:
     """A sensor's rule state, held here and not by its application instance: an instance that
-    fails is started again (protocols.mqtt.server) and goes on where the last one was."""
+    fails is started again (protocols.mqtt.devices) and goes on where the last one was."""
 
     rules: SensorRules
     # rule id -> (alert, saved) last raised: what a clear refers to if the database is away

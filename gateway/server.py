@@ -355,7 +355,8 @@ class Gateway:
 
 @dataclass
 class Listening:
-    """`server`, whose start binds `listener`'s address: a failure to is `CannotListen`, naming the key."""
+    """`server`, whose start binds `listener`'s address: failing to, it raises `CannotListen`, which
+    names the config key to change."""
 
     server: Server
     listener: ports.Listener

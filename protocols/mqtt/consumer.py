@@ -22,7 +22,7 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
     """One instance per device scope; events dispatch by type (`mqtt.message` -> `mqtt_message`).
 
     Channels' loop (`await_many_dispatch`) makes a task and an `asyncio.wait` per event. With a
-    server whose `receive` has `nowait()` and `notify()` (protocols.mqtt.server), queued events
+    server whose `receive` has `nowait()` and `notify()` (protocols.mqtt.devices), queued events
     are taken directly, one after the other, and an idle instance waits on one future that the
     server or the channel layer's receive sets, with no task per wait. Events are still
     dispatched one at a time, and the next is asked for only once the previous one is handled

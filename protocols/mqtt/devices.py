@@ -80,7 +80,8 @@ class Devices:
     def __init__(
         self,
         application: Callable[..., Any],
-        scope: Callable[[Device], MqttScope],
+        client_id: str,
+        broker: tuple[str, int],
         *,
         send: Callable[[DeviceInstance, dict[str, Any]], Coroutine[Any, Any, None]],
         ack: Callable[[int, int, int], None],
@@ -96,7 +97,7 @@ class Devices:
         """`ack(mid, qos, generation)` acknowledges a message to the broker; `greeting()` is the
         `mqtt.connect` event while connected, else None; `subscribe(filter)` and
         `unsubscribe(filter)` act on the broker session while it is connected."""
-        self.scope = scope
+        self.client_id, self.broker = client_id, broker
         self.ack = ack
         self.greeting = greeting
         self.subscribe, self.unsubscribe = subscribe, unsubscribe
@@ -121,7 +122,17 @@ class Devices:
     # Devices come and go
 
     def add(self, device: Device, subscribe: bool = True) -> DeviceInstance:
-        inst = DeviceInstance(device=device, scope=self.scope(device))
+        scope: MqttScope = {
+            "type": "mqtt",
+            "asgi": {"version": "3.0", "spec_version": "1.0"},
+            "device": device.id,
+            "topic": device.topics[0],
+            "topics": list(device.topics),
+            "lazy": device.lazy,
+            "client_id": self.client_id,
+            "broker": self.broker,
+        }
+        inst = DeviceInstance(device=device, scope=scope)
         self.instances.append(inst)
         if subscribe:
             for topic_filter in device.topics:

@@ -25,7 +25,6 @@ from protocols.backoff import Backoff
 from protocols.mqtt.client import AsyncioClient, BrokerAddress
 from protocols.mqtt.devices import Delivery, Device, DeviceInstance, Devices
 from protocols.mqtt.events import validate_outgoing
-from protocols.mqtt.types import MqttScope
 
 log = logs.mqtt
 
@@ -81,7 +80,8 @@ class MqttServer:
         self._started = False
         self._devices = Devices(
             application,
-            self._scope,
+            settings.client_id,
+            (settings.address.host, settings.address.port),
             send=self._send,
             ack=self._ack,
             greeting=self._greeting,
@@ -205,13 +205,13 @@ class MqttServer:
                 info = client.publish(self.settings.status_topic, b"offline", qos=1, retain=True)
                 await self._wait_published(info, 2.0)
             client.disconnect()
-        self._set_down("server stopping")
+        self._set_down()
         await self._devices.close(5.0)
 
     async def _wait_published(self, info: paho.MQTTMessageInfo, timeout: float) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
         # paho offers no awaitable for this; a short poll, bounded, at shutdown only.
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while not info.is_published() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
@@ -266,11 +266,11 @@ class MqttServer:
         if self.connected.is_set():
             if not self._stopping:
                 log.warning("lost the broker connection: %s", reason)
-            self._set_down(reason)
+            self._set_down()
             if not self._stopping:
                 self._devices.tell_all({"type": "mqtt.disconnect", "reason": reason, "final": False})
 
-    def _set_down(self, reason: str) -> None:
+    def _set_down(self) -> None:
         if self.connected.is_set():
             self.connected.clear()
             self.on_state(False)
@@ -333,23 +333,12 @@ class MqttServer:
             }
             inst.queue.put_nowait((event, delivery))
 
+    # Devices
+
     def update_devices(self, devices: list[Device]) -> None:
         """After a reload: instances for new devices, removed ones end, changed topics followed."""
         self._configured = devices
         self._devices.update(devices)
-
-    def _scope(self, device: Device) -> MqttScope:
-        s = self.settings
-        return {
-            "type": "mqtt",
-            "asgi": {"version": "3.0", "spec_version": "1.0"},
-            "device": device.id,
-            "topic": device.topics[0],
-            "topics": list(device.topics),
-            "lazy": device.lazy,
-            "client_id": s.client_id,
-            "broker": (s.address.host, s.address.port),
-        }
 
     # Out to the broker
 

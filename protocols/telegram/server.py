@@ -1,13 +1,10 @@
 """The Telegram protocol server: one bot, one ASGI application instance per chat.
 
 Updates come from a long poll (the default: edge boxes sit behind NAT) or from
-the webhook view, which hands them to `feed`. An allowed chat gets an instance on
-its first update that lives until the chat is no longer allowed; allowed chats
-that have subscriptions get one at start-up, so that broadcasts reach them
-before they write again. Any other chat gets an instance for as long as it has
-updates to answer, so that strangers cost nothing once answered. Sends and edits
-go through the `Outbox` (flow.py), which keeps to Telegram's limits; the Bot API
-itself is protocols.telegram.bot's.
+the webhook view, which hands them to `feed`; each goes to its chat's instance
+(protocols.telegram.chats), read field by field (protocols.telegram.updates).
+Sends and edits go through the `Outbox` (flow.py), which keeps to Telegram's
+limits; the Bot API itself is protocols.telegram.bot's.
 
 The bot comes up in the background: aiogram takes seconds to import. With a
 `RedisLease`, only the process holding the lease polls and runs chat instances;
@@ -27,14 +24,14 @@ from functools import partial
 from typing import Any
 
 from gateway.ops import logs
-from protocols.instances import Instance, Supervisor
 from protocols.ratelimit import TokenBucket
 from protocols.telegram import updates
 from protocols.telegram.bot import BotApi
+from protocols.telegram.chats import ChatInstance, Chats
 from protocols.telegram.events import validate_outgoing
 from protocols.telegram.flow import Job, Limits, Outbox
 from protocols.telegram.lease import Lease
-from protocols.telegram.types import Chat, TelegramScope, User
+from protocols.telegram.types import Chat, User
 
 log = logs.telegram
 _malformed_log = logs.RateLimit(interval=30.0)
@@ -47,8 +44,6 @@ __all__ = ["TelegramServer", "TelegramSettings"]
 CHAT_BURST, CHAT_RATE = 8.0, 1.0
 # The chats whose rate is remembered, most recent kept: a stranger's outlives its instance.
 RATE_MEMORY = 10_000
-# An allowed chat's instance that fails is started again after 0.5 s, 1 s, 1.5 s, ... this many times.
-RESTARTS = 5
 # aiogram's import takes seconds of CPU: it waits this long at most for `load_after` (MQTT connected).
 LOAD_WAIT = 5.0
 
@@ -72,14 +67,6 @@ class TelegramSettings:
         """`/telegram/<secret>/`: derived from token and secret, so it changes when either does."""
         digest = hashlib.sha256(f"{self.token}\0{self.webhook_secret}".encode()).hexdigest()[:32]
         return f"/telegram/{digest}/"
-
-
-@dataclass(eq=False)
-class ChatInstance(Instance):
-    chat_id: int
-    allowed: bool  # False: ends as soon as it has nothing left to answer
-    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
-    gone: bool = False  # told the application its chat is gone; reset when the chat writes again
 
 
 class TelegramServer:
@@ -118,24 +105,21 @@ class TelegramServer:
         self.outbox = self._outbox(lambda o: count(f"send_{o}"))
         self.ready = asyncio.Event()
         self.leading = asyncio.Event()
-        self._instances: dict[int, ChatInstance] = {}
-        self._chats = self._supervisor()
-        self._strangers = 0  # instances of chats not allowed, running now
+        self._chats = self._new_chats()
         self._buckets: OrderedDict[int, TokenBucket] = OrderedDict()  # incoming flood control per chat
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _outbox(self, count: Callable[[str], None]) -> Outbox:
         return Outbox(self.api.perform, self.settings.limits, count=count, moved=self._moved)
 
-    def _supervisor(self) -> Supervisor[ChatInstance]:
-        return Supervisor(
+    def _new_chats(self) -> Chats:
+        return Chats(
             self.application,
-            receive=lambda inst: inst.queue.get if inst.allowed else partial(self._stranger_receive, inst),
-            send=lambda inst: partial(self._send, inst),
-            failed=self._failed,
-            ended=self._forget,
-            describe=lambda inst: f"Telegram chat {inst.chat_id}",
-            log=log,
+            allowed=self.allowed,
+            bot=lambda: {"id": self.api.user["id"], "username": self.api.user["username"]},
+            send=self._send,
+            max_strangers=self.settings.max_strangers,
+            count=self.count,
         )
 
     # Lifecycle
@@ -187,7 +171,7 @@ class TelegramServer:
             chats = []
         chats = [chat for chat in chats if self.allowed(chat["id"])]
         for chat in chats:
-            self._instance_for(chat, None)
+            self._chats.instance_for(chat, None)
         if chats:
             log.info("%d subscribed chats ready", len(chats))
         s = self.settings
@@ -212,19 +196,14 @@ class TelegramServer:
         if flush and self.outbox.depth:
             log.info("delivering %d queued Telegram messages before stopping", self.outbox.depth)
             await self.outbox.drain(3.0)
-        self._chats.stop()
-        for inst in self._instances.values():
-            inst.queue.put_nowait({"type": "telegram.disconnect", "reason": "server stopping", "final": True})
         await self._chats.close(3.0)
-        self._instances.clear()
-        self._strangers = 0
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
         self._tasks.clear()
         self.outbox = self._outbox(self.outbox.count)
-        self._chats = self._supervisor()
+        self._chats = self._new_chats()
 
     # Updates in
 
@@ -254,7 +233,7 @@ class TelegramServer:
         chat, sender, event = read
         if not self._within_rate(chat["id"]):
             return
-        inst = self._instance_for(chat, sender)
+        inst = self._chats.instance_for(chat, sender)
         if inst is None:
             return
         if event["type"] == "telegram.message":
@@ -274,84 +253,10 @@ class TelegramServer:
             log.warning("chat %s sends too fast: updates dropped (at most %g a second)", chat_id, CHAT_RATE)
         return False
 
-    # Instances
-
-    def _instance_for(self, chat: Chat, user: User | None) -> ChatInstance | None:
-        inst = self._instances.get(chat["id"])
-        if inst is not None and inst.allowed:
-            return inst
-        allowed = self.allowed(chat["id"])
-        if inst is not None:
-            if not allowed:
-                return inst
-            self._forget(inst)  # allowed by a reload since: that one ends once answered, as it was
-        if not allowed:
-            if self._strangers >= self.settings.max_strangers:
-                self.count("chat_cap")
-                allowed_now, held = _chat_log.allow("strangers")
-                if allowed_now:
-                    log.warning(
-                        "chat %s ignored: already answering %d chats that are not allowed "
-                        "(%d more not logged)",
-                        chat["id"],
-                        self._strangers,
-                        held,
-                    )
-                return None
-            self._strangers += 1
-        scope: TelegramScope = {
-            "type": "telegram",
-            "asgi": {"version": "3.0", "spec_version": "1.0"},
-            "chat": chat,
-            "user": user if chat["type"] == "private" else None,
-            "bot": {"id": self.api.user["id"], "username": self.api.user["username"]},
-        }
-        inst = ChatInstance(chat_id=chat["id"], scope=scope, allowed=allowed)
-        self._instances[chat["id"]] = inst
-        inst.queue.put_nowait({"type": "telegram.connect"})
-        self._chats.start(inst)
-        return inst
-
-    async def _stranger_receive(self, inst: ChatInstance) -> dict[str, Any]:
-        if not inst.queue.empty():
-            return inst.queue.get_nowait()
-        # All answered: the instance ends, and the chat's next update makes a new one.
-        self._forget(inst)
-        return {"type": "telegram.disconnect", "reason": "nothing left to answer", "final": True}
-
-    def _forget(self, inst: ChatInstance) -> None:
-        if self._instances.get(inst.chat_id) is inst:
-            del self._instances[inst.chat_id]
-            if not inst.allowed:
-                self._strangers -= 1
-
-    def _failed(self, inst: ChatInstance, exc: BaseException) -> float | None:
-        """The supervisor's policy: an allowed chat's instance starts again, a few times."""
-        self.count("app_error")
-        if self._chats.closed or self._instances.get(inst.chat_id) is not inst:
-            return None
-        if not inst.allowed:
-            self._forget(inst)
-            return None
-        if inst.failures <= RESTARTS:
-            inst.queue.put_nowait({"type": "telegram.connect"})
-            return 0.5 * inst.failures
-        log.error(
-            "application for Telegram chat %s failed %d times; the chat is ignored", inst.chat_id, RESTARTS
-        )
-        return None
-
     def allowance_changed(self) -> None:
         """After a reload: the instances of chats no longer allowed end (and with them their groups);
         a chat newly allowed gets its lasting instance on its next update."""
-        for inst in list(self._instances.values()):
-            if inst.allowed and not self.allowed(inst.chat_id):
-                self._end(inst, "not allowed")
-
-    def _end(self, inst: ChatInstance, reason: str) -> None:
-        """No more updates reach `inst`; it ends (and leaves its groups) once it has read this."""
-        self._forget(inst)
-        inst.queue.put_nowait({"type": "telegram.disconnect", "reason": reason, "final": True})
+        self._chats.allowance_changed()
 
     # Events out
 
@@ -394,18 +299,7 @@ class TelegramServer:
             inst.queue.put_nowait({"type": "telegram.chat_gone", "reason": str(detail)})
 
     def _moved(self, old: int, new: int) -> None:
-        inst = self._instances.pop(old, None)
-        if inst is None:
-            return
-        replaced = self._instances.get(new)
-        if replaced is not None:
-            # The supergroup wrote first, with an instance of its own (a stranger's, or a lasting
-            # one if its id was already allowed): the group's, which holds what is owed, takes over.
-            self._end(replaced, "chat migrated")
-        inst.chat_id = new
-        inst.scope = {**inst.scope, "chat": {**inst.scope["chat"], "id": new, "type": "supergroup"}}
-        self._instances[new] = inst
-        inst.queue.put_nowait({"type": "telegram.chat_migrated", "from_chat_id": old, "to_chat_id": new})
+        self._chats.move(old, new)
 
 
 async def _no_chats() -> list[Chat]:
