@@ -12,7 +12,6 @@ first use (the web server's start). Without them every frame goes through autoba
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from typing import Any
 
 from gateway.ops import logs
@@ -40,6 +39,8 @@ def check() -> bool:
         internal for internal in INTERNALS if internal.split(".")[1] not in named[internal.split(".")[0]]
     ]
     if missing:
+        from importlib.metadata import version  # here: half a MiB the gateway does not import
+
         logs.web.warning(
             "autobahn %s lacks %s (checked on %s): WebSocket frames take autobahn's slower public path",
             version("autobahn"),

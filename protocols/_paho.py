@@ -28,7 +28,6 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable
-from importlib.metadata import version
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -74,6 +73,8 @@ def check() -> bool:
     missing = [name for name in INTERNALS if not hasattr(probe, name)]
     missing += [name for name in MODULE_INTERNALS if not hasattr(paho, name)]
     if missing:
+        from importlib.metadata import version  # here: half a MiB the gateway does not import
+
         logs.mqtt.warning(
             "paho-mqtt %s lacks %s (checked on %s): MQTT takes paho's slower public path",
             version("paho-mqtt"),

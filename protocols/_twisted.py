@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from importlib.metadata import version
 from typing import Any
 
 from gateway.ops import logs
@@ -47,6 +46,8 @@ def check() -> bool:
     owners = {cls.__name__: cls for cls in (AsyncioSelectorReactor, FileDescriptor, Connection)}
     missing = [internal for internal in INTERNALS if not _has(owners[internal.split(".")[0]], internal)]
     if missing:
+        from importlib.metadata import version  # here: half a MiB the gateway does not import
+
         logs.web.warning(
             "Twisted %s lacks %s (checked on %s): WebSocket frames take Twisted's slower public path",
             version("twisted"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from importlib.metadata import version
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer
@@ -29,6 +28,8 @@ def check() -> bool:
     probe = InMemoryChannelLayer()  # `channels` and `groups` are the constructor's
     missing = [name for name in INTERNALS if not hasattr(probe, name)]
     if missing:
+        from importlib.metadata import version  # here: half a MiB the gateway does not import
+
         logs.layer.warning(
             "channels %s: InMemoryChannelLayer lacks %s (checked on %s): the in-memory layer takes "
             "channels' slower public path",

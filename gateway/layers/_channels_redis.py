@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from importlib.metadata import version
 
 from channels_redis.core import RedisChannelLayer
 
@@ -34,6 +33,8 @@ def check() -> bool:
     )
     missing = [internal for internal, there in zip(INTERNALS, present, strict=True) if not there]
     if missing:
+        from importlib.metadata import version  # here: half a MiB the gateway does not import
+
         logs.layer.warning(
             "channels-redis %s lacks %s (checked on %s): group members not known, group overflows "
             "not counted",

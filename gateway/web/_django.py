@@ -8,8 +8,6 @@ Django logs each refused request too (less exact: a line per refusal); start-up 
 
 from __future__ import annotations
 
-from importlib.metadata import version
-
 from django.http import HttpResponse
 from django.utils.log import log_response
 
@@ -23,6 +21,8 @@ def check() -> bool:
     """Whether this Django's `log_response` reads the mark; logs it when not."""
     if "_has_been_logged" in log_response.__code__.co_consts:  # getattr(response, "_has_been_logged", False)
         return True
+    from importlib.metadata import version  # here: half a MiB the gateway does not import
+
     logs.web.warning(
         "Django %s no longer reads %s (checked on %s): it logs every refused request too",
         version("django"),
