@@ -1,4 +1,4 @@
-"""Twisted's private names, in one place: the WebSocket server's write path (checked on Twisted 26.10.0).
+"""Twisted's private names, in one place: the shared loop and the frame write (checked on Twisted 26.10.0).
 
 - `reactor_loop`: the asyncio loop under Twisted's reactor (`_asyncioEventloop`), which the
   whole gateway shares;

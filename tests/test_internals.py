@@ -384,13 +384,13 @@ async def test_the_memory_layer_on_channels_public_path(monkeypatch: pytest.Monk
     monkeypatch.setattr(_channels, "FAST", False)
     layer = MemoryLayer(capacity=2)
     channel = await layer.new_channel()
-    await layer.group_add("alerts", channel)
+    await layer.group_add("fenced", channel)
     before = metrics.layer_overflows._value.get()
     for i in range(3):
-        await layer.group_send("alerts", {"type": "alert.raised", "n": i})
+        await layer.group_send("fenced", {"type": "alert.raised", "n": i})
     assert metrics.layer_overflows._value.get() - before == 1  # the full channel, still counted
     assert [(await layer.receive(channel))["n"] for _ in range(2)] == [0, 1]
-    assert await layer.group_members("alerts") is None
+    assert await layer.group_members("fenced") is None
     await _peers_hear_each_other(layer)
 
 
@@ -420,12 +420,12 @@ async def test_the_redis_layer_on_either_path(
     layer = RedisLayer(hosts=[f"redis://127.0.0.1:{redis_server.port}/0"], capacity=1, prefix=f"fence{fast}:")
     try:
         channel = await layer.new_channel()
-        await layer.group_add("alerts", channel)
-        assert await layer.group_members("alerts") == ([channel] if fast else None)
+        await layer.group_add("fenced", channel)
+        assert await layer.group_members("fenced") == ([channel] if fast else None)
         assert await layer._memberships_intact() is fast  # not known: taken as lost, and renewed
         before = metrics.layer_overflows._value.get()
         for i in range(2):
-            await layer.group_send("alerts", {"type": "alert.raised", "n": i})
+            await layer.group_send("fenced", {"type": "alert.raised", "n": i})
         assert metrics.layer_overflows._value.get() - before == (
             1 if fast else 0
         )  # counted from the log line
