@@ -316,7 +316,7 @@ class MqttServer:
             self.on_state(False)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        # paho's path: QoS 2, and MQTT 5 messages with properties (see AsyncioClient._handle_publish).
+        # paho's path: QoS 2, MQTT 5 messages with properties, all without the fast path (protocols._paho).
         try:
             topic = msg.topic
         except UnicodeDecodeError:

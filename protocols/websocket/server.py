@@ -4,10 +4,10 @@ Importing daphne.server installs Twisted's asyncio reactor on a loop daphne
 creates; the gateway runs everything on that loop (see gateway.server.event_loop),
 so HTTP, WebSocket, MQTT and Telegram share one thread.
 
-This module holds what it uses of daphne and autobahn beyond their documented APIs (daphne's
-factories and WebSocketProtocol methods, autobahn's `sendCloseFrame`, `_perMessageCompress`,
-`send_queue`); Twisted's are in protocols.websocket.twisted_io. tests/test_internals.py checks
-them all by name (daphne 4.2.3, autobahn 26.11.1).
+This module holds what it uses of daphne beyond its documented API (its factories, Server and
+WebSocketProtocol methods, none of them private) and autobahn's `sendCloseFrame`; the private
+names of Twisted and autobahn are in protocols._twisted and protocols._autobahn.
+tests/test_internals.py checks them all by name (daphne 4.2.3).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import socket
 from typing import Any
 
 from gateway.ops import logs, metrics
+from protocols import _autobahn, _twisted
 from protocols.websocket.http_guard import Guard
-from protocols.websocket.twisted_io import buffered, guarded_channel, idle, tcp_connection
+from protocols.websocket.twisted_io import guarded_channel
 
 # A client message larger than this closes its socket (1009) before it is even read whole;
 # one over the consumer's 64 KiB (still small) gets an error and the socket stays open.
@@ -63,23 +64,11 @@ class FrameWriter:
         protocol = self._protocol
         if protocol.state != protocol.STATE_OPEN or protocol.too_slow():
             return False
-        if protocol._perMessageCompress is not None or protocol.send_queue:
+        data = _autobahn.frame(protocol, prepared)
+        if data is None:
             protocol.sendPreparedMessage(prepared)  # autobahn's own path: compressed or queued
             return True
-        data = prepared.payloadHybi
-        transport: Any = protocol.transport
-        if isinstance(transport, tcp_connection()) and idle(transport):
-            # Nothing waits before it: to the kernel now, as asyncio's own transports do.
-            try:
-                sent = transport.socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                sent = 0  # Twisted's write finds the error again and closes the connection
-            data = data[sent:]
-            if not data:
-                return True
-        transport.write(data)
+        _twisted.write(protocol.transport, data)  # to the kernel now when nothing waits before it
         return True
 
     async def drained(self, timeout: float) -> bool:
@@ -132,14 +121,14 @@ def bounded_protocol(base: type, limit: int) -> type:
                 try:
                     await asyncio.wait_for(waiter, timeout)
                 except TimeoutError:
-                    self._drop_slow(buffered(self.transport))
+                    self._drop_slow(_twisted.buffered(self.transport))
                 finally:
                     self._drained = None
             return bool(self.state == self.STATE_OPEN)
 
         def too_slow(self) -> bool:
             """Whether its client left more than `limit` bytes unread; such a client is dropped."""
-            waiting = buffered(self.transport)
+            waiting = _twisted.buffered(self.transport)
             if waiting <= limit:
                 return False
             self._drop_slow(waiting)
@@ -239,6 +228,7 @@ class WebServer:
             daphne.run()
         finally:
             reactor.run = real_run  # type: ignore[method-assign, misc]
+        _autobahn.enabled()  # decided (and a fallback logged) at start-up, not at the first frame
         # Before the loop accepts anyone: every connection is guarded, every WebSocket bounded.
         daphne.http_factory.protocol = guarded_channel(self.guard)
         daphne.ws_factory.protocol = bounded_protocol(daphne.ws_factory.protocol, self.send_buffer)
