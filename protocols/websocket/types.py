@@ -1,0 +1,30 @@
+"""Types of the gateway's extension to the `websocket` ASGI sub-spec, `gateway.frames`
+(docs/specs/websocket.md). The standard scope and events are asgiref's (`asgiref.typing`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol, TypedDict
+
+__all__ = ["FRAMES", "FramesExtension", "PreparedFrame", "WebsocketExtensions"]
+
+# The extension's name: its key in `scope["extensions"]`.
+FRAMES: Final = "gateway.frames"
+
+
+class PreparedFrame(Protocol):
+    """A server-to-client text frame made by `FramesExtension.prepare`; opaque to applications."""
+
+
+class FramesExtension(TypedDict):
+    # One text frame from `text`, built once for any number of sockets of the same server.
+    prepare: Callable[[str], PreparedFrame]
+    # Writes it to this socket before returning; False if not written (not open, or too slow).
+    send: Callable[[PreparedFrame], bool]
+    # Waits until what was written went out to the kernel; False once the socket is closed. A
+    # client whose backlog does not go down within the timeout (seconds) is dropped as too slow.
+    drained: Callable[[float], Awaitable[bool]]
+
+
+# `scope["extensions"]` of a `websocket` scope; the functional form, as the name has a dot.
+WebsocketExtensions = TypedDict("WebsocketExtensions", {"gateway.frames": FramesExtension}, total=False)
