@@ -20,7 +20,7 @@ from typing import Any
 from gateway.ops import logs, metrics
 from protocols.websocket.http_guard import Guard
 from protocols.websocket.twisted_io import buffered, guarded_channel, idle, tcp_connection
-from protocols.websocket.types import FRAMES, FramesExtension, WebsocketExtensions
+from protocols.websocket.types import FRAMES, FramesExtension, WebSocketExtensions
 
 # A client message larger than this closes its socket (1009) before it is even read whole;
 # one over the consumer's 64 KiB (still small) gets an error and the socket stays open.
@@ -211,7 +211,7 @@ class WebServer:
 
             def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
                 if scope.get("type") == "websocket" and hasattr(protocol, "too_slow"):
-                    extensions: WebsocketExtensions = scope.setdefault("extensions", {})
+                    extensions: WebSocketExtensions = scope.setdefault("extensions", {})
                     extensions[FRAMES] = FrameWriter(protocol).extension()
                 return super().create_application(protocol, scope)
 

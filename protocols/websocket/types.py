@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, TypedDict
 
-__all__ = ["FRAMES", "FramesExtension", "PreparedFrame", "WebsocketExtensions"]
+__all__ = ["FRAMES", "FramesExtension", "PreparedFrame", "WebSocketExtensions"]
 
 # The extension's name: its key in `scope["extensions"]`.
 FRAMES: Final = "gateway.frames"
@@ -27,4 +27,4 @@ class FramesExtension(TypedDict):
 
 
 # `scope["extensions"]` of a `websocket` scope; the functional form, as the name has a dot.
-WebsocketExtensions = TypedDict("WebsocketExtensions", {"gateway.frames": FramesExtension}, total=False)
+WebSocketExtensions = TypedDict("WebSocketExtensions", {"gateway.frames": FramesExtension}, total=False)
