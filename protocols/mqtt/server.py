@@ -27,9 +27,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.ops import logs
 from protocols.mqtt.client import AsyncioClient, BrokerAddress
-from protocols.mqtt.events import validate_outgoing
+from protocols.mqtt.events import connect_event, validate_outgoing
 from protocols.mqtt.routing import topic_matches
-from protocols.mqtt.types import MqttScope
+from protocols.mqtt.types import MqttMessageEvent, MqttReceiveEvent, MqttScope, MqttVersion
 
 log = logs.mqtt
 
@@ -78,12 +78,12 @@ class _Delivery:
     holders: int
 
 
-class _Inbox(asyncio.Queue[tuple[dict[str, Any], "_Delivery | None"]]):
+class _Inbox(asyncio.Queue[tuple[MqttReceiveEvent, "_Delivery | None"]]):
     """An instance's queue, which can also wake a waiter with no task of its own (`_Receive.notify`)."""
 
     waiter: asyncio.Future[None] | None = None
 
-    def put_nowait(self, item: tuple[dict[str, Any], _Delivery | None]) -> None:
+    def put_nowait(self, item: tuple[MqttReceiveEvent, _Delivery | None]) -> None:
         super().put_nowait(item)
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
@@ -128,7 +128,7 @@ class MqttServer:
         # instance, after each start, has handled a message.
         self.on_fault = on_fault
         self.connected = asyncio.Event()
-        self.protocol = "3.1.1" if settings.protocol == "3.1.1" else "5"
+        self.protocol: MqttVersion = "3.1.1" if settings.protocol == "3.1.1" else "5"
         self.session_present = False
         self._instances: list[_Instance] = []
         self._exact: dict[str, list[_Instance]] = {}
@@ -286,9 +286,8 @@ class MqttServer:
         )
         self.connected.set()
         self.on_state(True)
-        event = {"type": "mqtt.connect", "protocol": self.protocol, "session_present": self.session_present}
         for inst in self._instances:
-            inst.queue.put_nowait((dict(event), None))
+            inst.queue.put_nowait((connect_event(self.protocol, self.session_present), None))
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
@@ -362,7 +361,7 @@ class MqttServer:
         if qos > 0:
             delivery = _Delivery(mid, qos, self._generation, len(targets))
         for inst in targets:
-            event = {
+            event: MqttMessageEvent = {
                 "type": "mqtt.message",
                 "topic": topic,
                 "payload": payload,
@@ -397,12 +396,7 @@ class MqttServer:
                 for topic_filter in device.topics:
                     self._subscribe_now(topic_filter)
                 if self.connected.is_set():
-                    event = {
-                        "type": "mqtt.connect",
-                        "protocol": self.protocol,
-                        "session_present": self.session_present,
-                    }
-                    inst.queue.put_nowait((event, None))
+                    inst.queue.put_nowait((connect_event(self.protocol, self.session_present), None))
         self.devices = devices
 
     def _remove_instance(self, inst: _Instance) -> None:
@@ -441,16 +435,7 @@ class MqttServer:
         if self._lazy_sweep is None:
             self._lazy_sweep = asyncio.get_running_loop().call_later(self.settings.lazy_idle / 2, self._sweep)
         if self.connected.is_set():
-            inst.queue.put_nowait(
-                (
-                    {
-                        "type": "mqtt.connect",
-                        "protocol": self.protocol,
-                        "session_present": self.session_present,
-                    },
-                    None,
-                )
-            )
+            inst.queue.put_nowait((connect_event(self.protocol, self.session_present), None))
         return inst
 
     def _sweep(self) -> None:
@@ -542,7 +527,7 @@ class MqttServer:
         inst.failures = 0
         self.on_fault(inst.device.id, None)
 
-    async def _receive(self, inst: _Instance) -> dict[str, Any]:
+    async def _receive(self, inst: _Instance) -> MqttReceiveEvent:
         # Asking for the next event means the previous one was handled.
         self._release(inst)
         if inst.took and not inst.proven:
@@ -654,7 +639,7 @@ class _Receive:
     def __init__(self, server: MqttServer, inst: _Instance) -> None:
         self.server, self.inst = server, inst
 
-    def __call__(self) -> Coroutine[Any, Any, dict[str, Any]]:
+    def __call__(self) -> Coroutine[Any, Any, MqttReceiveEvent]:
         return self.server._receive(self.inst)
 
     def notify(self, waiter: asyncio.Future[None]) -> None:
@@ -665,7 +650,7 @@ class _Receive:
         elif not waiter.done():
             waiter.set_result(None)
 
-    def nowait(self) -> dict[str, Any] | None:
+    def nowait(self) -> MqttReceiveEvent | None:
         inst = self.inst
         self.server._release(inst)
         if inst.took and not inst.proven:

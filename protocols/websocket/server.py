@@ -21,6 +21,7 @@ from gateway.ops import logs, metrics
 from protocols import _autobahn, _twisted
 from protocols.websocket.http_guard import Guard
 from protocols.websocket.twisted_io import guarded_channel
+from protocols.websocket.types import FRAMES, WebSocketExtensions
 
 # A client message larger than this closes its socket (1009) before it is even read whole;
 # one over the consumer's 64 KiB (still small) gets an error and the socket stays open.
@@ -33,10 +34,6 @@ class WebStartError(OSError):
     """The listening socket's error (the gateway says which config key it was)."""
 
 
-# The scope key of a dashboard WebSocket's frame writer (see `FrameWriter`).
-FRAMES = "gateway.frames"
-
-
 def prepare(text: str) -> Any:
     """One server-to-client text frame, built once for any number of sockets (autobahn's broadcast API)."""
     from autobahn.websocket.protocol import PreparedMessage
@@ -45,19 +42,22 @@ def prepare(text: str) -> Any:
 
 
 class FrameWriter:
-    """What a consumer holds to write a prepared frame straight to its socket.
+    """Writes a prepared frame straight to its socket: the `gateway.frames` scope extension.
 
     A broadcast to a thousand dashboards then frames its message once and costs one
     `send(2)` per socket, instead of a channel message, a consumer wake-up, an ASGI
     send, a framing and Twisted's deferred write (two `epoll_ctl` and a loop turn)
-    each (see consumers.dashboard.Hub). In the scope under `FRAMES`; absent under
-    other servers (and in communicator tests), where consumers send through ASGI.
+    each (see consumers.dashboard.Hub). Applications reach it through the scope
+    (docs/specs/websocket.md); under other servers, and in communicator tests, the
+    extension is absent and they send through ASGI.
     """
 
     __slots__ = ("_protocol",)
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
+
+    prepare = staticmethod(prepare)
 
     def send(self, prepared: Any) -> bool:
         """Write it unless the socket is closing or its client stopped reading; whether it was."""
@@ -199,7 +199,8 @@ class WebServer:
 
             def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
                 if scope.get("type") == "websocket" and hasattr(protocol, "too_slow"):
-                    scope[FRAMES] = FrameWriter(protocol)
+                    extensions: WebSocketExtensions = scope.setdefault("extensions", {})
+                    extensions[FRAMES] = FrameWriter(protocol)
                 return super().create_application(protocol, scope)
 
         host = self.host.replace(":", r"\:")
