@@ -1,4 +1,4 @@
-"""`AlertSocket`: `/ws/alerts/` as SPEC §7 describes it: hello, alert and sensor events, ack, resume, ping."""
+"""`AlertSocket`: `/ws/alerts/` (the README's Protocols section): hello, alert and sensor events, ack, resume, ping."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
 from protocols.dispatch import DirectDispatch
 from protocols.ratelimit import TokenBucket
-from protocols.websocket.server import FRAMES, FrameWriter, prepare
+from protocols.websocket.types import FRAMES, FramesExtension
 
 MAX_CLIENT_MESSAGE = 64 * 1024
 RESUME_LIMIT = 1000
@@ -120,12 +120,12 @@ class Hub:
             if seq is not None and seq <= socket.since:
                 continue  # in its hello already (it raced the snapshot), or a resume's to replay
             frames = socket.frames
-            if frames is None:  # not under daphne: through ASGI
+            if frames is None:  # a server without the extension: through ASGI
                 socket.spawn_send(text)
                 sent += 1
                 continue
-            if prepared is None:
-                prepared = prepare(text)
+            if prepared is None:  # any socket's extension prepares it for all of them
+                prepared = frames.prepare(text)
             sent += frames.send(prepared)
         if kind != "sensor.update" and sent:
             metrics.deliveries.labels("websocket", "ok").inc(sent)
@@ -163,7 +163,8 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
     warned = 0.0
     # Events the Hub holds for this socket while it sends hello or a resume; None when live.
     held: list[dict[str, Any]] | None = None
-    frames: FrameWriter | None = None
+    # The server's `gateway.frames` scope extension (docs/specs/websocket.md); None without it.
+    frames: FramesExtension | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' consumer loop without a channel of its own: the process's Hub feeds the socket.
@@ -210,7 +211,7 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
         self.who = caller.who
-        self.frames = self.scope.get(FRAMES)
+        self.frames = (self.scope.get("extensions") or {}).get(FRAMES)
         # Join before the snapshot, holding events: those that race it are filtered by seq.
         self.held = []
         await hub.join(self)  # left in __call__'s finally, however the socket ends

@@ -159,13 +159,17 @@ start() {
   fi
 }
 if [ "$SPLIT" = 1 ]; then
+  # The workers' process only where the config names workers ([[workers]]): without, it exits 2.
+  if grep -q '^[[:space:]]*\[\[workers\]\]' "$ETC/gateway.toml" 2>/dev/null; then
+    SPLIT_UNITS+=(gateway-worker.service)
+  fi
   step "starting gateway.target (${SPLIT_UNITS[*]})"
   run systemctl disable --quiet --now gateway.service
   run systemctl enable --quiet "${SPLIT_UNITS[@]}"
   start gateway.target  # a restart of the target restarts each unit (PartOf=)
 else
   step "starting gateway.service"
-  run systemctl disable --quiet --now gateway.target "${SPLIT_UNITS[@]}"
+  run systemctl disable --quiet --now gateway.target "${SPLIT_UNITS[@]}" gateway-worker.service
   start gateway.service
 fi
 

@@ -36,10 +36,9 @@ def event_loop(protocols: list[str]) -> asyncio.AbstractEventLoop:
     """daphne's loop when this process serves HTTP (Twisted must share it), else a plain one."""
     if "web" in protocols:
         without_pyopenssl()
-        import daphne.server  # noqa: F401 - installs the asyncio reactor
-        from twisted.internet import reactor
+        from protocols._twisted import reactor_loop
 
-        loop: asyncio.AbstractEventLoop = reactor._asyncioEventloop  # type: ignore[attr-defined]
+        loop = reactor_loop()  # daphne's import installs Twisted's asyncio reactor
     else:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

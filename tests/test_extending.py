@@ -1,5 +1,5 @@
-"""Extending without forking (SPEC §12): a consumer package from outside the repository, named by
-the config, in a real gateway against mosquitto; the package is the README's own example."""
+"""Extending without forking (the README's "Extending"): a consumer package from outside the repository,
+named by the config, in a real gateway against mosquitto; the package is the README's own example."""
 
 from __future__ import annotations
 

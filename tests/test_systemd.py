@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 UNITS = ROOT / "deploy" / "systemd"
 INSTALL = ROOT / "deploy" / "install.sh"
-SPLIT = ("web", "mqtt", "telegram")
+SPLIT = ("web", "mqtt", "telegram", "worker")
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 
 

@@ -6,13 +6,13 @@ RSS, which a process on the in-memory layer does not pay.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 
+from gateway.layers import _channels
 from gateway.ops import logs, metrics
 
 _limit = logs.RateLimit(interval=10.0)
@@ -48,7 +48,8 @@ class MemoryLayer(CountsFull, InMemoryChannelLayer):
     channel and member for expiry on every send and receive: with 1,000 dashboards
     one alert cost about a second of CPU. Here a group message is shared by its
     members (consumers must not change what they receive) and expiry is swept at
-    most once a second. A full channel is counted and logged, never skipped in silence.
+    most once a second (through the parent's internals: gateway.layers._channels). A full
+    channel is counted and logged, never skipped in silence.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -59,35 +60,27 @@ class MemoryLayer(CountsFull, InMemoryChannelLayer):
         now = time.monotonic()
         if now - self._swept >= 1.0:
             self._swept = now
-            self._clean_expired()
+            _channels.clean_expired(self)
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        if not _channels.FAST:
+            await super().group_send(group, message)  # a copy for each member (each full one counted)
+            return
         assert isinstance(message, dict), "Message is not a dict"
         self.require_valid_group_name(group)
         self._sweep()
-        entry = (time.time() + self.expiry, message)
-        dropped = 0
-        for channel in list(self.groups.get(group, ())):
-            queue = self.channels.setdefault(channel, asyncio.Queue(maxsize=self.get_capacity(channel)))
-            try:
-                queue.put_nowait(entry)
-            except asyncio.QueueFull:
-                dropped += 1
+        dropped = _channels.put_shared(self, group, message)
         if dropped:
             overflowed(group, dropped)
 
-    async def group_members(self, group: str) -> list[str]:
-        """The channels of a group (gateway.layers.peers sends to the others, not to itself)."""
-        return list(self.groups.get(group, ()))
+    async def group_members(self, group: str) -> list[str] | None:
+        """The channels of a group (gateway.layers.peers sends to the others only); None: not known."""
+        return _channels.members(self, group) if _channels.FAST else None
 
     async def receive(self, channel: str) -> dict[str, Any]:
         # The parent's, with the sweep at most once a second instead of on every call.
+        if not _channels.FAST:
+            return await super().receive(channel)  # type: ignore[no-any-return]
         self.require_valid_channel_name(channel)
         self._sweep()
-        queue = self.channels.setdefault(channel, asyncio.Queue(maxsize=self.get_capacity(channel)))
-        try:
-            _, message = await queue.get()
-        finally:
-            if queue.empty():
-                self.channels.pop(channel, None)
-        return message  # type: ignore[no-any-return]
+        return await _channels.get(self, channel)

@@ -93,6 +93,8 @@ class PeerMirror:
         now = asyncio.get_running_loop().time()
         if self._peer_list is None or now - self._peers_at >= PEERS_TTL:
             members = await self.layer.group_members(GROUP)
+            if members is None:  # the layer cannot list them (its library's fence fell back)
+                return None
             self._peer_list, self._peers_at = [m for m in members if m != self.channel], now
         return self._peer_list
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels_redis.core import RedisChannelLayer
 from redis.asyncio import BlockingConnectionPool
 
+from gateway.layers import _channels_redis
 from gateway.layers.memory import CountsFull, overflowed
 from gateway.ops import logs
 from protocols.backoff import Backoff
@@ -23,19 +24,8 @@ from protocols.backoff import Backoff
 CLAIM_SECONDS = 3600.0
 
 
-class _RedisOverflowCounter(logging.Filter):
-    """channels_redis reports group overflows only in an INFO log line; count them from it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "over capacity in group" in record.msg and isinstance(record.args, tuple) and record.args:
-            overflowed(str(record.args[-1]), int(str(record.args[0])))
-            return False
-        return True
-
-
-_redis_log = logging.getLogger("channels_redis.core")
-_redis_log.addFilter(_RedisOverflowCounter())
-_redis_log.setLevel(logging.INFO)  # the overflow line is INFO; below that it is never made
+# channels_redis reports a group send's full channels only in a log line: counted from it.
+_channels_redis.count_overflows(overflowed)
 
 
 class RedisLayer(CountsFull, RedisChannelLayer):
@@ -52,6 +42,7 @@ class RedisLayer(CountsFull, RedisChannelLayer):
         self._joined: set[tuple[str, str]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._renew_now = asyncio.Event()
+        self._pools: weakref.WeakSet[Any] = weakref.WeakSet()  # every pool of every loop's connections
         # Called once memberships are back after an outage (the dashboard sockets start afresh).
         self.recovered: list[Callable[[], Awaitable[None]]] = []
 
@@ -61,8 +52,11 @@ class RedisLayer(CountsFull, RedisChannelLayer):
         host = dict(self.hosts[index])
         address = host.pop("address", None)
         if address is None:
-            return super().create_pool(index)  # Sentinel: channels_redis's own pool
-        return BlockingConnectionPool.from_url(address, max_connections=POOL_SIZE, timeout=30, **host)
+            pool = super().create_pool(index)  # Sentinel: channels_redis's own pool
+        else:
+            pool = BlockingConnectionPool.from_url(address, max_connections=POOL_SIZE, timeout=30, **host)
+        self._pools.add(pool)
+        return pool
 
     async def group_add(self, group: str, channel: str) -> None:
         await super().group_add(group, channel)
@@ -116,19 +110,23 @@ class RedisLayer(CountsFull, RedisChannelLayer):
         connection = self.connection(self.consistent_hash(key))
         return bool(await connection.set(f"{self.prefix}claim:{key}", b"1", nx=True, ex=int(ttl)))
 
-    async def group_members(self, group: str) -> list[str]:
-        """The channels of a group that have not expired (gateway.layers.peers sends to the others only)."""
+    async def group_members(self, group: str) -> list[str] | None:
+        """The channels of a group that have not expired (peers send to the others only); None: not known."""
+        key = _channels_redis.group_key(self, group)
+        if key is None:
+            return None
         connection = self.connection(self.consistent_hash(group))
         oldest = int(time.time()) - self.group_expiry
-        members = await connection.zrangebyscore(self._group_key(group), min=oldest, max="+inf")
+        members = await connection.zrangebyscore(key, min=oldest, max="+inf")
         return [m.decode("utf8") for m in members]
 
     async def _memberships_intact(self) -> bool:
         try:
             connection = self.connection(0)
             for group, channel in list(self._joined):
-                if await connection.zscore(self._group_key(group), channel) is None:
-                    return False
+                key = _channels_redis.group_key(self, group)
+                if key is None or await connection.zscore(key, channel) is None:
+                    return False  # not known: taken as lost, and renewed
         except Exception:
             return False
         return True
@@ -142,10 +140,9 @@ class RedisLayer(CountsFull, RedisChannelLayer):
         is retried, and the receiving goes on; a message it had popped is safe in
         channels_redis's backup queue.
         """
-        for loop_layer in list(self._layers.values()):
-            for connection in list(loop_layer._connections.values()):
-                with contextlib.suppress(Exception):
-                    await connection.connection_pool.disconnect(inuse_connections=True)
+        for pool in list(self._pools):
+            with contextlib.suppress(Exception):
+                await pool.disconnect(inuse_connections=True)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         # A Redis outage must not end every consumer: wait and try again.

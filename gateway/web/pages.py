@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
+from gateway.web import _django
 from gateway.web.auth import Caller, client_address, end_session, start_session
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -89,8 +90,7 @@ async def _try_token(request: HttpRequest, caller: Caller) -> HttpResponse:
         if caller.wait:
             message += f" Wait {caller.wait} s before the next try."
         response = _login_form(request, message, status=401)
-    response._has_been_logged = True  # type: ignore[attr-defined] # by the gate, rate-limited
-    return response
+    return _django.logged(response)
 
 
 @csrf_protect

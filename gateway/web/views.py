@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.engine.alerts import AckRefused
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
+from gateway.web import _django
 from gateway.web.auth import Caller
 from protocols.websocket.http_guard import MAX_BODY, Gate, Head, Refusal
 
@@ -50,9 +51,7 @@ def _refusal(caller: Caller) -> tuple[int, str, dict[str, str]]:
 
 def _unauthorized(caller: Caller) -> JsonResponse:
     status, error, headers = _refusal(caller)
-    response = JsonResponse({"error": error}, status=status, headers=headers)
-    response._has_been_logged = True  # type: ignore[attr-defined] # by the gate, rate-limited: not by Django
-    return response
+    return _django.logged(JsonResponse({"error": error}, status=status, headers=headers))
 
 
 def _webhook(runtime: Runtime) -> bool:

@@ -18,7 +18,7 @@ from gateway.ops import logs
 from protocols.backoff import Backoff
 from protocols.instances import Instance, Supervisor
 from protocols.mqtt.routing import topic_matches
-from protocols.mqtt.types import MqttScope
+from protocols.mqtt.types import MqttReceiveEvent, MqttScope
 
 log = logs.mqtt
 
@@ -48,12 +48,12 @@ class Delivery:
     holders: int
 
 
-class Inbox(asyncio.Queue[tuple[dict[str, Any], "Delivery | None"]]):
+class Inbox(asyncio.Queue[tuple[MqttReceiveEvent, "Delivery | None"]]):
     """An instance's queue, which can also wake a waiter with no task of its own (`Receive.notify`)."""
 
     waiter: asyncio.Future[None] | None = None
 
-    def put_nowait(self, item: tuple[dict[str, Any], Delivery | None]) -> None:
+    def put_nowait(self, item: tuple[MqttReceiveEvent, Delivery | None]) -> None:
         super().put_nowait(item)
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
@@ -85,7 +85,7 @@ class Devices:
         *,
         send: Callable[[DeviceInstance, dict[str, Any]], Coroutine[Any, Any, None]],
         ack: Callable[[int, int, int], None],
-        greeting: Callable[[], dict[str, Any] | None],
+        greeting: Callable[[], MqttReceiveEvent | None],
         subscribe: Callable[[str], None],
         unsubscribe: Callable[[str], None],
         discover: tuple[str, ...] = (),
@@ -178,13 +178,12 @@ class Devices:
 
     def greet_all(self) -> None:
         """Connected (again): every instance hears of it."""
-        event = self.greeting()
-        if event is not None:
-            self.tell_all(event)
-
-    def tell_all(self, event: dict[str, Any]) -> None:
         for inst in self.instances:
-            inst.queue.put_nowait((dict(event), None))
+            self._greet(inst)
+
+    def tell_all(self, event: MqttReceiveEvent) -> None:
+        for inst in self.instances:
+            inst.queue.put_nowait((event.copy(), None))  # its application owns the event it receives
 
     async def close(self, timeout: float) -> None:
         """Tell every instance the server stops; wait at most `timeout` for them to end, then cancel."""
@@ -266,7 +265,7 @@ class Devices:
 
     # Events in, and acknowledgements
 
-    async def _receive(self, inst: DeviceInstance) -> dict[str, Any]:
+    async def _receive(self, inst: DeviceInstance) -> MqttReceiveEvent:
         # Asking for the next event means the previous one was handled.
         self.release(inst)
         if inst.took and not inst.proven:
@@ -334,7 +333,7 @@ class Receive:
     def __init__(self, devices: Devices, inst: DeviceInstance) -> None:
         self.devices, self.inst = devices, inst
 
-    def __call__(self) -> Coroutine[Any, Any, dict[str, Any]]:
+    def __call__(self) -> Coroutine[Any, Any, MqttReceiveEvent]:
         return self.devices._receive(self.inst)
 
     def notify(self, waiter: asyncio.Future[None]) -> None:
@@ -345,7 +344,7 @@ class Receive:
         elif not waiter.done():
             waiter.set_result(None)
 
-    def nowait(self) -> dict[str, Any] | None:
+    def nowait(self) -> MqttReceiveEvent | None:
         inst = self.inst
         self.devices.release(inst)
         if inst.took and not inst.proven:

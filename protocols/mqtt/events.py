@@ -1,19 +1,25 @@
-"""Checks on what an application sends: an invalid event raises from `send`, as ASGI asks."""
+"""The `mqtt.connect` event, and checks on what an application sends: an invalid event raises
+from `send`, as ASGI asks."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
 from protocols.mqtt.routing import validate_filter, validate_topic
-from protocols.mqtt.types import MqttSendEvent
+from protocols.mqtt.types import MqttConnectEvent, MqttSendEvent, MqttVersion
 
-__all__ = ["validate_outgoing"]
+__all__ = ["connect_event", "validate_outgoing"]
 
 _KEYS = {
     "mqtt.publish": {"type", "topic", "payload", "qos", "retain"},
     "mqtt.subscribe": {"type", "topic", "qos"},
     "mqtt.unsubscribe": {"type", "topic"},
 }
+
+
+def connect_event(protocol: MqttVersion, session_present: bool) -> MqttConnectEvent:
+    """A fresh one for each instance: its application owns the event it receives."""
+    return {"type": "mqtt.connect", "protocol": protocol, "session_present": session_present}
 
 
 def validate_outgoing(event: Any) -> MqttSendEvent:

@@ -24,7 +24,8 @@ from gateway.ops import logs
 from protocols.backoff import Backoff
 from protocols.mqtt.client import AsyncioClient, BrokerAddress
 from protocols.mqtt.devices import Delivery, Device, DeviceInstance, Devices
-from protocols.mqtt.events import validate_outgoing
+from protocols.mqtt.events import connect_event, validate_outgoing
+from protocols.mqtt.types import MqttMessageEvent, MqttReceiveEvent, MqttVersion
 
 log = logs.mqtt
 
@@ -74,7 +75,7 @@ class MqttServer:
         self.on_state = on_state
         self.count = count
         self.connected = asyncio.Event()
-        self.protocol = "3.1.1" if settings.protocol == "3.1.1" else "5"
+        self.protocol: MqttVersion = "3.1.1" if settings.protocol == "3.1.1" else "5"
         self.session_present = False
         self._configured = devices
         self._started = False
@@ -247,11 +248,11 @@ class MqttServer:
         self.on_state(True)
         self._devices.greet_all()
 
-    def _greeting(self) -> dict[str, Any] | None:
-        """The `mqtt.connect` event, while connected."""
+    def _greeting(self) -> MqttReceiveEvent | None:
+        """A `mqtt.connect` event, while connected."""
         if not self.connected.is_set():
             return None
-        return {"type": "mqtt.connect", "protocol": self.protocol, "session_present": self.session_present}
+        return connect_event(self.protocol, self.session_present)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
@@ -276,7 +277,7 @@ class MqttServer:
             self.on_state(False)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        # paho's path: QoS 2, and MQTT 5 messages with properties (see AsyncioClient._handle_publish).
+        # paho's path: QoS 2, MQTT 5 messages with properties, all without the fast path (protocols._paho).
         try:
             topic = msg.topic
         except UnicodeDecodeError:
@@ -322,7 +323,7 @@ class MqttServer:
         if qos > 0:
             delivery = Delivery(mid, qos, self._generation, len(targets))
         for inst in targets:
-            event = {
+            event: MqttMessageEvent = {
                 "type": "mqtt.message",
                 "topic": topic,
                 "payload": payload,

@@ -7,8 +7,8 @@ from typing import Any
 from asgiref.testing import ApplicationCommunicator
 
 from protocols.checking import checked
-from protocols.mqtt.events import validate_outgoing
-from protocols.mqtt.types import MqttScope, MqttSendEvent
+from protocols.mqtt.events import connect_event, validate_outgoing
+from protocols.mqtt.types import MqttScope, MqttSendEvent, MqttVersion
 
 __all__ = ["MqttCommunicator", "make_scope"]
 
@@ -33,10 +33,8 @@ class MqttCommunicator(ApplicationCommunicator):
         scope = make_scope(device, topics or [f"test/{device}"], **extra)
         super().__init__(checked(application, validate_outgoing), scope)
 
-    async def connect(self, protocol: str = "5", session_present: bool = False) -> None:
-        await self.send_input(
-            {"type": "mqtt.connect", "protocol": protocol, "session_present": session_present}
-        )
+    async def connect(self, protocol: MqttVersion = "5", session_present: bool = False) -> None:
+        await self.send_input(connect_event(protocol, session_present))
 
     async def message(
         self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False, dup: bool = False

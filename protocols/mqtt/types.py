@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
+from asgiref.typing import ASGIVersions
 
-class ASGIVersions(TypedDict):
-    version: str
-    spec_version: str
+MqttVersion = Literal["3.1.1", "5"]
 
 
 class MqttScope(TypedDict):
@@ -24,7 +23,7 @@ class MqttScope(TypedDict):
 
 class MqttConnectEvent(TypedDict):
     type: Literal["mqtt.connect"]
-    protocol: Literal["3.1.1", "5"]
+    protocol: MqttVersion
     session_present: bool
 
 

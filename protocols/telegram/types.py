@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, NotRequired, TypedDict
 
-
-class ASGIVersions(TypedDict):
-    version: str
-    spec_version: str
+from asgiref.typing import ASGIVersions
 
 
 class Chat(TypedDict):

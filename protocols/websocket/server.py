@@ -4,10 +4,10 @@ Importing daphne.server installs Twisted's asyncio reactor on a loop daphne
 creates; the gateway runs everything on that loop (see gateway.server.event_loop),
 so HTTP, WebSocket, MQTT and Telegram share one thread.
 
-This module holds what it uses of daphne and autobahn beyond their documented APIs (daphne's
-factories and WebSocketProtocol methods, autobahn's `sendCloseFrame`, `_perMessageCompress`,
-`send_queue`); Twisted's are in protocols.websocket.twisted_io. tests/test_internals.py checks
-them all by name (daphne 4.2.3, autobahn 26.11.1).
+This module holds what it uses of daphne beyond its documented API (its factories, Server and
+WebSocketProtocol methods, none of them private) and autobahn's `sendCloseFrame`; the private
+names of Twisted and autobahn are in protocols._twisted and protocols._autobahn.
+tests/test_internals.py checks them all by name (daphne 4.2.3).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.ops import logs, metrics
+from protocols import _autobahn, _twisted
 from protocols.websocket.http_guard import Guard
-from protocols.websocket.twisted_io import buffered, guarded_channel, idle, tcp_connection
+from protocols.websocket.twisted_io import guarded_channel
+from protocols.websocket.types import FRAMES, WebSocketExtensions
 
 # A client message larger than this closes its socket (1009) before it is even read whole;
 # one over the consumer's 64 KiB (still small) gets an error and the socket stays open.
@@ -33,10 +35,6 @@ class WebStartError(OSError):
     """The listening socket's error (the gateway says which config key it was)."""
 
 
-# The scope key of a dashboard WebSocket's frame writer (see `FrameWriter`).
-FRAMES = "gateway.frames"
-
-
 def prepare(text: str) -> Any:
     """One server-to-client text frame, built once for any number of sockets (autobahn's broadcast API)."""
     from autobahn.websocket.protocol import PreparedMessage
@@ -45,13 +43,14 @@ def prepare(text: str) -> Any:
 
 
 class FrameWriter:
-    """What a consumer holds to write a prepared frame straight to its socket.
+    """Writes a prepared frame straight to its socket: the `gateway.frames` scope extension.
 
     A broadcast to a thousand dashboards then frames its message once and costs one
     `send(2)` per socket, instead of a channel message, a consumer wake-up, an ASGI
     send, a framing and Twisted's deferred write (two `epoll_ctl` and a loop turn)
-    each (see consumers.dashboard.Hub). In the scope under `FRAMES`; absent under
-    other servers (and in communicator tests), where consumers send through ASGI.
+    each (see consumers.dashboard.Hub). Applications reach it through the scope
+    (docs/specs/websocket.md); under other servers, and in communicator tests, the
+    extension is absent and they send through ASGI.
     """
 
     __slots__ = ("_protocol",)
@@ -59,28 +58,18 @@ class FrameWriter:
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
 
+    prepare = staticmethod(prepare)
+
     def send(self, prepared: Any) -> bool:
         """Write it unless the socket is closing or its client stopped reading; whether it was."""
         protocol = self._protocol
         if protocol.state != protocol.STATE_OPEN or protocol.too_slow():
             return False
-        if protocol._perMessageCompress is not None or protocol.send_queue:
+        data = _autobahn.frame(protocol, prepared)
+        if data is None:
             protocol.sendPreparedMessage(prepared)  # autobahn's own path: compressed or queued
             return True
-        data = prepared.payloadHybi
-        transport: Any = protocol.transport
-        if isinstance(transport, tcp_connection()) and idle(transport):
-            # Nothing waits before it: to the kernel now, as asyncio's own transports do.
-            try:
-                sent = transport.socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                sent = 0  # Twisted's write finds the error again and closes the connection
-            data = data[sent:]
-            if not data:
-                return True
-        transport.write(data)
+        _twisted.write(protocol.transport, data)  # to the kernel now when nothing waits before it
         return True
 
     async def drained(self, timeout: float) -> bool:
@@ -133,14 +122,14 @@ def bounded_protocol(base: type, limit: int) -> type:
                 try:
                     await asyncio.wait_for(waiter, timeout)
                 except TimeoutError:
-                    self._drop_slow(buffered(self.transport))
+                    self._drop_slow(_twisted.buffered(self.transport))
                 finally:
                     self._drained = None
             return bool(self.state == self.STATE_OPEN)
 
         def too_slow(self) -> bool:
             """Whether its client left more than `limit` bytes unread; such a client is dropped."""
-            waiting = buffered(self.transport)
+            waiting = _twisted.buffered(self.transport)
             if waiting <= limit:
                 return False
             self._drop_slow(waiting)
@@ -215,7 +204,8 @@ class WebServer:
 
             def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
                 if scope.get("type") == "websocket" and hasattr(protocol, "too_slow"):
-                    scope[FRAMES] = FrameWriter(protocol)
+                    extensions: WebSocketExtensions = scope.setdefault("extensions", {})
+                    extensions[FRAMES] = FrameWriter(protocol)
                 return super().create_application(protocol, scope)
 
         host = self.host.replace(":", r"\:")
@@ -244,6 +234,7 @@ class WebServer:
             daphne.run()
         finally:
             reactor.run = real_run  # type: ignore[method-assign, misc]
+        _autobahn.enabled()  # decided (and a fallback logged) at start-up, not at the first frame
         # Before the loop accepts anyone: every connection is guarded, every WebSocket bounded.
         daphne.http_factory.protocol = guarded_channel(self.guard)
         daphne.ws_factory.protocol = bounded_protocol(daphne.ws_factory.protocol, self.send_buffer)

@@ -1,18 +1,15 @@
-"""Every use of Twisted beyond its documented API, in one place (checked with Twisted 26.10.0).
+"""Twisted's HTTP channel under the guard of protocols.websocket.http_guard (checked with Twisted 26.10.0).
 
-- `buffered`, `idle`: a TCP transport's write buffer (`dataBuffer`, `offset`, `_tempDataLen`,
-  `_writeDisconnected`), read to bound what waits for a slow WebSocket client.
-- `guarded_channel`: `HTTPChannel` subclassed through its unprefixed but undocumented methods
-  (`lineReceived`, `lineLengthExceeded`, `allHeadersReceived`, `allContentReceived`,
-  `rawDataReceived`, `requestDone`) and attributes (`requests`, `length`, `persistent`).
-
-tests/test_internals.py fails by name if an upgrade changes one of them. Twisted is imported
-inside the functions: its reactor must be daphne's asyncio one, installed first.
+`guarded_channel` subclasses `HTTPChannel` through its unprefixed but undocumented methods
+(`lineReceived`, `lineLengthExceeded`, `allHeadersReceived`, `allContentReceived`,
+`rawDataReceived`, `requestDone`) and attributes (`requests`, `length`, `persistent`); no
+private name (Twisted's are in protocols._twisted). tests/test_internals.py fails by name if
+an upgrade changes one of them. Twisted is imported inside the function: its reactor must be
+daphne's asyncio one, installed first.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 from urllib.parse import unquote
 
@@ -26,29 +23,6 @@ from protocols.websocket.http_guard import (
     Refusal,
     count_refusal,
 )
-
-
-def buffered(transport: Any) -> int:
-    """Bytes Twisted holds for a TCP transport, not yet taken by the kernel."""
-    return len(getattr(transport, "dataBuffer", b"")) + int(getattr(transport, "_tempDataLen", 0))
-
-
-def idle(transport: Any) -> bool:
-    """A connected Twisted TCP transport with nothing buffered."""
-    return bool(
-        transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and len(transport.dataBuffer) == transport.offset
-    )
-
-
-@functools.cache
-def tcp_connection() -> Any:
-    from twisted.internet.tcp import Connection
-
-    return Connection
 
 
 def guarded_channel(guard: Guard) -> type:

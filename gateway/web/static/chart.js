@@ -1,7 +1,7 @@
 // A sparkline of a numeric sensor's recent readings, drawn as SVG (no library, no inline style).
 
 const SVG = "http://www.w3.org/2000/svg";
-export const POINTS = 120; // as gateway/sensors.py keeps them
+export const POINTS = 120; // as gateway/engine/board.py keeps them
 export const SPACING_MS = 1000;
 
 /** Add a reading to a series the way the server does: one point per slot, the latest wins. */
