@@ -252,11 +252,12 @@ class WebServer:
         self.on_state(True)
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Twisted serves on the loop; at `stop`: listen no more, close every connection, reap the apps."""
+        """Twisted serves on the loop until `stop` is set; then the server stops (`stop()`)."""
         await stop.wait()
-        await self._shutdown()
+        await self.stop()
 
-    async def _shutdown(self) -> None:
+    async def stop(self) -> None:
+        """Listen no more, close every connection (WebSockets with 1001), reap the applications."""
         daphne = self._daphne
         if daphne is None:
             return
