@@ -1,4 +1,4 @@
-"""`AlertSocket`: `/ws/alerts/` (the README's Protocols section): hello, alert and sensor events, ack, resume, ping."""
+"""`AlertSocket`: `/ws/alerts/` (README, Protocols): hello, alert and sensor events, ack, resume, ping."""
 
 from __future__ import annotations
 
