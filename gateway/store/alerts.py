@@ -8,6 +8,7 @@ the pure lifecycle (`gateway.engine.alerts`); the clock is read here, and passed
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,8 @@ from gateway.store.models import Alert, AlertEvent, SensorState, SiteCounter
 
 __all__ = ["AlertBook"]
 
-_ALERT_FIELDS = tuple(f.attname for f in Alert._meta.concrete_fields)
+# The columns the lifecycle's record holds; the others (silence, escalation) keep their defaults here.
+_ALERT_FIELDS = tuple(f.name for f in dataclasses.fields(AlertRecord))
 
 
 class AlertBook:

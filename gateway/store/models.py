@@ -1,4 +1,4 @@
-"""What survives a restart: alerts, their event log (for resume), `seq`, sensor state."""
+"""What survives a restart: alerts, their event log (for resume), `seq`, sensor state, silences, the mode."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ class Alert(models.Model):
     acknowledged_at = models.DateTimeField(null=True)
     acknowledged_by = models.CharField(max_length=200, null=True)
     cleared_at = models.DateTimeField(null=True)
+    # The silence that holds its notifications back, if one matches (SPEC: "silenced").
+    silenced = models.CharField(max_length=16, null=True)
+    # Escalation counts from here: the raise, or the end of the silence that held it.
+    notify_from = models.DateTimeField(null=True)
+    # The last escalation step fired (null: none), so a restart fires none twice.
+    escalation = models.PositiveSmallIntegerField(null=True)
 
     class Meta:
         indexes = [
@@ -106,3 +112,33 @@ class TelegramMessage(models.Model):
                 fields=["site", "alert_id", "chat_id"], name="telegram_msg_site_alert_chat"
             )
         ]
+
+
+class Silence(models.Model):
+    """Notifications held back for the alerts it matches (every matcher given must match), until `ends_at`."""
+
+    id = models.CharField(primary_key=True, max_length=16)
+    site = models.CharField(max_length=64)
+    sensor = models.CharField(max_length=128, null=True)
+    zone = models.CharField(max_length=64, null=True)
+    rule = models.CharField(max_length=128, null=True)
+    severity = models.CharField(max_length=16, null=True)
+    comment = models.TextField(default="")
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    # Set when it ends, on time or removed early: its end has been dealt with (alerts notified).
+    ended_at = models.DateTimeField(null=True)
+    ended_by = models.CharField(max_length=200, null=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["site", "ended_at"])]
+
+
+class SiteMode(models.Model):
+    """The site's arming mode, who set it and when (a restart compares `changed_at` with the schedules)."""
+
+    site = models.CharField(primary_key=True, max_length=64)
+    mode = models.CharField(max_length=64)
+    changed_by = models.CharField(max_length=200)
+    changed_at = models.DateTimeField()
