@@ -208,3 +208,56 @@ def test_lifecycle_keeps_spec_promises(sequence: list[tuple[float, tuple[Any, ..
             # Every timer due by now has fired: the next one lies ahead.
             deadline = policy.next_deadline()
             assert deadline is None or deadline > now, (deadline, now)
+
+
+def _silence(id: str, now: float, seconds: float, **matchers: str) -> Silence:
+    keys = {k: matchers.get(k) for k in ("sensor", "zone", "rule", "severity")}
+    return Silence(id=id, **keys, comment=None, created_by="test", created_at=now, ends_at=now + seconds)
+
+
+def _seen(notices: list[Notice]) -> list[tuple[str, str, int, bool]]:
+    return [(n.kind, n.rule, n.level, n.notify) for n in notices]
+
+
+def test_a_silence_over_an_open_alert_holds_its_repeats_and_steps_then_notifies_it_once() -> None:
+    policy = Policy(CONFIG, now=0.0)
+    assert _seen(policy.reading("s1", 60, 1.0)) == [("raised", "hot", 0, True)]
+    assert _seen(policy.add_silence(_silence("m", 2.0, 7200, sensor="s1"), 2.0)) == []
+    held = [n for t in range(3, 7200, 1) for n in policy.tick(float(t))]
+    assert held == []  # 2 hours: both steps and every repeat (each 30s) held back
+    assert policy.suppressed == 239
+    # At its end, notified once, as if raised then: repeat and escalation count from here.
+    assert _seen(policy.tick(7202.0)) == [("unsilenced", "hot", 0, True)]
+    assert _seen(policy.tick(7211.0)) == []
+    assert _seen(policy.tick(7212.0)) == [("escalated", "hot", 1, True)]
+    assert _seen(policy.tick(7222.0)) == [("escalated", "hot", 2, True)]
+    assert _seen(policy.tick(7232.0)) == [("repeated", "hot", 0, True)]
+
+
+def test_raised_and_cleared_under_a_silence_are_shown_but_not_told() -> None:
+    policy = Policy(CONFIG, now=0.0)
+    policy.add_silence(_silence("m", 0.0, 60, zone="a"), 0.0)
+    raised = policy.reading("s1", 60, 1.0)
+    assert raised == [Notice("raised", "s1", "hot", "m", notify=False)]
+    assert policy.tick(55.0) == []  # its steps (10s, 20s) and its repeat (30s) held back
+    assert policy.reading("s1", 0, 56.0) == [Notice("cleared", "s1", "hot", "m", notify=False)]
+    assert policy.suppressed == 3  # the raise, the repeat, the clear
+    assert policy.tick(61.0) == []  # nothing open when it ends: nothing to tell
+
+
+def test_acknowledging_stops_the_steps_to_come() -> None:
+    policy = Policy(CONFIG, now=0.0)
+    policy.reading("s1", 60, 0.0)
+    assert _seen(policy.tick(10.0)) == [("escalated", "hot", 1, True)]
+    policy.acknowledge("s1", "hot", 11.0)
+    assert policy.tick(1000.0) == [] and policy.next_deadline() is None
+    # Acknowledged: a silence that ends says nothing of it.
+    policy.add_silence(_silence("m", 1001.0, 5, rule="hot"), 1001.0)
+    assert policy.tick(1010.0) == []
+
+
+def test_a_switch_into_the_mode_raises_a_holding_condition_once() -> None:
+    policy = Policy(CONFIG, now=0.0)
+    assert policy.reading("s2", 80, 1.0) == []
+    assert _seen(policy.set_mode("away", 2.0)) == [("raised", "motion", 0, True)]
+    assert policy.set_mode("night", 3.0) == [] and policy.set_mode("away", 4.0) == []

@@ -72,6 +72,8 @@ class Policy:
         }
         self.silences: dict[str, Silence] = {}
         self.open: dict[tuple[str, str], _Open] = {}
+        # Notifications a silence held back (raises, clears, repeats), for the metrics.
+        self.suppressed = 0
 
     def reading(self, sensor_id: str, value: Value, now: float) -> list[Notice]:
         out = self._expire(now)
@@ -135,13 +137,19 @@ class Policy:
             if t.kind == "raise":
                 alert = self.open[key] = _Open(sensor, t.rule, now)
                 alert.silenced = silencing(self.silences.values(), alert.labels, now)
-                out.append(Notice("raised", sensor.id, t.rule.id, alert.silenced, notify=not alert.silenced))
+                notice = Notice("raised", sensor.id, t.rule.id, alert.silenced, notify=not alert.silenced)
             elif t.kind == "clear":
                 cleared = self.open.pop(key, None)
                 silenced = cleared.silenced if cleared else None
-                out.append(Notice("cleared", sensor.id, t.rule.id, silenced, notify=not silenced))
+                notice = Notice("cleared", sensor.id, t.rule.id, silenced, notify=not silenced)
             elif key in self.open and not self.open[key].silenced:
-                out.append(Notice("repeated", sensor.id, t.rule.id))
+                notice = Notice("repeated", sensor.id, t.rule.id)
+            else:
+                # A repeat is only a notification: under a silence nothing goes out.
+                self.suppressed += key in self.open
+                continue
+            self.suppressed += not notice.notify
+            out.append(notice)
 
     def _expire(self, now: float) -> list[Notice]:
         """Silences past their end go; the alerts they held are notified (the entry points' first step)."""
