@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Config, parse_config
-from gateway.engine.policy import Notice, Policy
+from gateway.engine.policy import ModeError, Notice, Policy
 from gateway.engine.silences import Silence
 
 CONFIG: Config = parse_config(
@@ -261,3 +262,6 @@ def test_a_switch_into_the_mode_raises_a_holding_condition_once() -> None:
     assert policy.reading("s2", 80, 1.0) == []
     assert _seen(policy.set_mode("away", 2.0)) == [("raised", "motion", 0, True)]
     assert policy.set_mode("night", 3.0) == [] and policy.set_mode("away", 4.0) == []
+    with pytest.raises(ModeError, match=r"^unknown mode 'holiday' \(known: home, away, night\)$"):
+        policy.set_mode("holiday", 5.0)
+    assert policy.mode == "away"

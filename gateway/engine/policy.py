@@ -17,9 +17,13 @@ from gateway.engine.formats import Value
 from gateway.engine.rules import SensorRules, Transition
 from gateway.engine.silences import Silence, silencing
 
-__all__ = ["Notice", "Policy"]
+__all__ = ["ModeError", "Notice", "Policy"]
 
 Kind = Literal["raised", "cleared", "repeated", "escalated", "unsilenced"]
+
+
+class ModeError(ValueError):
+    """An unknown mode; the message lists the known ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,7 @@ class _Open:
 
 class Policy:
     def __init__(self, config: Config, now: float, mode: str | None = None) -> None:
+        self.modes = config.gateway.modes
         self.mode = config.gateway.mode if mode is None else mode
         self.boards = {
             sensor.id: SensorRules(sensor, config.rules_for(sensor), now, self.mode)
@@ -90,6 +95,9 @@ class Policy:
         return out
 
     def set_mode(self, mode: str, now: float) -> list[Notice]:
+        if mode not in self.modes:
+            known = ", ".join(self.modes) or "none: set gateway.modes"
+            raise ModeError(f"unknown mode {mode!r} (known: {known})")
         out = self._expire(now)
         self.mode = mode
         for board in self.boards.values():
