@@ -7,7 +7,6 @@ receives the `Config` built here.
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 import tomllib
@@ -16,52 +15,39 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from gateway.config.alerting import (
+    MODE_NAME,
+    Action,
+    EscalationStep,
+    Schedule,
+    check_escalation,
+    check_group,
+    check_modes,
+    check_timezone,
+)
 from gateway.config.extending import Consumer, Worker, check_extensions
+from gateway.config.fields import Duration, Section, parse_duration
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_duration"]
+__all__ = [
+    "Action",
+    "Config",
+    "ConfigError",
+    "EscalationStep",
+    "Schedule",
+    "load_config",
+    "parse_duration",
+]
 
 
 class ConfigError(Exception):
     """A configuration problem, phrased for the user: it names the key."""
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """`500ms`, `5s`, `2m`, `1h` (or a bare number of seconds) -> seconds."""
-    if value is None or value == "":
-        return 0.0
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 500ms, 5s, 2m or 1h")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"{value!r} is not a duration such as 500ms, 5s, 2m or 1h")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("a duration must be zero or positive")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class _Section(BaseModel):
-    # A misspelt key is an error that names it, not a silently ignored line.
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 def _host_port(value: str, key: str) -> tuple[str, int]:
@@ -75,11 +61,20 @@ def _host_port(value: str, key: str) -> tuple[str, int]:
 _HOST = re.compile(r"\*|\.?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
-class GatewaySection(_Section):
+class GatewaySection(Section):
     site: str = Field(default="home", pattern=r"^[A-Za-z0-9_-]+$")
     state_dir: Path = Path("./var")
     database: str = ""
     channel_layer: str = "memory"
+    # Arming modes (empty: off), the one to start in (default: the first), local time for schedules.
+    modes: list[Annotated[str, Field(pattern=MODE_NAME)]] = []
+    mode: str = ""
+    timezone: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)
 
     @field_validator("database")
     @classmethod
@@ -101,7 +96,7 @@ class GatewaySection(_Section):
         return value
 
 
-class HttpSection(_Section):
+class HttpSection(Section):
     bind: str = "127.0.0.1:8000"
     allowed_origins: list[str] = []
     # WebSockets this process holds at most; more are refused at the handshake.
@@ -154,7 +149,7 @@ class HttpSection(_Section):
         return _host_port(self.bind, "bind")[1]
 
 
-class AuthSection(_Section):
+class AuthSection(Section):
     tokens: dict[str, str] = {}
 
     @field_validator("tokens")
@@ -166,7 +161,7 @@ class AuthSection(_Section):
         return value
 
 
-class MqttSection(_Section):
+class MqttSection(Section):
     url: str = "embedded"
     embedded_bind: str = "127.0.0.1:1883"
     client_id: str = ""  # default: gateway-<site>
@@ -197,7 +192,7 @@ class MqttSection(_Section):
         return value
 
 
-class TelegramSection(_Section):
+class TelegramSection(Section):
     token: str = ""
     api_url: str = "https://api.telegram.org"
     allowed_chats: list[int] = []
@@ -253,7 +248,7 @@ def _scalar(value: Any) -> Any:
 Scalar = Annotated[bool | int | float | str, BeforeValidator(_scalar)]
 
 
-class Condition(_Section):
+class Condition(Section):
     equals: Scalar | None = None
     above: float | None = None
     below: float | None = None
@@ -269,14 +264,7 @@ class Condition(_Section):
         return self
 
 
-class Action(_Section):
-    topic: str = Field(min_length=1)
-    payload: str = ""
-    qos: Literal[0, 1, 2] = 1
-    retain: bool = False
-
-
-class Sensor(_Section):
+class Sensor(Section):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     name: str = ""
     zone: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]+$")
@@ -318,7 +306,7 @@ class Sensor(_Section):
         return tuple(t for t in (self.topic, self.availability_topic, self.result_topic) if t)
 
 
-class Rule(_Section):
+class Rule(Section):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     sensor: str = ""
     zone: str = ""
@@ -332,6 +320,8 @@ class Rule(_Section):
     notify: list[str] = []
     on_raise: list[Action] = []
     on_clear: list[Action] = []
+    modes: list[str] = []  # raises only in these modes (none: in every mode)
+    escalate: list[EscalationStep] = []
 
     @model_validator(mode="after")
     def _target(self) -> Rule:
@@ -340,12 +330,11 @@ class Rule(_Section):
         if self.clear is not None and (self.when.offline or self.clear.offline):
             raise ValueError("an offline rule clears when the sensor is back online; drop clear")
         for group in self.notify:
-            if not re.fullmatch(r"alerts(\.[A-Za-z0-9_-]+)*", group):
-                raise ValueError(f"notify group {group!r} must be 'alerts' or 'alerts.<name>'")
+            check_group(group)
         return self
 
 
-class Config(_Section):
+class Config(Section):
     gateway: GatewaySection = GatewaySection()
     http: HttpSection = HttpSection()
     auth: AuthSection = AuthSection()
@@ -353,6 +342,7 @@ class Config(_Section):
     telegram: TelegramSection = TelegramSection()
     sensors: list[Sensor] = []
     rules: list[Rule] = []
+    schedules: list[Schedule] = []
     consumers: list[Consumer] = []
     workers: list[Worker] = []
     # Where it came from, for messages; not a TOML key.
@@ -371,6 +361,12 @@ class Config(_Section):
                 raise ValueError(f"rules[{rule.id}].sensor: no sensor with id {rule.sensor!r}")
             if rule.zone and rule.zone not in zones:
                 raise ValueError(f"rules[{rule.id}].zone: no sensor is in zone {rule.zone!r}")
+            out_of_order = check_escalation(rule.escalate)
+            if out_of_order:
+                raise ValueError(f"rules[{rule.id}].{out_of_order}")
+        check_modes(self.gateway.modes, self.gateway.mode, self.schedules, self.rules)
+        if self.gateway.modes and not self.gateway.mode:
+            self.gateway.mode = self.gateway.modes[0]
         check_extensions(self.consumers, self.workers)
         return self
 

@@ -9,6 +9,10 @@ a rule without `for` when it is a retained message (the broker replays those
 after every reconnect) or the first value after a gap (a restart, or the sensor
 coming back online). A state that did not change is not news; a `for` rule starts
 its hold again, since its timer did not survive the gap.
+
+Modes: a rule with `modes` follows its condition in every mode but raises only in
+its own; the site switching into one of them while the condition holds raises it
+then (`set_mode`), its `for` counting from the switch.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Literal
 from gateway.config import Condition, Rule, Sensor
 from gateway.engine.formats import Value, compare_equal
 
-__all__ = ["SensorRules", "Transition", "matches"]
+__all__ = ["SensorRules", "Transition", "matches", "may_raise"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,11 @@ def matches(cond: Condition, value: Value | None) -> bool:
     return False
 
 
+def may_raise(rule: Rule, mode: str) -> bool:
+    """Whether the rule raises while the site is in `mode` (a rule without modes: always)."""
+    return not rule.modes or mode in rule.modes
+
+
 @dataclass(slots=True)
 class _RuleState:
     active: bool = False
@@ -53,14 +62,17 @@ class _RuleState:
     pending_since: float | None = None
     last_raised: float | None = None
     last_notified: float = 0.0
+    # The condition held (past `for`) in a mode the rule does not raise in: it raises on a switch.
+    held: bool = False
     # Whether this process started the hold or raised the alert, and so acts when its timer is due.
     local: bool = True
 
 
 class SensorRules:
-    def __init__(self, sensor: Sensor, rules: list[Rule], now: float) -> None:
+    def __init__(self, sensor: Sensor, rules: list[Rule], now: float, mode: str = "") -> None:
         self.sensor = sensor
         self.rules = rules
+        self.mode = mode
         self.states = {rule.id: _RuleState() for rule in rules}
         self.value: Value | None = None
         # Availability as the device reports it, and silence past expire_after.
@@ -69,6 +81,8 @@ class SensorRules:
         self.last_seen = now
         # Rules whose raise a cooldown dropped, seen here (not a peer's): the caller says so and empties it.
         self.dropped: list[Rule] = []
+        # Rules whose raise the mode held back, seen here: the caller counts them and empties it.
+        self.held_back: list[Rule] = []
         self.after_gap = False  # the next value is the first after a restart or an offline spell
         self.seen_local = True  # the last message came to this process (it acts if silence follows)
         self._local = True  # of the message being handled
@@ -103,6 +117,27 @@ class SensorRules:
         if state is not None:
             state.acknowledged = True
 
+    def notified(self, rule_id: str, now: float) -> None:
+        """The alert was notified again (its silence ended): `repeat` counts from now."""
+        state = self.states.get(rule_id)
+        if state is not None:
+            state.last_notified = now
+
+    def set_mode(self, mode: str, now: float) -> list[Transition]:
+        """The site switched mode: a rule whose condition holds and that may raise now starts again."""
+        out: list[Transition] = []
+        before, self.mode = self.mode, mode
+        for rule in self.rules:
+            state = self.states[rule.id]
+            if state.active or may_raise(rule, before) or not may_raise(rule, mode):
+                continue
+            if state.held or state.pending_since is not None:
+                state.held, state.pending_since = False, None
+                self._local = state.local
+                self._hold(rule, state, now, out)
+        self._local = True
+        return out
+
     def on_value(
         self, value: Value, now: float, retained: bool = False, local: bool = True
     ) -> list[Transition]:
@@ -126,10 +161,10 @@ class SensorRules:
                     state.active, state.pending_since = False, None
                     out.append(Transition("clear", rule, value, local))
             elif matches(rule.when, value):
-                if not (quiet and rule.for_ == 0):
+                if not (quiet and rule.for_ == 0) and not state.held:
                     self._hold(rule, state, now, out)
             else:
-                state.pending_since = None
+                state.pending_since, state.held = None, False
         return out
 
     def on_availability(self, available: bool, now: float, local: bool = True) -> list[Transition]:
@@ -196,7 +231,7 @@ class SensorRules:
             if online is False and not state.active:
                 self._hold(rule, state, now, out)
             elif online:
-                state.pending_since = None
+                state.pending_since, state.held = None, False
                 if state.active:
                     state.active = False
                     out.append(Transition("clear", rule, self.value, self._local))
@@ -211,11 +246,16 @@ class SensorRules:
 
     def _raise(self, rule: Rule, state: _RuleState, now: float, out: list[Transition]) -> None:
         state.pending_since = None
+        if not may_raise(rule, self.mode):
+            state.held, state.local = True, self._local
+            if self._local:
+                self.held_back.append(rule)
+            return
         if state.last_raised is not None and now - state.last_raised < rule.cooldown:
             # Dropped, not delayed: the next message that still matches may raise.
             if self._local:
                 self.dropped.append(rule)
             return
-        state.active, state.acknowledged, state.local = True, False, self._local
+        state.active, state.acknowledged, state.local, state.held = True, False, self._local, False
         state.last_raised = state.last_notified = now
         out.append(Transition("raise", rule, self.value, self._local))
