@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.engine.schedules import Switch, last_switch, next_switch, parse_at
+from gateway.config import Schedule
+from gateway.engine.schedules import Switch, last_switch, next_switch
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NIGHT, HOME = Switch("night", time(23, 0)), Switch("home", time(7, 0))
@@ -20,20 +20,10 @@ def local(*args: int) -> datetime:
     return datetime(*args, tzinfo=BERLIN)  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(
-    ("text", "at"), [("23:00", time(23, 0)), ("00:00", time(0, 0)), ("07:05", time(7, 5))]
-)
-def test_a_time_of_day_is_hh_mm(text: str, at: time) -> None:
-    assert parse_at(text) == at
-
-
-# Arabic-Indic digits are digits to str.isdigit, not to a clock.
-@pytest.mark.parametrize(
-    "text", ["24:00", "7:00", "07:60", "0700", "07:00:00", "", "ab:cd", "\u0660\u0667:\u0660\u0660", " 7:00"]
-)
-def test_anything_else_is_refused_with_the_text(text: str) -> None:
-    with pytest.raises(ValueError, match="HH:MM"):
-        parse_at(text)
+def test_a_schedule_of_the_config_makes_its_switch() -> None:
+    assert Switch.of(Schedule(mode="night", at="23:05")) == Switch("night", time(23, 5))
+    weekend = Schedule(mode="away", at="09:30", days=["sat", "sun"])
+    assert Switch.of(weekend) == WEEKEND_AWAY
 
 
 def test_the_next_switch_is_the_next_local_time_of_any_schedule() -> None:

@@ -12,9 +12,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
-__all__ = ["DAYS", "Switch", "last_switch", "next_switch", "parse_at"]
+from gateway.config import Schedule
+from gateway.config.alerting import WEEKDAYS
 
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+__all__ = ["Switch", "last_switch", "next_switch"]
+
 # A week and a day either way: every switch with at least one day falls within it.
 _HORIZON_DAYS = 8
 
@@ -25,15 +27,11 @@ class Switch:
     at: time
     days: frozenset[int] = frozenset(range(7))  # Monday is 0, as date.weekday()
 
-
-def parse_at(text: str) -> time:
-    """`"23:00"` -> 23:00; ValueError for anything but HH:MM on a 24-hour clock."""
-    hours, sep, minutes = text.partition(":")
-    if not sep or len(hours) != 2 or len(minutes) != 2 or not (hours + minutes).isascii():
-        raise ValueError(f"{text!r} is not a time of day as HH:MM (24-hour clock)")
-    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
-        raise ValueError(f"{text!r} is not a time of day as HH:MM (24-hour clock)")
-    return time(int(hours), int(minutes))
+    @classmethod
+    def of(cls, schedule: Schedule) -> Switch:
+        """The switch a validated `[[schedules]]` entry makes (no `days`: every day)."""
+        days = frozenset(WEEKDAYS.index(day) for day in schedule.days) or frozenset(range(7))
+        return cls(schedule.mode, time(schedule.minute // 60, schedule.minute % 60), days)
 
 
 def _moment(day: date, at: time, zone: tzinfo) -> datetime:
