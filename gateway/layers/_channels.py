@@ -57,20 +57,19 @@ def put_shared(layer: InMemoryChannelLayer, group: str, message: dict[str, Any])
     entry = (time.time() + layer.expiry, message)
     dropped = 0
     for channel in members(layer, group):
-        queue = layer.channels.setdefault(channel, asyncio.Queue(maxsize=layer.get_capacity(channel)))
         try:
-            queue.put_nowait(entry)
+            queue(layer, channel).put_nowait(entry)
         except asyncio.QueueFull:
             dropped += 1
     return dropped
 
 
-async def get(layer: InMemoryChannelLayer, channel: str) -> dict[str, Any]:
-    """The next message of `channel`: channels' receive, without its sweep."""
-    queue = layer.channels.setdefault(channel, asyncio.Queue(maxsize=layer.get_capacity(channel)))
-    try:
-        _, message = await queue.get()
-    finally:
-        if queue.empty():
-            layer.channels.pop(channel, None)
-    return message  # type: ignore[no-any-return]
+def queue(layer: InMemoryChannelLayer, channel: str) -> asyncio.Queue[Any]:
+    """The queue of `channel` (made if missing): channels' receive awaits its `get`, without a sweep."""
+    return layer.channels.setdefault(channel, asyncio.Queue(maxsize=layer.get_capacity(channel)))
+
+
+def forget_if_empty(layer: InMemoryChannelLayer, channel: str, waiting: asyncio.Queue[Any]) -> None:
+    """After a receive: an empty queue is dropped, as channels' own receive does."""
+    if waiting.empty():
+        layer.channels.pop(channel, None)

@@ -83,4 +83,10 @@ class MemoryLayer(CountsFull, InMemoryChannelLayer):
             return await super().receive(channel)  # type: ignore[no-any-return]
         self.require_valid_channel_name(channel)
         self._sweep()
-        return await _channels.get(self, channel)
+        # Awaited here, not in a coroutine of the fence's: one frame less on every receive.
+        waiting = _channels.queue(self, channel)
+        try:
+            _, message = await waiting.get()
+        finally:
+            _channels.forget_if_empty(self, channel, waiting)
+        return message  # type: ignore[no-any-return]
