@@ -14,11 +14,10 @@ from channels.db import database_sync_to_async as sync_to_async
 from django.db import IntegrityError, transaction
 
 from gateway.engine.alerts import iso, new_id
+from gateway.engine.silences import MATCHERS
 from gateway.store.models import Silence, SiteMode
 
-__all__ = ["MATCHERS", "SilenceBook"]
-
-MATCHERS = ("sensor", "zone", "rule", "severity")
+__all__ = ["SilenceBook"]
 
 
 def silence_json(row: Silence) -> dict[str, Any]:
