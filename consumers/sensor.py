@@ -14,8 +14,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from gateway.config import Action, Sensor
+from gateway.config import Action, Rule, Sensor
 from gateway.engine.alerts import AlertChange
+from gateway.engine.escalation import due_levels, next_deadline
 from gateway.engine.formats import FieldMissing, PayloadError, Value, parse_availability, parse_value
 from gateway.engine.rules import SensorRules, Transition
 from gateway.engine.templates import fill_payload
@@ -64,19 +65,26 @@ class SensorConsumer(MqttConsumer):
         self.sensor = sensor
         self.loop = asyncio.get_running_loop()
         engine = self.runtime.engines.get(sensor.id)
+        alerting = self.runtime.alerting
         if engine is None:  # the first instance since start-up; a restarted one goes on with it
-            rules = SensorRules(sensor, config.rules_for(sensor), self.loop.time())
+            rules = SensorRules(sensor, config.rules_for(sensor), self.loop.time(), alerting.mode)
             snap = self.runtime.board.sensors[sensor.id]
             rules.restore(
                 self.runtime.open_rules.get(sensor.id, {}), snap.value, snap.online, self.loop.time()
             )
             engine = self.runtime.engines[sensor.id] = SensorEngine(rules)
+            # Escalation deadlines as stored: a step due while the gateway was stopped fires now, once.
+            for alert in self.runtime.escalating.pop(sensor.id, []):
+                since = (alert.notify_from or alert.raised_at).timestamp()
+                engine.escalating[alert.rule] = [alert.id, self._loop_time(since), alert.escalation or 0]
         self.rules, self.lock, self.announced = engine.rules, engine.lock, engine.announced
+        self.escalating = engine.escalating
         self.tasks: set[asyncio.Task[None]] = set()
         self.timer: asyncio.TimerHandle | None = None
         self.last_sensor_event = 0.0
         self.sensor_event_due: asyncio.TimerHandle | None = None
         self.runtime.reload_listeners.add(self._reconfigure)
+        alerting.listeners.add(self._site_changed)
         # Shared subscriptions hand each message to one of several processes: they tell each other
         # what they saw (gateway.layers.peers), so every process's rule state stays the same.
         self.peers = self.runtime.peers
@@ -98,6 +106,36 @@ class SensorConsumer(MqttConsumer):
         self.sensor = sensor
         self.rules.reconfigure(sensor, self.runtime.config.rules_for(sensor))
         self._schedule()
+
+    def _loop_time(self, epoch: float) -> float:
+        return self.loop.time() - (time.time() - epoch)
+
+    def _site_changed(self, what: str) -> None:
+        """The site's mode switched (a rule may raise now), or its silences changed (timers)."""
+        if what == "mode" and self.rules.mode != self.runtime.alerting.mode:
+            transitions = self.rules.set_mode(self.runtime.alerting.mode, self.loop.time())
+            if transitions:
+                self._apply_in_order(transitions, None)
+        self._schedule()
+
+    def _labels(self, rule: Rule) -> dict[str, str]:
+        return {
+            "sensor": self.sensor.id,
+            "zone": self.sensor.zone,
+            "rule": rule.id,
+            "severity": rule.severity,
+        }
+
+    def _count_held_back(self) -> None:
+        for rule in self.rules.held_back:
+            metrics.mode_suppressed.labels(rule.id).inc()
+            log.info(
+                "sensor %s: rule %s not raised: the site is in mode %s",
+                self.sensor.id,
+                rule.id,
+                self.rules.mode,
+            )
+        self.rules.held_back.clear()
 
     async def mqtt_connect(self, event: MqttConnectEvent) -> None:
         self._setup()
@@ -131,6 +169,8 @@ class SensorConsumer(MqttConsumer):
         _handled_ok.inc()
         if self.rules.dropped:
             self._cooldown_dropped()
+        if self.rules.held_back:
+            self._count_held_back()
         if self.peers is not None:
             self.peers.observe(self.sensor.id, received, kind, value, bool(event["retain"]))
         # Dashboards hear of a reading from the process that got it, not once per process.
@@ -213,13 +253,20 @@ class SensorConsumer(MqttConsumer):
                 continue  # the peer process that saw its cause acts on it
             change: AlertChange | None
             actions: list[Action] = []
+            silenced = self.runtime.alerting.silencing(self._labels(t.rule))
             try:
                 if t.kind == "raise":
                     actions = t.rule.on_raise
-                    change = await book.raise_alert(t.rule, sensor, t.value, self.rules.online)
+                    change = await book.raise_alert(
+                        t.rule, sensor, t.value, self.rules.online, silenced=silenced
+                    )
                 elif t.kind == "clear":
                     actions = t.rule.on_clear
                     change = await book.clear(t.rule.id, sensor.id, t.value, self.rules.online)
+                elif silenced:
+                    # A repeat is only a notification: under a silence nothing goes out.
+                    metrics.notifications_suppressed.labels("repeated").inc()
+                    continue
                 else:
                     change = await book.repeat(t.rule.id, sensor.id)
             except Exception as err:
@@ -249,25 +296,74 @@ class SensorConsumer(MqttConsumer):
             if change is not None:
                 if change.event == "raised":
                     self.announced[t.rule.id] = (change.alert, change.saved)
+                    if t.rule.escalate and change.saved:
+                        self.escalating[t.rule.id] = [change.alert["id"], self.loop.time(), 0]
                 elif change.event == "cleared":
                     self.announced.pop(t.rule.id, None)
+                    self.escalating.pop(t.rule.id, None)
             if change is None:
                 continue
             await self.runtime.broadcast(change, received)
             # After the hand-over: the line costs 80 us (formatting, stderr to the journal).
             log.info("alert %s %s: %s", change.alert["id"], change.event, change.alert["message"])
-            for action in actions:
-                await self.publish(
-                    action.topic, self._action_payload(action, change), action.qos, action.retain
-                )
+            if change.alert.get("silenced") or silenced:
+                # Raised (or cleared) and shown, but held back from people: no actions, no messages.
+                metrics.notifications_suppressed.labels(change.event).inc()
+                continue
+            await self._run(actions, change.alert)
 
-    def _action_payload(self, action: Action, change: AlertChange) -> bytes:
-        return fill_payload(action.payload, change.alert).encode("utf-8")
+    async def _run(self, actions: list[Action], alert: dict[str, Any]) -> None:
+        for action in actions:
+            await self.publish(
+                action.topic, fill_payload(action.payload, alert).encode("utf-8"), action.qos, action.retain
+            )
+
+    # Escalation: each step once, while the alert is active, unacknowledged and not silenced
+
+    def _escalation_deadline(self) -> float | None:
+        deadlines = []
+        for rule_id, (_, since, fired) in self.escalating.items():
+            rule = self._rule(rule_id)
+            if rule is None or self.runtime.alerting.silencing(self._labels(rule)):
+                continue
+            due = next_deadline(since, "active", False, rule.escalate, fired)
+            if due is not None:
+                deadlines.append(due)
+        return min(deadlines, default=None)
+
+    def _rule(self, rule_id: str) -> Rule | None:
+        return next((rule for rule in self.rules.rules if rule.id == rule_id), None)
+
+    async def _escalate(self, now: float) -> None:
+        for rule_id, entry in list(self.escalating.items()):
+            rule = self._rule(rule_id)
+            if rule is None or self.runtime.alerting.silencing(self._labels(rule)):
+                continue  # a reload removed it, or a silence holds it (its end counts again)
+            alert_id, since, fired = entry
+            for level in due_levels(since, "active", False, rule.escalate, fired, now):
+                entry[2] = level
+                step = rule.escalate[level - 1]
+                try:
+                    change = await self.runtime.book.escalate(alert_id, level, tuple(step.notify))
+                except Exception as err:
+                    log.error("alert %s: could not store escalation step %d (%s)", alert_id, level, err)
+                    entry[2] = level - 1
+                    break
+                if change is None:
+                    continue  # fired already (before a restart, or by another process), or over
+                metrics.escalation_steps.labels(str(level)).inc()
+                await self.runtime.broadcast(change)
+                log.info("alert %s escalated to level %d: %s", alert_id, level, change.alert["message"])
+                await self._run(step.actions, change.alert)
+            if entry[2] >= len(rule.escalate):
+                self.escalating.pop(rule_id, None)
 
     # Timers: `for`, `repeat` and `expire_after` come due without a message.
 
     def _schedule(self) -> None:
         deadline = self.rules.next_deadline()
+        if self.escalating and (step := self._escalation_deadline()) is not None:
+            deadline = step if deadline is None else min(deadline, step)
         timer = self.timer
         if timer is not None:
             if deadline is not None and timer.when() <= deadline and not timer.cancelled():
@@ -285,14 +381,20 @@ class SensorConsumer(MqttConsumer):
 
     async def _tick(self) -> None:
         was_online = self.rules.online
-        transitions = self.rules.tick(self.loop.time())
+        now = self.loop.time()
+        transitions = self.rules.tick(now)
         if self.rules.dropped:
             self._cooldown_dropped()
+        if self.rules.held_back:
+            self._count_held_back()
         if self.rules.online != was_online:
             self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online, time.time())
             self._sensor_changed()
         if transitions:
             await self._apply_in_order(transitions, None)
+        if self.escalating:
+            async with self.lock:  # after the changes before it: a clear stops the steps to come
+                await self._escalate(now)
         self._schedule()
 
     def _spawn(self, coro: Any) -> None:
@@ -332,12 +434,31 @@ class SensorConsumer(MqttConsumer):
         if not self._setup():
             return
         self.rules.acknowledge(event["alert"]["rule"])
+        self.escalating.pop(event["alert"]["rule"], None)
         self._schedule()
+
+    async def alert_unsilenced(self, event: dict[str, Any]) -> None:
+        """A silence over this alert ended: notified as if raised now (its on_raise actions,
+        escalation and repeat counting from now); Telegram hears the same event."""
+        if not self._setup():
+            return
+        alert = event["alert"]
+        rule = self._rule(alert["rule"])
+        if rule is None:
+            return
+        now = self.loop.time()
+        self.rules.notified(rule.id, now)
+        if rule.escalate:
+            entry = self.escalating.get(rule.id)
+            fired = entry[2] if entry is not None and entry[0] == alert["id"] else (alert["escalation"] or 0)
+            self.escalating[rule.id] = [alert["id"], now, fired]
+        self._schedule()
+        await self._run(rule.on_raise, alert)
 
     async def alert_raised(self, event: dict[str, Any]) -> None:
         pass
 
-    alert_cleared = alert_repeated = alert_raised
+    alert_cleared = alert_repeated = alert_escalated = alert_raised
 
     async def _leave(self) -> None:
         if not hasattr(self, "rules"):
@@ -346,6 +467,7 @@ class SensorConsumer(MqttConsumer):
             if handle is not None:
                 handle.cancel()
         self.runtime.reload_listeners.discard(self._reconfigure)
+        self.runtime.alerting.listeners.discard(self._site_changed)
         if self.peers is not None and self.peers.handlers.get(self.sensor.id) == self.peer_observed:
             del self.peers.handlers[self.sensor.id]
         if self.sensor.id not in self.runtime.config.sensors_by_id:

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from channels.layers import get_channel_layer
 
+from gateway.alerting import SiteAlerting
 from gateway.config import Config
-from gateway.engine.alerts import AlertChange
+from gateway.engine.alerts import AlertChange, AlertRecord
 from gateway.engine.rules import SensorRules
 from gateway.faults import FAULT_RULE, DeviceFaults
 from gateway.layers.peers import PeerMirror
@@ -42,6 +43,8 @@ class SensorEngine:
     # Alert changes are stored in the order their readings came, across a restart too: each
     # task takes this lock in the order the tasks were made, and asyncio's lock is FIFO.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # rule id -> its active alert's escalation: [alert id, since (loop time), steps fired]
+    escalating: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,22 +71,33 @@ class Runtime:
     # sensor id -> its rule engine, made by its consumer's first instance (consumers.sensor).
     engines: dict[str, SensorEngine] = field(default_factory=dict)
     faults: DeviceFaults = field(init=False)
+    # sensor id -> its active alerts as stored at start-up (escalation timers), taken by its consumer
+    escalating: dict[str, list[AlertRecord]] = field(default_factory=dict)
+    # The site's silences and mode (SPEC §10), kept current in every process.
+    alerting: SiteAlerting = field(init=False)
 
     def __post_init__(self) -> None:
         self.book = AlertBook(self.config.gateway.site)
         self.board = SensorStore(self.config.gateway.site, self.config.sensors)
         self.chats = ChatBook(self.config.gateway.site)
         self.faults = DeviceFaults(self)
+        self.alerting = SiteAlerting(self)
 
     async def load(self) -> None:
         await self.board.load()
         self.open_rules = await self.book.open_rules()
         self.faults.open.update(s for s, rules in self.open_rules.items() if FAULT_RULE in rules)
+        await self.alerting.load()
+        # sensor id -> its active alerts, for their escalation timers (consumers.sensor)
+        self.escalating = {}
+        for alert in await self.book.escalating():
+            self.escalating.setdefault(alert.sensor, []).append(alert)
 
     def reload(self, config: Config) -> None:
         """Run with a new config (already merged: see gateway.reload) from now on."""
         self.config = config
         self.board.configure(config.sensors)
+        self.alerting.reconfigure()
         for listener in list(self.reload_listeners):
             listener()
 

@@ -151,12 +151,6 @@ class Gateway:
 
         self._signals()
         config = self.config
-        if waiting := _not_in_effect(config):
-            log.warning(
-                "%s: validated but not in effect yet (alert management is being built; "
-                "docs/configuration.md)",
-                ", ".join(waiting),
-            )
         runtime = self.runtime = Runtime(config, self.health, token_gate=TokenGate())
         runtime.mqtt_out = "mqtt" in self.protocols or is_redis(config.gateway.channel_layer)
         await runtime.load()
@@ -166,6 +160,7 @@ class Gateway:
             if self.notifier.enabled:
                 self._systemd = asyncio.ensure_future(self.systemd.run())
             await self._start_runtime(runtime)
+            runtime.alerting.start()
             self.backends = Servers(self.backend_servers())
             self.servers = Servers(self.protocol_servers(application, runtime))
             await self.backends.start()
@@ -343,6 +338,8 @@ class Gateway:
                 task.cancel()
         if self.runtime is not None and self.runtime.dashboards is not None:
             self.runtime.dashboards.stop()
+        if self.runtime is not None:
+            self.runtime.alerting.stop()
         self.systemd.stop()
 
     async def _shutdown(self, runtime: Any) -> None:
@@ -396,19 +393,3 @@ async def _step(name: str, coro: Any) -> None:
         await asyncio.wait_for(coro, STEP_SECONDS)
     except Exception:
         log.exception("shutdown of %s failed", name)
-
-
-def _not_in_effect(config: Config) -> list[str]:
-    """The alert-management keys set that nothing acts on yet: said at start, never ignored quietly."""
-    keys = []
-    if config.gateway.modes:
-        keys.append("gateway.modes")
-    if config.schedules:
-        keys.append("schedules")
-    keys += [
-        f"rules[{rule.id}].{key}"
-        for rule in config.rules
-        for key in ("modes", "escalate")
-        if getattr(rule, key)
-    ]
-    return keys

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from tests.conftest import GatewayFactory
 
 SENSOR = {"id": "leak", "topic": "z2m/leak", "format": "zigbee2mqtt", "field": "water_leak"}
 MODES = {"modes": ["home", "away", "night"], "mode": "home"}
@@ -146,17 +145,3 @@ def test_errors_name_the_key(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data, {}, "test")
     assert message in str(info.value)
-
-
-def test_alert_management_keys_not_in_effect_yet_are_said_at_start(gateway_factory: GatewayFactory) -> None:
-    """Validated keys that nothing acts on yet are named in the log, never ignored quietly."""
-    gw = gateway_factory(
-        extra="""
-[[rules]]
-id = "door-escalates"
-sensor = "front-door"
-when = { equals = false }
-escalate = [{ after = "5m", notify = ["alerts.oncall"] }]
-"""
-    )
-    assert "WARNING gateway.server: rules[door-escalates].escalate: validated but not in effect yet" in gw.log

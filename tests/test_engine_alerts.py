@@ -79,6 +79,8 @@ def test_a_raise_is_an_active_alert_at_the_time_given() -> None:
         "acknowledged_at": None,
         "acknowledged_by": None,
         "cleared_at": None,
+        "silenced": None,
+        "escalation": None,
     }
 
 

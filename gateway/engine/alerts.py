@@ -23,10 +23,12 @@ __all__ = [
     "acknowledge",
     "alert_groups",
     "clear",
+    "escalate",
     "iso",
     "new_id",
     "raise_alert",
     "repeat",
+    "unsilence",
 ]
 
 # Short ids to type on a phone: no 0/o, 1/l/i.
@@ -71,6 +73,17 @@ class AlertRecord:
     acknowledged_at: datetime | None = None
     acknowledged_by: str | None = None
     cleared_at: datetime | None = None
+    # The silence that holds its notifications back (SPEC §10), if one matches.
+    silenced: str | None = None
+    # Escalation counts from here: the raise, or the end of the silence that held it.
+    notify_from: datetime | None = None
+    # The last escalation step fired (None: none yet).
+    escalation: int | None = None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What a silence matches on."""
+        return {"sensor": self.sensor, "zone": self.zone, "rule": self.rule, "severity": self.severity}
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -86,13 +99,24 @@ class AlertRecord:
             "acknowledged_at": iso(self.acknowledged_at),
             "acknowledged_by": self.acknowledged_by,
             "cleared_at": iso(self.cleared_at),
+            "silenced": self.silenced,
+            "escalation": self.escalation,
         }
 
 
 def raise_alert(
-    rule: Rule, sensor: Sensor, value: Value | None, site: str, now: datetime, message: str | None = None
+    rule: Rule,
+    sensor: Sensor,
+    value: Value | None,
+    site: str,
+    now: datetime,
+    message: str | None = None,
+    silenced: str | None = None,
 ) -> AlertRecord:
-    """A new active alert, with a new id; `message`: the text as it is, instead of the rule's template."""
+    """A new active alert, with a new id; `message`: the text as it is, instead of the rule's template.
+
+    `silenced`: the id of the silence over it, if one is; it is raised and shown all the same.
+    """
     return AlertRecord(
         id=new_id(),
         site=site,
@@ -105,6 +129,8 @@ def raise_alert(
         value=value,
         groups=tuple(alert_groups(rule, sensor)),
         raised_at=now,
+        silenced=silenced,
+        notify_from=now,
     )
 
 
@@ -126,6 +152,28 @@ def clear(alert: AlertRecord | None, value: Value | None, now: datetime) -> Aler
     return replace(alert, state="cleared", cleared_at=now, value=value)
 
 
+def escalate(alert: AlertRecord | None, level: int) -> AlertRecord | None:
+    """The alert at escalation `level`; None when that step must not fire (any more).
+
+    Only an active alert that no silence holds escalates, and each level at most once: a
+    step that fired before a restart (or in another process) is not fired again.
+    """
+    if alert is None or alert.state != "active" or alert.silenced is not None:
+        return None
+    if level <= (alert.escalation or 0):
+        return None
+    return replace(alert, escalation=level)
+
+
+def unsilence(alert: AlertRecord, silenced: str | None, now: datetime) -> AlertRecord:
+    """The alert once the silence over it ended: another silence's id, or notified from `now`."""
+    if silenced is not None:
+        return replace(alert, silenced=silenced)
+    if alert.state != "active":
+        return replace(alert, silenced=None)
+    return replace(alert, silenced=None, notify_from=now)
+
+
 def repeat(alert: AlertRecord | None) -> AlertRecord | None:
     """The alert to announce again: only while it is active (acknowledged: someone is on it)."""
     return alert if alert is not None and alert.state == "active" else None
@@ -133,7 +181,7 @@ def repeat(alert: AlertRecord | None) -> AlertRecord | None:
 
 @dataclass(frozen=True)
 class AlertChange:
-    event: str  # raised | acknowledged | cleared | repeated
+    event: str  # raised | acknowledged | cleared | repeated | escalated | unsilenced
     seq: int
     alert: dict[str, Any]
     groups: tuple[str, ...] = ()
@@ -147,6 +195,8 @@ class AlertChange:
     ) -> AlertChange:
         # Encoded once here, sent as-is to every WebSocket and MQTT subscriber.
         envelope: dict[str, Any] = {"type": "alert", "event": event, "seq": seq, "alert": alert}
+        if event == "escalated":
+            envelope["level"] = alert["escalation"]
         if not saved:
             envelope["saved"] = False
         return cls(event, seq, alert, groups, json.dumps(envelope, separators=(",", ":")), saved)

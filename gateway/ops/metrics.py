@@ -53,3 +53,22 @@ def count_telegram(outcome: str) -> None:
         deliveries.labels("telegram", outcome.removeprefix("send_")).inc()
     else:
         telegram_updates.labels(outcome).inc()
+
+
+# Alert management (SPEC §10)
+silences_active = Gauge("gateway_silences_active", "Silences in effect now", registry=registry)
+notifications_suppressed = Counter(
+    "gateway_notifications_suppressed",
+    "Notifications a silence held back (Telegram, actions), by alert event",
+    ["event"],
+    registry=registry,
+)
+mode_suppressed = Counter(
+    "gateway_raises_suppressed_by_mode",
+    "Raises held back because the site was not in one of the rule's modes, by rule",
+    ["rule"],
+    registry=registry,
+)
+escalation_steps = Counter(
+    "gateway_escalation_steps", "Escalation steps fired, by level", ["level"], registry=registry
+)

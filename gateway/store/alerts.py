@@ -9,6 +9,7 @@ the pure lifecycle (`gateway.engine.alerts`); the clock is read here, and passed
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ from gateway.store.models import Alert, AlertEvent, SensorState, SiteCounter
 
 __all__ = ["AlertBook"]
 
-# The columns the lifecycle's record holds; the others (silence, escalation) keep their defaults here.
+# The columns the lifecycle's record holds: all of them.
 _ALERT_FIELDS = tuple(f.name for f in dataclasses.fields(AlertRecord))
 
 
@@ -55,10 +56,12 @@ class AlertBook:
         value: Value | None,
         online: bool | None = True,
         message: str | None = None,
+        silenced: str | None = None,
     ) -> AlertChange | None:
         """A new alert; None when this rule already has one open for this sensor.
 
         `message`: the text as it is, instead of the rule's template (the gateway's own alerts).
+        `silenced`: the id of the silence over it (gateway.alerting decides).
 
         Only one process raises for a given message, but two processes with shared
         subscriptions can race on messages a millisecond apart: the database decides.
@@ -74,7 +77,7 @@ class AlertBook:
                         return None
                     now = _now()
                     self._reading(sensor.id, value, online, now)
-                    alert = lifecycle.raise_alert(rule, sensor, value, self.site, now, message)
+                    alert = lifecycle.raise_alert(rule, sensor, value, self.site, now, message, silenced)
                     _insert(Alert, **{name: getattr(alert, name) for name in _ALERT_FIELDS})
                     return self._record("raised", alert, seq, now)
             except IntegrityError:
@@ -112,6 +115,61 @@ class AlertBook:
                 transaction.set_rollback(True)
                 return None
             return self._record("repeated", alert, seq, _now())
+
+    def escalate_sync(self, alert_id: str, level: int, notify: tuple[str, ...]) -> AlertChange | None:
+        """Escalation step `level` of an alert; None when it must not fire (see lifecycle.escalate).
+
+        The row decides, under its lock: a step fires once across processes and restarts.
+        The event goes to the alert's own groups and to the step's `notify` groups.
+        """
+        with transaction.atomic():
+            seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
+            row = Alert.objects.select_for_update().filter(site=self.site, id=alert_id).first()
+            alert = lifecycle.escalate(None if row is None else _alert(row), level)
+            if alert is None:
+                transaction.set_rollback(True)
+                return None
+            _update(alert, "escalation")
+            change = self._record("escalated", alert, seq, _now())
+            return dataclasses.replace(change, groups=tuple(sorted({*alert.groups, *notify})))
+
+    def release_sync(
+        self, silence_id: str, over: Callable[[dict[str, str]], str | None]
+    ) -> list[AlertChange]:
+        """The open alerts a silence held, once it ended: each is held by `over(labels)` (another
+        silence's id) or, if none and still active, notified now (an `unsilenced` event).
+
+        Once: the rows move off the ended silence under their lock, so a second process finds none.
+        """
+        with transaction.atomic():
+            seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
+            rows = Alert.objects.select_for_update().filter(
+                site=self.site, silenced=silence_id, state__in=OPEN_STATES
+            )
+            now, changes = _now(), list[AlertChange]()
+            for row in rows.order_by("raised_at"):
+                held = _alert(row)
+                alert = lifecycle.unsilence(held, over(held.labels), now)
+                _update(alert, "silenced", "notify_from")
+                if alert.silenced is None and alert.state == "active":
+                    if changes:
+                        seq = _next_seq(self.site)  # the counter row is ours until the commit
+                    changes.append(self._record("unsilenced", alert, seq, now))
+            if not changes:
+                _give_back_seq(self.site)  # nothing to announce: no seq is skipped
+            return changes
+
+    def cover_sync(self, silence_id: str, matchers: dict[str, str]) -> int:
+        """A new silence over the open alerts it matches that no silence holds yet: their ids marked."""
+        if not matchers:
+            return 0
+        rows = Alert.objects.filter(site=self.site, state__in=OPEN_STATES, silenced__isnull=True)
+        return rows.filter(**matchers).update(silenced=silence_id)
+
+    def escalating_sync(self) -> list[AlertRecord]:
+        """The active alerts whose rule may still escalate: read at start-up for their timers."""
+        rows = Alert.objects.filter(site=self.site, state="active").order_by("raised_at")
+        return [_alert(row) for row in rows]
 
     def unsaved(
         self, event: str, rule: Rule, sensor: Sensor, value: Value | None, raised: dict[str, Any] | None
@@ -193,6 +251,10 @@ class AlertBook:
     seq = sync_to_async(seq_sync)
     events_after = sync_to_async(events_after_sync)
     snapshot = sync_to_async(snapshot_sync)
+    escalate = sync_to_async(escalate_sync)
+    release = sync_to_async(release_sync)
+    cover = sync_to_async(cover_sync)
+    escalating = sync_to_async(escalating_sync)
 
 
 def _now() -> datetime:
@@ -217,6 +279,13 @@ def _next_seq(site: str) -> int:
             cursor.execute(upsert, [site])
             cursor.execute(f"SELECT seq FROM {table} WHERE site = %s", [site])
         return int(cursor.fetchone()[0])
+
+
+def _give_back_seq(site: str) -> None:
+    """Undo this transaction's `_next_seq` (its lock is still held, so no one took a later one)."""
+    table = connection.ops.quote_name(SiteCounter._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET seq = seq - 1 WHERE site = %s", [site])
 
 
 def _insert(model: Any, conflict: tuple[str, ...] = (), **values: Any) -> None:
