@@ -13,6 +13,7 @@ gateway.engine.rules, gateway.engine.escalation); the sensor consumers apply it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ __all__ = ["GROUP", "ModeError", "SilenceError", "SiteAlerting"]
 
 # Every process's follower and dashboard hub, and whoever else announces these changes.
 GROUP = "site"
+READY_WAIT = 10.0
 log = logs.alerts
 
 
@@ -64,6 +66,9 @@ class SiteAlerting:
         self._expiry: asyncio.TimerHandle | None = None
         self._switch: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set once the protocol servers are up (gateway.server): an end or a switch due at start-up
+        # waits for it, so the sensors' consumers are there to run the actions it brings.
+        self.servers_ready = asyncio.Event()
         metrics.silences_active.set_function(lambda: len(self.silences))
 
     # State
@@ -232,7 +237,13 @@ class SiteAlerting:
         wait = min(max(0.0, end - time.time()), MAX_SILENCE)
         self._expiry = loop.call_later(wait, lambda: self._spawn(self._expire()))
 
+    async def _up(self) -> None:
+        if not self.servers_ready.is_set():
+            with contextlib.suppress(TimeoutError):  # a broker that is away does not keep silences on
+                await asyncio.wait_for(self.servers_ready.wait(), READY_WAIT)
+
     async def _expire(self) -> None:
+        await self._up()
         now = time.time()
         for silence in [s for s in self.silences.values() if s.ends_at <= now]:
             try:
@@ -304,6 +315,7 @@ class SiteAlerting:
 
     async def _scheduled(self, switch: Switch, at: float) -> None:
         self._switch = None
+        await self._up()
         if time.time() < at:  # woke early (the wall clock moved): wait for the moment itself
             self._arm_switch()
             return

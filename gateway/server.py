@@ -322,6 +322,8 @@ class Gateway:
 
     async def _announce_ready(self) -> None:
         await self.servers.ready()
+        if self.runtime is not None:
+            self.runtime.alerting.servers_ready.set()
         settle_heap()
         self.ready.set()
         log.info(
