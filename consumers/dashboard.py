@@ -43,7 +43,16 @@ def _dumps(obj: Any) -> str:
 
 # autobahn allows applications 1000 or 3000-4999 only: 1012 (service restart) becomes 4012.
 CLOSE_SERVICE_RESTART = 4012
-ALERT_EVENTS = frozenset({"alert.raised", "alert.acknowledged", "alert.cleared", "alert.repeated"})
+ALERT_EVENTS = frozenset(
+    {
+        "alert.raised",
+        "alert.acknowledged",
+        "alert.cleared",
+        "alert.repeated",
+        "alert.escalated",
+        "alert.unsilenced",
+    }
+)
 
 
 class Hub:
