@@ -99,43 +99,6 @@ escalate = [{ after = "2500ms", actions = [{ topic = "zigbee2mqtt/siren/set", pa
 """
 
 
-async def test_a_two_hour_silence_holds_back_every_notification_of_a_flapping_door(
-    watched: tuple[Any, Watcher],
-) -> None:
-    gw, watcher = watched
-    ws = await ws_connect(gw)
-    assert (await recv_json(ws))["silences"] == []
-    await ws.send(json.dumps({"type": "silence", "zone": "house", "for": "2h", "comment": "painting"}))
-    created = await recv_until(ws, lambda m: m.get("type") == "silence")
-    silence = created["silence"]
-    assert created["event"] == "created" and silence["zone"] == "house" and silence["created_by"] == "web:ops"
-    announced = await watcher.next("gateway/test/alerts")
-    assert announced == {"type": "silence", "event": "created", "silence": silence}
-    cycles = 20
-    for n in range(cycles):
-        await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
-        raised = await recv_until(ws, alert_event("raised"))
-        assert raised["alert"]["silenced"] == silence["id"], n
-        await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":true}')
-        await recv_until(ws, alert_event("cleared"))
-    # Still raised and shown everywhere: 20 raises and 20 clears went out on gateway/test/alerts.
-    held = metric(gw, 'gateway_notifications_suppressed_total{event="raised"}')
-    held += metric(gw, 'gateway_notifications_suppressed_total{event="cleared"}')
-    assert held == 2 * cycles
-    # The door opens once more and stays open; the silence is removed: it is notified now,
-    # and the siren's first command since the silence began is for that alert.
-    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
-    last = (await recv_until(ws, alert_event("raised")))["alert"]
-    await ws.send(json.dumps({"type": "unsilence", "silence": silence["id"]}))
-    ended = await recv_until(ws, lambda m: m.get("type") == "silence")
-    assert ended["event"] == "ended" and ended["silence"]["id"] == silence["id"]
-    unsilenced = await recv_until(ws, alert_event("unsilenced"))
-    assert unsilenced["alert"]["id"] == last["id"] and unsilenced["alert"]["silenced"] is None
-    assert await watcher.next(SIREN) == {"state": "ON", "alert": last["id"]}
-    assert metric(gw, "gateway_silences_active ") == 0
-    await ws.close()
-
-
 async def test_escalation_fires_each_step_once_and_stops_at_the_acknowledgement(
     watched: tuple[Any, Watcher],
 ) -> None:
