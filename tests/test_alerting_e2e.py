@@ -85,17 +85,25 @@ sensor = "leak"
 when = { equals = true }
 clear = { equals = false }
 severity = "critical"
-escalate = [
-  { after = "2s", notify = ["alerts.oncall"], actions = [{ topic = "zigbee2mqtt/siren/set", payload = '{"step":1,"alert":"{alert.id}"}' }] },
-  { after = "3s", notify = ["alerts.neighbour"] },
-]
+
+[[rules.escalate]]
+after = "2s"
+notify = ["alerts.oncall"]
+actions = [{ topic = "zigbee2mqtt/siren/set", payload = '{"step":1,"alert":"{alert.id}"}' }]
+
+[[rules.escalate]]
+after = "3s"
+notify = ["alerts.neighbour"]
 
 [[rules]]
 id = "smoke-seen"
 sensor = "smoke"
 when = { equals = true }
 severity = "critical"
-escalate = [{ after = "2500ms", actions = [{ topic = "zigbee2mqtt/siren/set", payload = '{"step":"smoke"}' }] }]
+
+[[rules.escalate]]
+after = "2500ms"
+actions = [{ topic = "zigbee2mqtt/siren/set", payload = '{"step":"smoke"}' }]
 """
 
 
