@@ -115,7 +115,7 @@ class SiteAlerting:
             log.info(
                 "mode %s: the schedule switched to it at %s while the gateway was stopped", switch.mode, at
             )
-            await self._store_mode(switch.mode, "schedule", at.timestamp())
+            await self._store_mode(switch.mode, "schedule", at.timestamp(), once=True)
 
     def _missed_switch(self, stored: dict[str, Any] | None) -> tuple[datetime, Switch] | None:
         switches = self._switches()
@@ -274,8 +274,10 @@ class SiteAlerting:
         await self._store_mode(mode, by, time.time())
         return self.mode_json()
 
-    async def _store_mode(self, mode: str, by: str, at: float) -> None:
-        stored = await self.store.set_mode(mode, by, _moment(at))
+    async def _store_mode(self, mode: str, by: str, at: float, once: bool = False) -> None:
+        stored = await self.store.set_mode(mode, by, _moment(at), once)
+        if stored is None:
+            return  # a schedule's switch that another process made: its announcement comes here too
         self._apply_mode(stored)
         log.info("mode %s set by %s", mode, by)
         text = _dumps({"type": "mode", **self.mode_json()})
@@ -321,7 +323,7 @@ class SiteAlerting:
             return
         try:
             if switch.mode != self.mode:
-                await self._store_mode(switch.mode, "schedule", at)
+                await self._store_mode(switch.mode, "schedule", at, once=True)
         except Exception as err:
             log.error("schedule: could not switch to %s (%s)", switch.mode, err)
         self._arm_switch()
