@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from gateway.engine.alerts import new_id
+from gateway.engine.alerts import iso, new_id
 from gateway.engine.policy import ModeError
 from gateway.engine.schedules import Switch, last_switch, next_switch
 from gateway.engine.silences import MAX_SILENCE, Silence, SilenceError, parse_silence, silencing
@@ -65,6 +65,7 @@ class SiteAlerting:
         self.listeners: set[Callable[[str], None]] = set()
         self._expiry: asyncio.TimerHandle | None = None
         self._switch: asyncio.TimerHandle | None = None
+        self.next_switch: dict[str, Any] | None = None  # {"mode", "at"}: the schedules' next switch
         self._tasks: set[asyncio.Task[Any]] = set()
         # Set once the protocol servers are up (gateway.server): an end or a switch due at start-up
         # waits for it, so the sensors' consumers are there to run the actions it brings.
@@ -301,6 +302,7 @@ class SiteAlerting:
         if self._switch is not None:
             self._switch.cancel()
             self._switch = None
+        self.next_switch = None
         switches = self._switches()
         if not switches:
             return
@@ -312,6 +314,7 @@ class SiteAlerting:
         if upcoming is None:
             return
         at, switch = upcoming
+        self.next_switch = {"mode": switch.mode, "at": iso(at)}
         wait = max(0.0, at.timestamp() - time.time())
         self._switch = loop.call_later(wait, lambda: self._spawn(self._scheduled(switch, at.timestamp())))
 
