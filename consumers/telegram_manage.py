@@ -251,7 +251,9 @@ class ManageCommands(TelegramConsumer):
         for silence_id in ids:
             self._made("ended", silence_id)
             row = await self.runtime.alerting.end_silence(silence_id, acknowledged_by(event["from"]))
-            if row is not None:
+            if row is None:
+                self.made.discard(("ended", silence_id))  # ended meanwhile: announced without us
+            else:
                 ended.append(f"{row['id']} ({describe(row)})")
         if not ended:
             await self._bad("unmute", f"No active silence for {name!r}.\n{UNMUTE_USAGE}")

@@ -24,6 +24,7 @@ from tests.conftest import (
     publish,
     recv_json,
     recv_until,
+    until,
     ws_connect,
 )
 from tests.telegram_standin import BotApiStandin
@@ -37,6 +38,7 @@ from tests.test_telegram import (
     buttons,
     say,
     start,
+    stop,
     telegram_toml,
     to_chat,
 )
@@ -159,8 +161,7 @@ async def test_mute_zone_holds_telegram_and_unmute_sends_the_held_alert(
     assert "No active silence for 'house'" in await say(standin, ALICE, "/unmute house")
 
     # Acknowledging edits the message that was sent on unmute.
-    door = texts(standin, ALICE, door_id)
-    assert len(door) == 1
+    assert len(texts(standin, ALICE, door_id)) == 1
     await say(standin, ALICE, f"/ack {door_id}")
     edit = (await standin.wait_sent(1, method="editMessageText", chat_id=ALICE))[-1]
     assert edit["message_id"] == (await message_about(standin, ALICE, door_id))["message_id"]
@@ -289,4 +290,34 @@ async def test_escalation_reaches_the_oncall_chat_only_and_stops_on_ack(
     assert texts(standin, ALICE, "Escalated") == [] and len(texts(standin, BOB, leak_id)) == 1
     _, body = http_get(f"{gw.url}/api/alerts?state=cleared", OPS)
     assert [a["escalation"] for a in body["alerts"]] == [1]
+    await ws.close()
+
+
+async def test_catch_up_after_a_restart_skips_silenced_raises(
+    gateway_factory: GatewayFactory, standin: BotApiStandin
+) -> None:
+    gw = await gateway(gateway_factory, standin, [ALICE])
+    await say(standin, ALICE, "/subscribe")
+    silence_id = (await say(standin, ALICE, "/mute house 1h")).rsplit("/unmute ", 1)[1].rstrip(")")
+    assert await stop(gw) == 0
+    gw.start(wait=False)
+    # MQTT and the web are up long before aiogram is loaded: raise both alerts in between.
+    await until(lambda: gw.log.count("ready in") == 2, what="ready")
+    assert "polling as" not in gw.log.split("ready in")[-1]
+    ws = await ws_connect(gw)
+    await recv_json(ws)
+    await publish(gw.mqtt_port, DOOR, '{"contact": false}')
+    door = (await recv_until(ws, alert_event("raised")))["alert"]
+    assert door["silenced"] == silence_id  # the silence survived the restart
+    await publish(gw.mqtt_port, BOILER, '{"temp": {"water": 91}}')
+    boiler_id = (await recv_until(ws, alert_event("raised")))["alert"]["id"]
+
+    # The chat catches up on both events: the boiler's is sent, the silenced door's is not.
+    assert "WARNING: Boiler at 91" in (await message_about(standin, ALICE, boiler_id, timeout=30))["text"]
+    assert "catching up on 2 alert events" in gw.log
+    assert texts(standin, ALICE, door["id"]) == []
+    assert "/unmute" in await say(standin, ALICE, "/silences")
+    await say(standin, ALICE, f"/unmute {silence_id}")
+    back = await message_about(standin, ALICE, "No longer muted", door["id"])
+    assert len(texts(standin, ALICE, door["id"])) == 1 and back["text"].count("Front door opened") == 1
     await ws.close()
