@@ -83,7 +83,9 @@ def _epoch(stamp: str) -> float:
 async def test_silence_made_over_http_holds_an_alert_and_its_end_notifies_it(gw: GatewayProcess) -> None:
     ws = await ws_connect(gw)
     await recv_json(ws)  # hello
-    status, body = api(gw, "POST", "/api/silences", {"sensor": "front-door", "for": "1h", "comment": "fixing"})
+    status, body = api(
+        gw, "POST", "/api/silences", {"sensor": "front-door", "for": "1h", "comment": "fixing"}
+    )
     assert status == 201, body
     silence = body["silence"]
     assert set(silence) == SILENCE_KEYS
