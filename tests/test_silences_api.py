@@ -7,6 +7,7 @@ import http.client
 import json
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,9 +31,8 @@ MODES = ["home", "away", "night"]
 OPS = "ops-secret-token"
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    workdir = tmp_path_factory.mktemp("silences")
+def modes_gateway(workdir: Path, extra: str = "") -> GatewayProcess:
+    """A started gateway on BASE_CONFIG with modes home, away and night (home at first)."""
     http_port, mqtt_port = free_port(), free_port()
     text = BASE_CONFIG.format(
         site="test",
@@ -45,9 +45,15 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
         protocol="auto",
     )
     modes = 'modes = ["home", "away", "night"]\nmode = "home"\n'
-    (workdir / "gateway.toml").write_text(text.replace("[gateway]\n", "[gateway]\n" + modes, 1))
+    (workdir / "gateway.toml").write_text(text.replace("[gateway]\n", "[gateway]\n" + modes, 1) + extra)
     gateway = GatewayProcess(workdir, workdir / "gateway.toml", http_port, mqtt_port)
     gateway.start()
+    return gateway
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    gateway = modes_gateway(tmp_path_factory.mktemp("silences"))
     yield gateway
     gateway.kill()
 
