@@ -62,7 +62,11 @@ async def test_mute_an_alert_and_a_sensor_then_unmute(gw: GatewayProcess, browse
     assert "by web:ops" in (await listed.locator(".meta").text_content() or "")
     assert await page.text_content("#silences-count") == "1"
     [silence] = _silences(gw)
-    assert (silence["sensor"], silence["rule"], silence["created_by"]) == ("front-door", "door-opened", "web:ops")
+    assert (silence["sensor"], silence["rule"], silence["created_by"]) == (
+        "front-door",
+        "door-opened",
+        "web:ops",
+    )
     # Its rule on its sensor only: the door's tile can still be muted as a whole.
     door_tile = page.locator('[data-sensor-id="front-door"]')
     assert await door_tile.locator(".muted-badge").is_hidden()
@@ -79,7 +83,11 @@ async def test_mute_an_alert_and_a_sensor_then_unmute(gw: GatewayProcess, browse
     await listed.wait_for(state="detached")
     await alert.locator(".muted-badge").wait_for(state="detached")
     assert "is-muted" not in (await alert.get_attribute("class") or "")
-    await page.locator("#silences .silence", has_text="sensor boiler").get_by_role("button", name="Unmute").click()
+    await (
+        page.locator("#silences .silence", has_text="sensor boiler")
+        .get_by_role("button", name="Unmute")
+        .click()
+    )
     await page.locator("#silences-empty").wait_for()
     await boiler.locator(".muted-badge").wait_for(state="hidden")
     assert await boiler.get_by_role("button", name="Mute Boiler for 1 hour").is_visible()
@@ -99,7 +107,9 @@ async def test_a_silence_made_over_http_appears_live_and_escalation_is_marked(
     hot = page.locator("#active .alert", has_text="Boiler at 90")
     await hot.wait_for()
 
-    status, body = api(gw, "POST", "/api/silences", {"zone": "cellar", "for": "2h", "comment": "service visit"})
+    status, body = api(
+        gw, "POST", "/api/silences", {"zone": "cellar", "for": "2h", "comment": "service visit"}
+    )
     assert status == 201
     silence = body["silence"]
     listed = page.locator(f'#silences [data-silence-id="{silence["id"]}"]')
