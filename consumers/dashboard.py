@@ -335,12 +335,18 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
             await self.runtime.alerting.create_silence(request, self.by)
         except SilenceError as err:
             await self._error(f"silence: {err}")
+        except Exception as err:  # the database: the socket stays, and the user hears of it
+            await self._failed("silence", err)
         # The "created" event reaches every socket, this one too, through the group.
 
     async def _unsilence(self, silence_id: Any) -> None:
         if not isinstance(silence_id, str) or not silence_id:
             return await self._error('unsilence needs "silence": the silence id')
-        if await self.runtime.alerting.end_silence(silence_id, self.by) is None:
+        try:
+            ended = await self.runtime.alerting.end_silence(silence_id, self.by)
+        except Exception as err:
+            return await self._failed("unsilence", err)
+        if ended is None:
             await self._error(f"unsilence: no active silence {silence_id[:40]!r}")
 
     async def _mode(self, mode: Any) -> None:
@@ -348,6 +354,13 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
             await self.runtime.alerting.set_mode(mode, self.by)
         except ModeError as err:
             await self._error(f"mode: {err}")
+        except Exception as err:
+            await self._failed("mode", err)
+
+    async def _failed(self, what: str, err: Exception) -> None:
+        logs.web.error("%s from %s failed: %s", what, self.by, err)
+        error = f"{what}: the gateway could not do it now; try again"
+        await self.send(text_data=_dumps({"type": "error", "error": error}))
 
     async def _resume(self, after: Any) -> None:
         if type(after) is not int or after < 0:

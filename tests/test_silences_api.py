@@ -140,6 +140,7 @@ BAD_SILENCES = [
     ({"severity": "huge", "for": "1h"}, "severity must be one of"),
     ({"zone": "house", "for": "1h", "until": "never"}, "unknown key 'until'"),
     ({"zone": "house", "for": "1h", "comment": "x" * 600}, "longer than 500"),
+    ({"sensor": "s" * 129, "for": "1h"}, "sensor is longer than 128 characters"),
 ]
 
 
