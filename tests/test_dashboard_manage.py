@@ -144,7 +144,7 @@ async def test_the_mode_selector_switches_the_site_and_follows_other_changes(
     gw: GatewayProcess, browser: Any
 ) -> None:
     page = await open_dashboard(browser, gw, token="ops-secret-token")
-    select = page.get_by_label("Mode")
+    select = page.get_by_label("Mode", exact=True)
     await select.wait_for()
     current = api(gw, "GET", "/api/mode")[1]["mode"]
     assert await select.input_value() == current
