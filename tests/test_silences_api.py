@@ -14,13 +14,16 @@ import pytest
 
 from tests.conftest import (
     BASE_CONFIG,
+    GatewayFactory,
     GatewayProcess,
+    Service,
     alert_event,
     free_port,
     metric,
     publish,
     recv_json,
     recv_until,
+    until,
     ws_connect,
 )
 from tests.test_security import _login, request
@@ -293,3 +296,40 @@ async def test_bad_websocket_requests_get_an_error_and_the_socket_stays(gw: Gate
     await ws.send('{"type":"ping"}')
     assert (await recv_until(ws, lambda m: m["type"] == "pong"))["type"] == "pong"
     await ws.close()
+
+
+async def test_split_processes_hear_each_others_changes_over_redis(
+    gateway_factory: GatewayFactory, mosquitto: Service, redis_server: Service
+) -> None:
+    """`--protocol web` and `--protocol mqtt` on Redis: what is changed on one reaches every dashboard."""
+    broker, layer = f"mqtt://127.0.0.1:{mosquitto.port}", f"redis://127.0.0.1:{redis_server.port}/0"
+    web = gateway_factory(mqtt_url=broker, layer=layer, start=False)
+    config = web.config_path.read_text().replace("[gateway]\n", '[gateway]\nmodes = ["home", "away"]\n', 1)
+    web.config_path.write_text(config)
+    web.start(protocols=("web",))
+    mqtt_only = gateway_factory(mqtt_url=broker, layer=layer, start=False, name="mq")
+    mqtt_only.config_path.write_text(config)
+    mqtt_only.start(protocols=("mqtt",), wait=False)
+    first, second = await ws_connect(web), await ws_connect(web, token="kiosk-secret-token")
+    for ws in (first, second):
+        hello = await recv_json(ws)
+        assert (hello["mode"], hello["modes"], hello["silences"]) == ("home", ["home", "away"], [])
+    await until(lambda: "ready in" in mqtt_only.log, what="the MQTT process")
+
+    status, body = api(web, "POST", "/api/silences", {"sensor": "front-door", "for": "1h"})
+    assert status == 201
+    for ws in (first, second):
+        created = await recv_until(ws, lambda m: m["type"] == "silence")
+        assert created == {"type": "silence", "event": "created", "silence": body["silence"]}
+    await first.send(json.dumps({"type": "mode", "mode": "away"}))
+    for ws in (first, second):
+        mode = await recv_until(ws, lambda m: m["type"] == "mode")
+        assert (mode["mode"], mode["changed_by"]) == ("away", "web:ops")
+    await second.send(json.dumps({"type": "unsilence", "silence": body["silence"]["id"]}))
+    for ws in (first, second):
+        ended = await recv_until(ws, lambda m: m["type"] == "silence")
+        assert ended["event"] == "ended" and ended["silence"]["id"] == body["silence"]["id"]
+    assert api(web, "GET", "/api/mode")[1]["mode"] == "away"
+    assert api(web, "GET", "/api/silences")[1] == {"silences": []}
+    await first.close()
+    await second.close()
