@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from playwright.async_api import expect
 
 from tests.conftest import GatewayFactory, GatewayProcess, publish
 from tests.test_dashboard import open_dashboard
@@ -156,12 +157,12 @@ async def test_the_mode_selector_switches_the_site_and_follows_other_changes(
     await page.locator(".toast", has_text=f"Mode: {target} (set by web:ops)").wait_for()
     mode = api(gw, "GET", "/api/mode")[1]
     assert (mode["mode"], mode["changed_by"]) == (target, "web:ops")
-    assert await select.input_value() == target
+    await expect(select).to_have_value(target)  # the page renders on its next frame
 
     # Switched elsewhere (a script over HTTP): the selector follows without a reload.
     assert api(gw, "POST", "/api/mode", {"mode": "home"})[0] == 200
     await page.locator(".toast", has_text="Mode: home (set by api:ops)").wait_for()
-    assert await select.input_value() == "home"
+    await expect(select).to_have_value("home")
     assert page.errors == []
 
 
