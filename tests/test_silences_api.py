@@ -26,7 +26,7 @@ from tests.conftest import (
     until,
     ws_connect,
 )
-from tests.test_security import _login, request
+from tests.test_security import TOKENS_LINE, _login, request
 
 DOOR = "zigbee2mqtt/front_door"
 SILENCE_KEYS = {"id", "sensor", "zone", "rule", "severity", "comment", "created_by", "created_at", "ends_at"}
@@ -333,3 +333,29 @@ async def test_split_processes_hear_each_others_changes_over_redis(
     assert api(web, "GET", "/api/silences")[1] == {"silences": []}
     await first.close()
     await second.close()
+
+
+async def test_without_tokens_changes_name_the_protocol_alone(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(start=False)
+    gw.config_path.write_text(gw.config_path.read_text().replace(TOKENS_LINE, ""))
+    gw.start()
+    status, body = api(gw, "POST", "/api/silences", {"zone": "house", "for": "5m"}, token=None)
+    assert status == 201 and body["silence"]["created_by"] == "api"
+    ws = await ws_connect(gw, token=None)
+    hello = await recv_json(ws)
+    assert hello["silences"] == [body["silence"]] and (hello["mode"], hello["modes"]) == ("", [])
+    await ws.send(json.dumps({"type": "unsilence", "silence": body["silence"]["id"]}))
+    await recv_until(ws, lambda m: m["type"] == "silence")
+    await ws.send(json.dumps({"type": "silence", "sensor": "boiler", "for": "5m"}))
+    created = await recv_until(ws, lambda m: m["type"] == "silence")
+    assert created["event"] == "created" and created["silence"]["created_by"] == "web"
+    # Modes are off: the mode cannot be set, and says why.
+    assert api(gw, "GET", "/api/mode", token=None) == (
+        200,
+        {"mode": "", "modes": [], "changed_by": None, "changed_at": None},
+    )
+    status, body = api(gw, "POST", "/api/mode", {"mode": "away"}, token=None)
+    assert status == 400 and "modes are off" in body["error"] and body["modes"] == []
+    await ws.send(json.dumps({"type": "mode", "mode": "away"}))
+    assert "modes are off" in (await recv_until(ws, lambda m: m["type"] == "error"))["error"]
+    await ws.close()
