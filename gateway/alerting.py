@@ -95,6 +95,7 @@ class SiteAlerting:
             "modes": self.modes,
             "changed_by": self.changed_by,
             "changed_at": self.changed_at,
+            "next_switch": self.next_switch,
         }
 
     # Start-up

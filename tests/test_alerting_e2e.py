@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -107,6 +111,43 @@ actions = [{ topic = "zigbee2mqtt/siren/set", payload = '{"step":"smoke"}' }]
 """
 
 
+async def test_a_two_hour_silence_holds_back_every_notification_of_a_flapping_door(
+    watched: tuple[Any, Watcher],
+) -> None:
+    gw, watcher = watched
+    ws = await ws_connect(gw)
+    assert (await recv_json(ws))["silences"] == []
+    await ws.send(json.dumps({"type": "silence", "zone": "house", "for": "2h", "comment": "painting"}))
+    created = await recv_until(ws, lambda m: m.get("type") == "silence")
+    silence = created["silence"]
+    assert created["event"] == "created" and silence["zone"] == "house" and silence["created_by"] == "web:ops"
+    # MQTT-OUT-SILENCE announced = await watcher.next("gateway/test/alerts")
+    # MQTT-OUT-SILENCE assert announced == {"type": "silence", "event": "created", "silence": silence}
+    cycles = 20
+    for n in range(cycles):
+        await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
+        raised = await recv_until(ws, alert_event("raised"))
+        assert raised["alert"]["silenced"] == silence["id"], n
+        await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":true}')
+        await recv_until(ws, alert_event("cleared"))
+    # Still raised and shown everywhere: 20 raises and 20 clears went out on gateway/test/alerts.
+    held = metric(gw, 'gateway_notifications_suppressed_total{event="raised"}')
+    held += metric(gw, 'gateway_notifications_suppressed_total{event="cleared"}')
+    assert held == 2 * cycles
+    # The door opens once more and stays open; the silence is removed: it is notified now,
+    # and the siren's first command since the silence began is for that alert.
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
+    last = (await recv_until(ws, alert_event("raised")))["alert"]
+    await ws.send(json.dumps({"type": "unsilence", "silence": silence["id"]}))
+    ended = await recv_until(ws, lambda m: m.get("type") == "silence")
+    assert ended["event"] == "ended" and ended["silence"]["id"] == silence["id"]
+    unsilenced = await recv_until(ws, alert_event("unsilenced"))
+    assert unsilenced["alert"]["id"] == last["id"] and unsilenced["alert"]["silenced"] is None
+    assert await watcher.next(SIREN) == {"state": "ON", "alert": last["id"]}
+    assert metric(gw, "gateway_silences_active ") == 0
+    await ws.close()
+
+
 async def test_escalation_fires_each_step_once_and_stops_at_the_acknowledgement(
     watched: tuple[Any, Watcher],
 ) -> None:
@@ -136,3 +177,66 @@ async def test_escalation_fires_each_step_once_and_stops_at_the_acknowledgement(
     assert (two["alert"]["id"], two["level"]) == (second["id"], 2)
     assert metric(gw, "gateway_escalation_steps_total") == 3
     await ws.close()
+
+
+MODES = """
+[[rules]]
+id = "hall-motion"
+sensor = "front-door"
+when = { equals = false }
+severity = "warning"
+modes = ["night"]
+message = "Door opened at night"
+"""
+
+
+def _api(gw: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(gw.url + path, data=data, method=method)
+    request.add_header("Authorization", "Bearer ops-secret-token")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+async def test_a_switch_that_fell_while_stopped_sets_the_mode_at_start(
+    gateway_factory: GatewayFactory,
+) -> None:
+    # Night begins every day at the minute an hour ago (local time of the machine).
+    zone = datetime.now().astimezone().tzinfo
+    an_hour_ago = (datetime.now(zone) - timedelta(hours=1)).strftime("%H:%M")
+    in_an_hour = (datetime.now(zone) + timedelta(hours=1)).strftime("%H:%M")
+    schedules = (
+        f'\n[[schedules]]\nmode = "night"\nat = "{an_hour_ago}"\n'
+        f'\n[[schedules]]\nmode = "home"\nat = "{in_an_hour}"\n'
+    )
+    gw = gateway_factory(start=False, extra=MODES + schedules)
+    gw.config_path.write_text(
+        gw.config_path.read_text().replace("[gateway]\n", '[gateway]\nmodes = ["home", "night"]\n', 1)
+    )
+    gw.start()
+    # First start: the configured mode (the first), whatever the schedule did before.
+    status, mode = _api(gw, "GET", "/api/mode")
+    assert status == 200 and mode["mode"] == "home" and mode["changed_by"] is None
+    assert mode["next_switch"]["mode"] == "home"
+    # Set by hand; the rule of the night mode holds back; a stop of two hours (the stored time moved back).
+    assert _api(gw, "POST", "/api/mode", {"mode": "home"})[0] == 200
+    ws = await ws_connect(gw)
+    await recv_json(ws)
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
+    raised = await recv_until(ws, alert_event("raised"))
+    assert raised["alert"]["rule"] == "door-opened"  # the mode-less rule; hall-motion held back
+    await ws.close()
+    assert metric(gw, 'gateway_raises_suppressed_by_mode_total{rule="hall-motion"}') == 1
+    assert gw.stop() == 0
+    two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).isoformat(sep=" ")
+    with sqlite3.connect(gw.workdir / "var" / "gateway.sqlite3") as db:
+        db.execute("UPDATE gateway_sitemode SET changed_at = ?", (two_hours_ago,))
+    gw.start()
+    status, mode = _api(gw, "GET", "/api/mode")
+    assert status == 200 and mode["mode"] == "night" and mode["changed_by"] == "schedule"
+    assert mode["changed_at"].startswith(datetime.now(UTC).date().isoformat()[:4])
+    assert mode["next_switch"]["mode"] == "home"

@@ -206,7 +206,7 @@ def test_the_dashboard_cookie_needs_the_csrf_token_as_for_ack(gw: GatewayProcess
 
 async def test_mode_over_http_is_announced_and_unknown_ones_are_refused(gw: GatewayProcess) -> None:
     status, mode = api(gw, "GET", "/api/mode")
-    assert status == 200 and set(mode) == {"mode", "modes", "changed_by", "changed_at"}
+    assert status == 200 and set(mode) == {"mode", "modes", "changed_by", "changed_at", "next_switch"}
     assert mode["modes"] == MODES and mode["mode"] in MODES
     ws = await ws_connect(gw)
     await recv_json(ws)
@@ -352,7 +352,7 @@ async def test_without_tokens_changes_name_the_protocol_alone(gateway_factory: G
     # Modes are off: the mode cannot be set, and says why.
     assert api(gw, "GET", "/api/mode", token=None) == (
         200,
-        {"mode": "", "modes": [], "changed_by": None, "changed_at": None},
+        {"mode": "", "modes": [], "changed_by": None, "changed_at": None, "next_switch": None},
     )
     status, body = api(gw, "POST", "/api/mode", {"mode": "away"}, token=None)
     assert status == 400 and "modes are off" in body["error"] and body["modes"] == []
