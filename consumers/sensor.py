@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.config import Action, Rule, Sensor
 from gateway.engine.alerts import AlertChange
+from gateway.engine.display import display
 from gateway.engine.escalation import due_levels, next_deadline
 from gateway.engine.formats import FieldMissing, PayloadError, Value, parse_availability, parse_value
 from gateway.engine.rules import SensorRules, Transition
@@ -262,7 +263,8 @@ class SensorConsumer(MqttConsumer):
                     )
                 elif t.kind == "clear":
                     actions = t.rule.on_clear
-                    change = await book.clear(t.rule.id, sensor.id, t.value, self.rules.online)
+                    shown = display(t.value, sensor)
+                    change = await book.clear(t.rule.id, sensor.id, t.value, self.rules.online, shown)
                 elif silenced:
                     # A repeat is only a notification: under a silence nothing goes out.
                     metrics.notifications_suppressed.labels("repeated").inc()

@@ -81,6 +81,7 @@ def test_a_raise_is_an_active_alert_at_the_time_given() -> None:
         "cleared_at": None,
         "silenced": None,
         "escalation": None,
+        "display": "4.5",
     }
 
 
@@ -148,7 +149,13 @@ def test_an_unsaved_clear_clears_what_was_announced() -> None:
     change = AlertChange.unsaved("cleared", rule, sensor, 11, announced, T0 + timedelta(seconds=1))
     assert (change.seq, change.saved) == (0, False)
     cleared_at = "2026-12-06T14:05:10.123Z"
-    assert change.alert == {**announced, "state": "cleared", "value": 11, "cleared_at": cleared_at}
+    assert change.alert == {
+        **announced,
+        "state": "cleared",
+        "value": 11,
+        "cleared_at": cleared_at,
+        "display": "11",
+    }
     assert announced["state"] == "active"  # copied, not changed in place
 
 
@@ -168,6 +175,9 @@ def test_the_board_keeps_the_last_reading_at_the_time_given() -> None:
         "value": 4,
         "online": True,
         "updated_at": "2026-12-06T14:05:11.123Z",
+        "unit": "",
+        "device_class": "",
+        "display": "4",
         # one point a second at most: the second reading took the first one's place
         "recent": [[int(ts * 1000), 4.5], [int((ts + 2) * 1000), 4]],
     }
@@ -187,6 +197,9 @@ def test_the_board_applies_a_peers_event_unless_it_is_older() -> None:
         "value": 3,
         "online": False,
         "updated_at": "2026-12-06T14:05:10.000Z",
+        "unit": "",
+        "device_class": "",
+        "display": "3",
     }
     board.apply({"id": "tank", "value": 1, "updated_at": "not a time"})
     board.apply({"id": "elsewhere", "value": 1, "updated_at": "2026-12-06T14:05:11.000Z"})

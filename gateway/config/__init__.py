@@ -34,6 +34,7 @@ from gateway.config.alerting import (
 )
 from gateway.config.extending import Consumer, Worker, check_extensions
 from gateway.config.fields import Duration, Section, parse_duration
+from gateway.config.sensors import Sensor
 
 __all__ = [
     "Action",
@@ -262,48 +263,6 @@ class Condition(Section):
         if self.offline is False:
             raise ValueError("offline can only be true")
         return self
-
-
-class Sensor(Section):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    name: str = ""
-    zone: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]+$")
-    topic: str = Field(min_length=1)
-    format: Literal["zigbee2mqtt", "tasmota", "json", "plain"] = "json"
-    field: str = ""
-    availability_topic: str = ""
-    expire_after: Duration = 0.0
-
-    @model_validator(mode="after")
-    def _defaults(self) -> Sensor:
-        if not self.name:
-            self.name = self.id
-        if "+" in self.topic or "#" in self.topic:
-            raise ValueError("topic must be a full topic, without + or #")
-        if self.format in ("zigbee2mqtt", "json") and not self.field:
-            raise ValueError(f"field is required for format {self.format!r}")
-        if not self.availability_topic:
-            if self.format == "zigbee2mqtt":
-                self.availability_topic = f"{self.topic}/availability"
-            elif self.format == "tasmota":
-                parts = self.topic.split("/")
-                if len(parts) == 3 and parts[0] == "tele":
-                    self.availability_topic = f"tele/{parts[1]}/LWT"
-        return self
-
-    @property
-    def result_topic(self) -> str:
-        """Tasmota answers commands on `stat/<t>/RESULT`, which may carry the field too (`POWER`)."""
-        parts = self.topic.split("/")
-        if self.format == "tasmota" and self.field and len(parts) == 3 and parts[0] == "tele":
-            if parts[2] in ("SENSOR", "STATE"):
-                return f"stat/{parts[1]}/RESULT"
-        return ""
-
-    @property
-    def topics(self) -> tuple[str, ...]:
-        """Every topic the sensor listens on: state, availability, Tasmota's RESULT."""
-        return tuple(t for t in (self.topic, self.availability_topic, self.result_topic) if t)
 
 
 class Rule(Section):

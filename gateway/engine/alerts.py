@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.config import Rule, Sensor
+from gateway.engine.display import display, plain
 from gateway.engine.formats import Value
 from gateway.engine.templates import render_message
 
@@ -79,6 +80,8 @@ class AlertRecord:
     notify_from: datetime | None = None
     # The last escalation step fired (None: none yet).
     escalation: int | None = None
+    # Its value as a person reads it (gateway.engine.display), null for alerts from before it.
+    display: str | None = None
 
     @property
     def labels(self) -> dict[str, str]:
@@ -101,6 +104,7 @@ class AlertRecord:
             "cleared_at": iso(self.cleared_at),
             "silenced": self.silenced,
             "escalation": self.escalation,
+            "display": self.display if self.display is not None else plain(self.value),
         }
 
 
@@ -131,6 +135,7 @@ def raise_alert(
         raised_at=now,
         silenced=silenced,
         notify_from=now,
+        display=display(value, sensor)[:200],
     )
 
 
@@ -145,11 +150,13 @@ def acknowledge(alert_id: str, alert: AlertRecord | None, by: str, now: datetime
     return replace(alert, state="acknowledged", acknowledged_at=now, acknowledged_by=by)
 
 
-def clear(alert: AlertRecord | None, value: Value | None, now: datetime) -> AlertRecord | None:
-    """The open alert cleared by `value`; None when there is no open alert to clear."""
+def clear(
+    alert: AlertRecord | None, value: Value | None, now: datetime, shown: str | None = None
+) -> AlertRecord | None:
+    """The open alert cleared by `value` (`shown`: as it reads); None when there is none to clear."""
     if alert is None or alert.state not in OPEN_STATES:
         return None
-    return replace(alert, state="cleared", cleared_at=now, value=value)
+    return replace(alert, state="cleared", cleared_at=now, value=value, display=shown)
 
 
 def escalate(alert: AlertRecord | None, level: int) -> AlertRecord | None:
@@ -214,5 +221,5 @@ class AlertChange:
         """A raise or clear the database would not take: the alert as it would have been stored."""
         alert = dict(raised) if raised else raise_alert(rule, sensor, value, "", now).as_json()
         if event == "cleared":
-            alert.update(state="cleared", cleared_at=iso(now), value=value)
+            alert.update(state="cleared", cleared_at=iso(now), value=value, display=display(value, sensor))
         return cls.make(event, 0, alert, tuple(alert_groups(rule, sensor)), saved=False)

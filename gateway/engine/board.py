@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.config import Sensor
 from gateway.engine.alerts import iso
+from gateway.engine.display import Presented, display, plain
 from gateway.engine.formats import Value
 
 __all__ = ["SensorBoard", "SensorSnapshot"]
@@ -27,6 +28,8 @@ class SensorSnapshot:
     id: str
     name: str
     zone: str
+    # How its value reads (unit, device class, labels): its config entry.
+    presented: Presented | None = field(default=None, repr=False)
     value: Value | None = None
     online: bool | None = None
     # (epoch milliseconds, value) of recent numeric readings; in memory only.
@@ -64,6 +67,7 @@ class SensorSnapshot:
             recent.append((ms, value))
 
     def as_json(self) -> dict[str, Any]:
+        presented = self.presented
         return {
             "id": self.id,
             "name": self.name,
@@ -71,12 +75,15 @@ class SensorSnapshot:
             "value": self.value,
             "online": self.online,
             "updated_at": iso(self.updated_at),
+            "unit": presented.unit if presented else "",
+            "device_class": presented.device_class if presented else "",
+            "display": display(self.value, presented) if presented else plain(self.value),
         }
 
 
 class SensorBoard:
     def __init__(self, sensors: list[Sensor]) -> None:
-        self.sensors = {s.id: SensorSnapshot(s.id, s.name, s.zone) for s in sensors}
+        self.sensors = {s.id: SensorSnapshot(s.id, s.name, s.zone, s) for s in sensors}
 
     def configure(self, sensors: list[Sensor]) -> None:
         """After a reload: new sensors appear, removed ones go, names and zones follow the config."""
@@ -86,7 +93,7 @@ class SensorBoard:
                 del self.sensors[sensor_id]
         for sensor in sensors:
             snap = self.sensors.setdefault(sensor.id, SensorSnapshot(sensor.id, sensor.name, sensor.zone))
-            snap.name, snap.zone = sensor.name, sensor.zone
+            snap.name, snap.zone, snap.presented = sensor.name, sensor.zone, sensor
 
     def update(self, sensor_id: str, value: Value | None, online: bool | None, ts: float) -> bool:
         """Record a reading received at `ts` (epoch seconds); True when value or online state changed."""

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from gateway.config import Rule, Sensor
+from gateway.engine.display import display
 from gateway.engine.formats import Value
 from gateway.engine.text import CONTROL_CHARACTERS
 
@@ -29,6 +30,7 @@ def render_message(template: str, rule: Rule, sensor: Sensor, value: Value | Non
         "rule.id": rule.id,
         "rule.severity": rule.severity,
         "value": "" if value is None else str(value).lower() if isinstance(value, bool) else str(value),
+        "display": display(value, sensor),
         "site": site,
     }
     return fill(template, fields)

@@ -94,17 +94,23 @@ class AlertBook:
             return self._record("acknowledged", alert, seq, now)
 
     def clear_sync(
-        self, rule_id: str, sensor_id: str, value: Value | None, online: bool | None = True
+        self,
+        rule_id: str,
+        sensor_id: str,
+        value: Value | None,
+        online: bool | None = True,
+        shown: str | None = None,
     ) -> AlertChange | None:
+        """The open alert of this rule and sensor cleared by `value` (`shown`: as it reads)."""
         with transaction.atomic():
             seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
             open_alert, now = self._open(rule_id, sensor_id), _now()
-            alert = lifecycle.clear(open_alert, value, now)
+            alert = lifecycle.clear(open_alert, value, now, shown)
             if alert is None:
                 transaction.set_rollback(True)
                 return None
             self._reading(sensor_id, value, online, now)
-            _update(alert, "state", "cleared_at", "value")
+            _update(alert, "state", "cleared_at", "value", "display")
             return self._record("cleared", alert, seq, now)
 
     def repeat_sync(self, rule_id: str, sensor_id: str) -> AlertChange | None:

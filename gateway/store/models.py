@@ -33,6 +33,8 @@ class Alert(models.Model):
     notify_from = models.DateTimeField(null=True)
     # The last escalation step fired (null: none), so a restart fires none twice.
     escalation = models.PositiveSmallIntegerField(null=True)
+    # Its value as a person reads it ("open", "21.5 °C"; SPEC §11), at the raise and at the clear.
+    display = models.CharField(max_length=200, null=True)
 
     class Meta:
         indexes = [

@@ -11,6 +11,7 @@ urlpatterns = [
     path("healthz", views.healthz),
     path("metrics", views.metrics_view),
     path("api/alerts", views.alerts),
+    path("api/sensors", views.sensors),
     path("api/alerts/<str:alert_id>/ack", views.ack),
     path("api/silences", views.silences),
     path("api/silences/<str:silence_id>", views.silence),

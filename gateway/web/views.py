@@ -108,6 +108,15 @@ async def alerts(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"alerts": rows})
 
 
+@require_GET
+async def sensors(request: HttpRequest) -> JsonResponse:
+    """Every sensor as the dashboard shows it: value, `display`, `unit`, `device_class`, online."""
+    caller = await _caller(request)
+    if caller.who is None:
+        return _unauthorized(caller)
+    return JsonResponse({"sensors": _runtime(request).board.snapshot()})
+
+
 _csrf = CsrfViewMiddleware(lambda request: HttpResponse())
 
 
