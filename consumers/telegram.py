@@ -214,7 +214,7 @@ class ChatConsumer(ManageCommands):
             head = f"⏫ Escalated (level {alert.get('escalation')}): {head}"
         lines = [
             head,
-            f"Sensor: {name} ({alert['sensor']}), zone {alert['zone']}",
+            f"Sensor: {name} ({alert['sensor']}), zone {alert['zone']}: {alert.get('display', '-')}",
             f"Raised: {_when(alert['raised_at'])}",
             f"Alert id: {alert['id']}   (/ack {alert['id']})",
         ]
@@ -388,7 +388,7 @@ class ChatConsumer(ManageCommands):
         lines.append("Sensors:")
         for sensor in self.runtime.board.snapshot():
             online = {True: "online", False: "OFFLINE", None: "no data yet"}[sensor["online"]]
-            value = "-" if sensor["value"] is None else str(sensor["value"])
+            value = "-" if sensor["value"] is None else sensor["display"]
             lines.append(f"• {sensor['name']} ({sensor['zone']}): {value}, {online}")
         subs = sorted(self.groups_joined)
         lines.append(f"This chat is subscribed to: {', '.join(subs) if subs else 'nothing'}.")

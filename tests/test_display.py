@@ -9,6 +9,7 @@ import pytest
 from gateway.config import ConfigError, Sensor, parse_config
 from gateway.engine.display import display, label_key
 from gateway.engine.templates import render_message
+from tests.conftest import GatewayFactory, alert_event, http_get, publish, recv_json, recv_until, ws_connect
 
 
 def sensor(**keys: Any) -> Sensor:
@@ -104,3 +105,47 @@ def test_bad_presentation_keys_are_named(keys: dict[str, Any], message: str) -> 
     with pytest.raises(ConfigError) as info:
         sensor(**keys)
     assert message in str(info.value)
+
+
+FREEZER = """
+[[sensors]]
+id = "freezer"
+name = "Freezer"
+zone = "kitchen"
+topic = "sensors/freezer"
+format = "plain"
+unit = "°C"
+device_class = "temperature"
+
+[[rules]]
+id = "freezer-warm"
+sensor = "freezer"
+when = { above = -10 }
+message = "{sensor.name} at {display}"
+"""
+
+
+async def test_what_people_see_on_the_websocket_and_the_api(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(extra=FREEZER)
+    ws = await ws_connect(gw)
+    hello = await recv_json(ws)
+    door = next(s for s in hello["sensors"] if s["id"] == "front-door")
+    # A Zigbee2MQTT contact with no presentation keys: a door, in words.
+    assert (door["device_class"], door["display"]) == ("door", "unknown")
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')
+    raised = (await recv_until(ws, alert_event("raised")))["alert"]
+    assert (raised["value"], raised["display"]) == (False, "open")
+    tile = await recv_until(ws, lambda m: m.get("type") == "sensor" and m["sensor"]["id"] == "front-door")
+    assert tile["sensor"]["display"] == "open"
+    await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":true}')
+    cleared = (await recv_until(ws, alert_event("cleared")))["alert"]
+    assert cleared["display"] == "closed"
+    await publish(gw.mqtt_port, "sensors/freezer", "-9.5")
+    warm = (await recv_until(ws, alert_event("raised")))["alert"]
+    assert (warm["message"], warm["display"]) == ("Freezer at -9.5 °C", "-9.5 °C")
+    await ws.close()
+    status, body = http_get(f"{gw.url}/api/sensors", "ops-secret-token")
+    assert status == 200
+    freezer = next(s for s in body["sensors"] if s["id"] == "freezer")
+    assert (freezer["unit"], freezer["device_class"], freezer["display"]) == ("°C", "temperature", "-9.5 °C")
+    assert http_get(f"{gw.url}/api/sensors")[0] == 401

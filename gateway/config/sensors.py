@@ -8,7 +8,28 @@ from pydantic import Field, model_validator
 
 from gateway.config.fields import Duration, Section
 
-__all__ = ["Sensor"]
+__all__ = ["ZIGBEE2MQTT_PROPERTIES", "Sensor"]
+
+# Zigbee2MQTT's state properties of interest -> (device class, unit): what a sensor reading one
+# of them is without being told (SPEC §11), for discovered and configured sensors alike.
+ZIGBEE2MQTT_PROPERTIES: dict[str, tuple[str, str]] = {
+    "contact": ("door", ""),
+    "occupancy": ("occupancy", ""),
+    "water_leak": ("moisture", ""),
+    "smoke": ("smoke", ""),
+    "gas": ("gas", ""),
+    "carbon_monoxide": ("carbon_monoxide", ""),
+    "tamper": ("tamper", ""),
+    "battery_low": ("battery", ""),
+    "battery": ("battery", "%"),
+    "temperature": ("temperature", "°C"),
+    "humidity": ("humidity", "%"),
+    "pressure": ("pressure", "hPa"),
+    "illuminance": ("illuminance", "lx"),
+    "illuminance_lux": ("illuminance", "lx"),
+    "power": ("power", "W"),
+    "energy": ("energy", "kWh"),
+}
 
 
 class Sensor(Section):
@@ -30,6 +51,11 @@ class Sensor(Section):
     def _defaults(self) -> Sensor:
         if not self.name:
             self.name = self.id
+        if self.format == "zigbee2mqtt" and not self.device_class:
+            known = ZIGBEE2MQTT_PROPERTIES.get(self.field.rsplit(".", 1)[-1])
+            if known is not None:
+                self.device_class = known[0]
+                self.unit = self.unit or known[1]
         # Looked up as gateway.engine.display.label_key gives them: booleans and text in lower case.
         self.labels = {key.strip().lower(): text for key, text in self.labels.items()}
         if "+" in self.topic or "#" in self.topic:

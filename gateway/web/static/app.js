@@ -178,7 +178,7 @@ function updateAlertItem(node, alert) {
     meta,
     `${sensorLabel(alert)} · raised `,
     el("time", { "data-since": millis(alert.raised_at), datetime: alert.raised_at, title: clock(alert.raised_at) }),
-    ` · value ${showValue(alert.value)} · id ${alert.id}`,
+    ` · ${alert.display ?? showValue(alert.value)} · id ${alert.id}`,
   );
   const [button, mute, acked] = actions.children;
   mute.hidden = Boolean(muted);
@@ -284,7 +284,7 @@ function updateTile(tile, sensor, alerting) {
   mute.hidden = Boolean(muted);
   if (muted) tile.classList.add("is-muted");
   name.textContent = sensor.name;
-  value.textContent = showValue(sensor.value);
+  value.textContent = sensor.display ?? showValue(sensor.value);
   const [availability, updated] = foot.children;
   availability.className = `availability ${sensor.online === true ? "online" : offline ? "offline" : "unknown"}`;
   availability.textContent = sensor.online === true ? "online" : offline ? "offline" : "no data yet";
@@ -297,8 +297,9 @@ function updateTile(tile, sensor, alerting) {
     if (!chart.firstChild) append(chart, [sparkline(), el("div", { class: "spark-range" }, el("span"), el("span"))]);
     const range = draw(chart.firstChild, sensor.series, `${sensor.name}: recent values`);
     const [lo, hi] = chart.lastChild.children;
-    lo.textContent = range ? `min ${showValue(range.lo)}` : "";
-    hi.textContent = range ? `max ${showValue(range.hi)}` : "";
+    const unit = sensor.unit ? ` ${sensor.unit}` : "";
+    lo.textContent = range ? `min ${showValue(range.lo)}${unit}` : "";
+    hi.textContent = range ? `max ${showValue(range.hi)}${unit}` : "";
   }
 }
 
