@@ -46,12 +46,12 @@ def event_loop(protocols: list[str]) -> asyncio.AbstractEventLoop:
 
 
 def mqtt_devices(config: Config) -> list[Any]:
-    from consumers.site import ack_topic
+    from consumers.site import command_topics
     from gateway.asgi import consumer_devices
     from protocols.mqtt.server import Device
 
     devices = [Device(s.id, s.topics) for s in config.sensors]
-    devices.append(Device(f"site:{config.gateway.site}", (ack_topic(config.gateway.site),)))
+    devices.append(Device(f"site:{config.gateway.site}", tuple(command_topics(config.gateway.site))))
     devices += [Device(name, (topic,)) for name, topic in consumer_devices(config).items()]
     return devices
 
