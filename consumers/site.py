@@ -66,6 +66,12 @@ class SiteConsumer(MqttConsumer):
     def site(self) -> str:
         return self.runtime.config.gateway.site
 
+    async def _serve(self, *args: Any) -> None:
+        # In the group before the first event: a silence that ended while the gateway was stopped
+        # is announced as soon as the servers are up (gateway.server), maybe before mqtt.connect.
+        await self._join()
+        await super()._serve(*args)
+
     async def _join(self) -> None:
         # On the first event of whatever kind: a restarted instance gets no mqtt.connect.
         if self.channel_layer is not None and self.forwarder is None:

@@ -64,6 +64,8 @@ class SiteAlerting:
         self._expiry: asyncio.TimerHandle | None = None
         self._switch: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Timers run from start_timers(): what fell due while stopped waits for the protocol servers.
+        self._timing = False
         metrics.silences_active.set_function(lambda: len(self.silences))
 
     # State
@@ -130,10 +132,20 @@ class SiteAlerting:
         return ZoneInfo(name) if name else datetime.now().astimezone().tzinfo
 
     def start(self) -> None:
-        """Timers for silence ends and schedule switches, and the follower of other processes' changes."""
+        """The follower of other processes' changes, and the timers (start_timers)."""
+        self.follow()
+        self.start_timers()
+
+    def follow(self) -> None:
+        self._spawn(self._follow())
+
+    def start_timers(self) -> None:
+        """Timers for silence ends and schedule switches. Called once the protocol servers are up
+        (gateway.server): a silence that ended while the gateway was stopped ends now, and the
+        notifications and actions of the alerts it held must find the consumers and the broker."""
+        self._timing = True
         self._arm_expiry()
         self._arm_switch()
-        self._spawn(self._follow())
 
     def stop(self) -> None:
         for handle in (self._expiry, self._switch):
@@ -221,12 +233,12 @@ class SiteAlerting:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        if not self.silences:
+        if not self.silences or not self._timing:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # loading, before the loop serves: start() arms it
+            return  # loading, before the loop serves: start_timers() arms it
         end = min(s.ends_at for s in self.silences.values())
         # At most a week ahead (MAX_SILENCE); the loop's clock and the wall clock agree here.
         wait = min(max(0.0, end - time.time()), MAX_SILENCE)
@@ -289,7 +301,7 @@ class SiteAlerting:
             self._switch.cancel()
             self._switch = None
         switches = self._switches()
-        if not switches:
+        if not switches or not self._timing:
             return
         try:
             loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -277,3 +278,57 @@ async def test_escalation_publishes_its_step_once(
         await w.event("alert", "cleared")
         assert w.payloads("alarm/neighbour") == [f"call {raised['id']}"]
         assert metric(gw, 'gateway_escalation_steps_total{level="1"}') == 1
+
+
+async def test_what_falls_due_while_stopped_happens_once_after_a_restart(
+    gateway_factory: GatewayFactory, mosquitto: Service
+) -> None:
+    gw = managed(gateway_factory, mosquitto, escalate_after="3s")
+    port = mosquitto.port
+    door, leak = "zigbee2mqtt/siren/set", "alarm/neighbour"
+    async with Watcher(port, [f"{SITE}/alerts", f"{SITE}/mode", door, leak], "restart") as w:
+        await publish(port, f"{SITE}/mode/set", "night")
+        await w.next(lambda t, p: t == f"{SITE}/mode" and p == "night")
+        await publish(port, f"{SITE}/silence", '{"sensor":"front-door","for":"2s"}')
+        silence = (await w.event("silence", "created"))["silence"]
+        await publish(port, "zigbee2mqtt/front_door", '{"contact":false}')
+        held = (await w.event("alert", "raised"))["alert"]
+        assert held["silenced"] == silence["id"]
+        await publish(port, "zigbee2mqtt/cellar_leak", '{"water_leak":true}')
+        flood = (await w.event("alert", "raised"))["alert"]
+        assert gw.stop() == 0
+
+        # Stopped while the silence ends and the escalation step falls due: nothing to await but time.
+        due = max(stamp(silence["ends_at"]), stamp(flood["raised_at"]) + 3.0)
+        await asyncio.sleep(max(0.0, due - time.time()) + 0.2)
+        assert w.payloads(door) == [] and w.payloads(leak) == []
+        gw.start()
+
+        got = await w.events(("silence", "ended"), ("alert", "unsilenced"), ("alert", "escalated"))
+        assert got["silence", "ended"]["silence"]["id"] == silence["id"]
+        assert got["alert", "unsilenced"]["alert"]["id"] == held["id"]
+        assert (
+            got["alert", "escalated"]["alert"]["id"] == flood["id"]
+            and got["alert", "escalated"]["level"] == 1
+        )
+        await w.next(on(door))
+        await w.next(on(leak))
+        # Once each: the clears come after, with no second siren or call before their own messages.
+        await publish(port, "zigbee2mqtt/front_door", '{"contact":true}')
+        await publish(port, "zigbee2mqtt/cellar_leak", '{"water_leak":false}')
+        await w.next(lambda t, p: t == door and "OFF" in p)
+        await w.event("alert", "cleared")
+        await w.event("alert", "cleared")
+        assert [json.loads(p) for p in w.payloads(door)] == [
+            {"state": "ON", "alert": held["id"]},
+            {"state": "OFF"},
+        ]
+        assert w.payloads(leak) == [f"call {flood['id']}"]
+        # The mode came back as it was, and went out again, retained.
+        async with Watcher(port, [f"{SITE}/mode"], "after-restart") as late:
+            assert (await late.next(on(f"{SITE}/mode")))[1:] == ("night", True)
+        assert metric(gw, 'gateway_escalation_steps_total{level="1"}') == 1
+
+
+def stamp(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
