@@ -101,6 +101,11 @@ class SensorConsumer(MqttConsumer):
             return  # removed: the server ends this instance
         self.sensor = sensor
         self.rules.reconfigure(sensor, self.runtime.config.rules_for(sensor))
+        # A rule's new modes may let one the mode held back raise now; escalation steps are read
+        # from the rules as they are, so changed ones count from each alert's start as before.
+        transitions = self.rules.release_held(self.loop.time())
+        if transitions:
+            self._apply_in_order(transitions, None)
         self._schedule()
 
     def _loop_time(self, epoch: float) -> float:

@@ -157,10 +157,12 @@ class SiteAlerting:
     def reconfigure(self) -> None:
         """A reload: modes or schedules may have changed."""
         if self.modes and self.mode not in self.modes:
-            self.mode = self.runtime.config.gateway.mode
+            gone, self.mode = self.mode, self.runtime.config.gateway.mode
+            log.info("mode %s: the reloaded config has no mode %r", self.mode, gone)
             self._notify("mode")
-        elif not self.modes:
+        elif not self.modes and self.mode:
             self.mode = ""
+            self._notify("mode")
         self._arm_switch()
 
     # Silences
@@ -311,6 +313,7 @@ class SiteAlerting:
         if upcoming is None:
             return
         at, switch = upcoming
+        log.info("schedule: next switch to %s at %s", switch.mode, at.astimezone(self._zone()).isoformat())
         wait = max(0.0, at.timestamp() - time.time())
         self._switch = loop.call_later(wait, lambda: self._spawn(self._scheduled(switch, at.timestamp())))
 

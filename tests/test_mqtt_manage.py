@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -332,3 +333,41 @@ async def test_what_falls_due_while_stopped_happens_once_after_a_restart(
 
 def stamp(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+async def test_sighup_applies_modes_escalation_and_schedules(
+    gateway_factory: GatewayFactory, mosquitto: Service
+) -> None:
+    gw = managed(gateway_factory, mosquitto, escalate_after="1h")
+    port = mosquitto.port
+    async with Watcher(port, [f"{SITE}/alerts", "alarm/siren", "alarm/neighbour"], "reload") as w:
+        # At home the intruder rule holds its raise back.
+        await publish(port, "zigbee2mqtt/hall_motion", '{"occupancy":true}')
+        await until(lambda: metric(gw, SUPPRESSED) == 1, what="the raise held back")
+
+        # The rule arms at home too, the leak escalates after 1 s, and a schedule in another zone.
+        text = gw.config_path.read_text()
+        text = text.replace('modes = ["away"]', 'modes = ["home", "away"]').replace('"1h"', '"1s"')
+        text = text.replace('mode = "home"\n', 'mode = "home"\ntimezone = "Pacific/Auckland"\n', 1)
+        text += '\n[[schedules]]\nmode = "night"\nat = "03:00"\n'
+        assert gw.proc is not None
+        gw.config_path.write_text(text)
+        gw.proc.send_signal(signal.SIGHUP)
+        await until(lambda: "config reloaded" in gw.log, what="the reload")
+        assert "not applied until a restart" not in gw.log
+
+        # The motion still there raises now, as on a switch into one of its modes.
+        raised = (await w.event("alert", "raised"))["alert"]
+        assert raised["rule"] == "intruder"
+        assert (await w.next(on("alarm/siren")))[1] == f"ON {raised['id']}"
+        await publish(port, "zigbee2mqtt/cellar_leak", '{"water_leak":true}')
+        flood = (await w.event("alert", "raised"))["alert"]
+        escalated = await w.event("alert", "escalated")
+        assert escalated["alert"]["id"] == flood["id"] and escalated["level"] == 1
+        assert (await w.next(on("alarm/neighbour")))[1] == f"call {flood['id']}"
+        # The schedule is armed at 03:00 Auckland time.
+        line = next(li for li in gw.log.splitlines() if "schedule: next switch to night at" in li)
+        assert "T03:00:00+" in line, line
+
+
+SUPPRESSED = 'gateway_raises_suppressed_by_mode_total{rule="intruder"}'
