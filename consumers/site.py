@@ -111,7 +111,8 @@ class SiteConsumer(MqttConsumer):
 
     async def mqtt_connect(self, event: MqttConnectEvent) -> None:
         await self._join()
-        await self._publish_mode()
+        if self.runtime.alerting.modes:  # modes off: nothing to say (a reload turning them off clears it)
+            await self._publish_mode()
 
     # In: commands
 
@@ -241,7 +242,7 @@ class SiteConsumer(MqttConsumer):
     async def _publish_mode(self) -> None:
         """The current mode, retained (every MQTT process may: the same retained value twice is harmless).
 
-        Modes off: the retained message is cleared (an empty retained payload)."""
+        Modes turned off by a reload: the retained message is cleared (an empty retained payload)."""
         alerting = self.runtime.alerting
         mode = alerting.mode if alerting.modes else ""
         try:
