@@ -9,6 +9,7 @@ current mode's name, retained, on `gateway/<site>/mode`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -65,6 +66,23 @@ class SiteConsumer(MqttConsumer):
     @property
     def site(self) -> str:
         return self.runtime.config.gateway.site
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Ended or failed: an instance started again must not find this one's forwarder or
+            # listener still acting for the site.
+            self._leave()
+            if self.forwarder is not None:
+                with contextlib.suppress(Exception):  # the layer is away: not the cause to report
+                    await self.channel_layer.group_discard(GROUP, self.channel_name)
+
+    def _leave(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.cancel()
+        if "gateway" in getattr(self, "scope", {}):
+            self.runtime.alerting.listeners.discard(self._site_changed)
 
     async def _serve(self, *args: Any) -> None:
         # In the group before the first event: a silence that ended while the gateway was stopped
@@ -252,7 +270,5 @@ class SiteConsumer(MqttConsumer):
 
     async def mqtt_disconnect(self, event: Any) -> None:
         if event["final"]:
-            if self.forwarder is not None:
-                self.forwarder.cancel()
-            self.runtime.alerting.listeners.discard(self._site_changed)
+            self._leave()
         await super().mqtt_disconnect(event)

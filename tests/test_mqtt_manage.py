@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -371,3 +372,43 @@ async def test_sighup_applies_modes_escalation_and_schedules(
 
 
 SUPPRESSED = 'gateway_raises_suppressed_by_mode_total{rule="intruder"}'
+
+
+async def test_two_mqtt_processes_publish_each_silence_event_once(
+    gateway_factory: GatewayFactory, mosquitto: Service, redis_server: Service, tmp_path: Path
+) -> None:
+    layer = f"redis://127.0.0.1:{redis_server.port}/0"
+    database = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    procs = []
+    for name in ("a", "b"):
+        gw = gateway_factory(
+            mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}",
+            layer=layer,
+            protocol="5",
+            database=database,
+            name=name,
+            start=False,
+        )
+        # One site, two MQTT clients on a shared subscription: each command reaches one of them.
+        text = gw.config_path.read_text().replace("[gateway]\n", MODES, 1)
+        text = text.replace(
+            'client_id = "gateway-test-test"', f'client_id = "gw-{name}"\nshared_group = "edge"'
+        )
+        gw.config_path.write_text(text)
+        gw.start()
+        procs.append(gw)
+    port = mosquitto.port
+    async with Watcher(port, [f"{SITE}/alerts"], "pair") as w:
+        await publish(port, f"{SITE}/silence", '{"severity":"info","for":"1h"}')
+        silence = (await w.event("silence", "created"))["silence"]
+        for gw in procs:  # both apply it
+            await until(lambda gw=gw: metric(gw, "gateway_silences_active") == 1, what="the silence in both")
+        await publish(port, f"{SITE}/unsilence", silence["id"])
+        await w.event("silence", "ended")
+        for gw in procs:
+            await until(lambda gw=gw: metric(gw, "gateway_silences_active") == 0, what="the end in both")
+        events = [json.loads(p) for p in w.payloads(f"{SITE}/alerts")]
+        assert [(e["type"], e["event"]) for e in events] == [("silence", "created"), ("silence", "ended")]
+        await publish(port, f"{SITE}/mode/set", "night")
+    async with Watcher(port, [f"{SITE}/mode"], "pair-mode") as late:
+        await late.next(lambda t, p: p == "night")
