@@ -131,13 +131,31 @@ class SiteAlerting:
         name = self.runtime.config.gateway.timezone
         return ZoneInfo(name) if name else datetime.now().astimezone().tzinfo
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """The follower of other processes' changes, and the timers (start_timers)."""
-        self.follow()
+        await self.follow()
         self.start_timers()
 
-    def follow(self) -> None:
-        self._spawn(self._follow())
+    async def follow(self) -> None:
+        """Join the group `site` now (before the servers start: no change another process makes
+        once this one is up is missed), and follow it from now on."""
+        layer = self.runtime.layer
+        channel = await layer.new_channel()
+        try:
+            await layer.group_add(GROUP, channel)  # renewed by the layer (gateway.layers.redis.RedisLayer)
+        except Exception as err:  # the layer is away: the membership is made when it is back
+            log.warning("could not join the group %s yet (%s)", GROUP, err)
+            self._spawn(self._join_later(channel))
+        self._spawn(self._follow(channel))
+
+    async def _join_later(self, channel: str) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.runtime.layer.group_add(GROUP, channel)
+                return
+            except Exception:
+                continue
 
     def start_timers(self) -> None:
         """Timers for silence ends and schedule switches. Called once the protocol servers are up
@@ -331,10 +349,8 @@ class SiteAlerting:
 
     # Other processes' changes (and this one's, which change nothing here the second time)
 
-    async def _follow(self) -> None:
+    async def _follow(self, channel: str) -> None:
         layer = self.runtime.layer
-        channel = await layer.new_channel()
-        await layer.group_add(GROUP, channel)  # renewed by the layer (gateway.layers.redis.RedisLayer)
         while True:
             try:
                 message = await layer.receive(channel)

@@ -163,7 +163,7 @@ class Gateway:
             if self.notifier.enabled:
                 self._systemd = asyncio.ensure_future(self.systemd.run())
             await self._start_runtime(runtime)
-            runtime.alerting.follow()
+            await runtime.alerting.follow()
             self.backends = Servers(self.backend_servers())
             self.servers = Servers(self.protocol_servers(application, runtime))
             await self.backends.start()
