@@ -1,4 +1,5 @@
-"""`AlertSocket`: `/ws/alerts/` (README, Protocols): hello, alert and sensor events, ack, resume, ping."""
+"""`AlertSocket`: `/ws/alerts/` (README, Protocols): hello, alert and sensor events, ack, resume, ping,
+and the site's silences and mode (SPEC §10)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from gateway.alerting import GROUP as SITE_GROUP
+from gateway.alerting import ModeError, SilenceError
 from gateway.engine.alerts import AckRefused
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
@@ -43,7 +46,18 @@ def _dumps(obj: Any) -> str:
 
 # autobahn allows applications 1000 or 3000-4999 only: 1012 (service restart) becomes 4012.
 CLOSE_SERVICE_RESTART = 4012
-ALERT_EVENTS = frozenset({"alert.raised", "alert.acknowledged", "alert.cleared", "alert.repeated"})
+ALERT_EVENTS = frozenset(
+    {
+        "alert.raised",
+        "alert.acknowledged",
+        "alert.cleared",
+        "alert.repeated",
+        "alert.escalated",
+        "alert.unsilenced",
+    }
+)
+# The site's silences and mode (gateway.alerting): no seq, every socket gets them as they come.
+SITE_EVENTS = frozenset({"site.silence", "site.mode"})
 
 
 class Hub:
@@ -56,7 +70,7 @@ class Hub:
     what arrives until it is done, so nothing is missed and nothing comes twice.
     """
 
-    GROUPS = ("alerts", "sensors")
+    GROUPS = ("alerts", "sensors", SITE_GROUP)
 
     def __init__(self) -> None:
         self.sockets: dict[AlertSocket, None] = {}  # insertion-ordered set
@@ -106,7 +120,7 @@ class Hub:
         if kind in ALERT_EVENTS:
             # An unsaved alert (the database failed) has seq 0 and always goes out.
             seq = message["seq"] if message.get("saved", True) else None
-        elif kind == "sensor.update":
+        elif kind == "sensor.update" or kind in SITE_EVENTS:
             seq = None
         else:
             return
@@ -127,7 +141,7 @@ class Hub:
             if prepared is None:  # any socket's extension prepares it for all of them
                 prepared = frames.prepare(text)
             sent += frames.send(prepared)
-        if kind != "sensor.update" and sent:
+        if kind in ALERT_EVENTS and sent:
             metrics.deliveries.labels("websocket", "ok").inc(sent)
             if "received" in message:
                 metrics.latency.labels("websocket").observe(time.time() - message["received"])
@@ -223,6 +237,10 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
             "seq": self.since,
             "alerts": alerts,
             "sensors": self.runtime.board.snapshot(recent=True),
+            # After joining: a change that races this comes again live, and applying it twice is harmless.
+            "silences": self.runtime.alerting.silences_json(),
+            "mode": self.runtime.alerting.mode,
+            "modes": self.runtime.alerting.modes,
         }
         await self.send(text_data=_dumps(hello))
         self._release()
@@ -261,8 +279,16 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
             await self._ack(msg.get("alert"))
         elif kind == "resume":
             await self._resume(msg.get("after"))
+        elif kind == "silence":
+            await self._silence(msg)
+        elif kind == "unsilence":
+            await self._unsilence(msg.get("silence"))
+        elif kind == "mode":
+            await self._mode(msg.get("mode"))
         else:
-            await self._error(f"unknown message type {kind[:40]!r}; expected ack, resume or ping")
+            await self._error(
+                f"unknown message type {kind[:40]!r}; expected ack, resume, ping, silence, unsilence or mode"
+            )
 
     async def _within_rate(self) -> bool:
         now = time.monotonic()
@@ -296,6 +322,45 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
             return await self._error(str(err))
         logs.alerts.info("alert %s acknowledged by web:%s", change.alert["id"], self.who)
         await self.runtime.broadcast(change)
+
+    @property
+    def by(self) -> str:
+        """`web:<token name>` (SPEC §10), or `web` alone when no tokens are set."""
+        return f"web:{self.who}" if self.runtime.config.auth.tokens else "web"
+
+    async def _silence(self, msg: dict[str, Any]) -> None:
+        # The frame's "type" is not the silence's; every other key is, and a wrong one is refused.
+        request = {key: value for key, value in msg.items() if key != "type"}
+        try:
+            await self.runtime.alerting.create_silence(request, self.by)
+        except SilenceError as err:
+            await self._error(f"silence: {err}")
+        except Exception as err:  # the database: the socket stays, and the user hears of it
+            await self._failed("silence", err)
+        # The "created" event reaches every socket, this one too, through the group.
+
+    async def _unsilence(self, silence_id: Any) -> None:
+        if not isinstance(silence_id, str) or not silence_id:
+            return await self._error('unsilence needs "silence": the silence id')
+        try:
+            ended = await self.runtime.alerting.end_silence(silence_id, self.by)
+        except Exception as err:
+            return await self._failed("unsilence", err)
+        if ended is None:
+            await self._error(f"unsilence: no active silence {silence_id[:40]!r}")
+
+    async def _mode(self, mode: Any) -> None:
+        try:
+            await self.runtime.alerting.set_mode(mode, self.by)
+        except ModeError as err:
+            await self._error(f"mode: {err}")
+        except Exception as err:
+            await self._failed("mode", err)
+
+    async def _failed(self, what: str, err: Exception) -> None:
+        logs.web.error("%s from %s failed: %s", what, self.by, err)
+        error = f"{what}: the gateway could not do it now; try again"
+        await self.send(text_data=_dumps({"type": "error", "error": error}))
 
     async def _resume(self, after: Any) -> None:
         if type(after) is not int or after < 0:

@@ -21,10 +21,11 @@ import time
 from datetime import datetime
 from typing import Any
 
+from consumers.telegram_manage import ManageCommands, acknowledged_by
 from gateway.engine.alerts import AckRefused, AlertChange
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
-from protocols.telegram import TelegramConsumer, button
+from protocols.telegram import button
 from protocols.telegram.types import (
     TelegramCallbackQueryEvent,
     TelegramChatGoneEvent,
@@ -44,17 +45,17 @@ COMMANDS = [
     ("unsubscribe", "Stop alerts: /unsubscribe for all, /unsubscribe <zone> for one"),
     ("status", "Open alerts and the state of each sensor"),
     ("ack", "Acknowledge an alert: /ack <id>"),
+    ("mute", "Silence alerts: /mute <sensor|zone|alert id> <duration> [comment]"),
+    ("unmute", "End silences: /unmute <silence id|sensor|zone>"),
+    ("silences", "List the active silences"),
+    ("mode", "Show the site's mode, or set it: /mode [name]"),
 ]
+# Events that send a new message about an alert (the others edit the one it has).
+NEW_MESSAGE = ("raised", "repeated", "unsilenced", "escalated")
 CATCH_UP_LIMIT = 500
 OWED_RETRY = 5.0  # seconds before an alert the outbox had no room for is tried again
 _retrying: set[asyncio.Task[None]] = set()  # the retries' hand-overs, kept until done
 SEVERITY_MARK = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
-
-
-def acknowledged_by(user: User | None) -> str:
-    if user is None:
-        return "telegram"
-    return f"telegram:@{user['username']}" if user.get("username") else f"telegram:{user['id']}"
 
 
 def _when(stamp: str | None) -> str:
@@ -64,7 +65,7 @@ def _when(stamp: str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-class ChatConsumer(TelegramConsumer):
+class ChatConsumer(ManageCommands):
     groups_joined: set[str] = set()
 
     async def telegram_connect(self, event: Any) -> None:
@@ -73,11 +74,12 @@ class ChatConsumer(TelegramConsumer):
         self.chats = self.runtime.chats
         self.groups_joined = set()
         self.last_seq = 0
-        self.sending: dict[str, int] = {}  # alert id -> seq, of messages on their way
+        self.sending: dict[int, str] = {}  # seq -> alert id, of messages on their way
         self.triggered: dict[str, float] = {}  # alert id -> when its MQTT trigger arrived, while sending
         self.pending_edit: dict[str, tuple[int, dict[str, Any]]] = {}
         self.owed_from: int | None = None  # the first alert event the outbox had no room for
         self.owed_retry: asyncio.TimerHandle | None = None
+        self.site_joined, self.made = False, set()
         if not self.allowed:
             return  # a stranger's instance ends once answered: nothing of it is kept
         seq = await self.chats.register(self.scope["chat"])
@@ -93,7 +95,7 @@ class ChatConsumer(TelegramConsumer):
     def _upto(self, seq: int) -> int:
         """How far the chat's `seq` may advance: never past an alert still owed to it, nor past one
         on its way (the outbox may still refuse it, after later events were handled)."""
-        held = [*self.sending.values(), *(() if self.owed_from is None else (self.owed_from,))]
+        held = [*self.sending, *(() if self.owed_from is None else (self.owed_from,))]
         return min(seq, min(held) - 1) if held else seq
 
     async def _advance(self, seq: int) -> None:
@@ -102,15 +104,17 @@ class ChatConsumer(TelegramConsumer):
     async def _join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined.add(group)
+        await self.follow_site()
 
     async def _leave(self, group: str) -> None:
         await self.channel_layer.group_discard(group, self.channel_name)
         self.groups_joined.discard(group)
+        await self.follow_site()
 
     async def _catch_up(self, seq: int) -> None:
         """Alert events since this chat's `seq` that concern it: those raised while nobody polled."""
         changes = await self.runtime.book.events_after(seq, CATCH_UP_LIMIT)
-        mine = [c for c in changes if self._concerns(c.alert)]
+        mine = [c for c in changes if self._concerns(c.event, c.alert)]
         if mine:
             log.info("chat %s: catching up on %d alert events", self.chat_id, len(mine))
         for change in mine:
@@ -118,8 +122,26 @@ class ChatConsumer(TelegramConsumer):
         if changes and not mine:
             await self._advance(changes[-1].seq)
 
-    def _concerns(self, alert: dict[str, Any]) -> bool:
-        return "alerts" in self.groups_joined or f"alerts.{alert['zone']}" in self.groups_joined
+    def _concerns(self, kind: str, alert: dict[str, Any]) -> bool:
+        """Whether the chat hears this event: by the groups it went to (config's rule as of now)."""
+        if kind == "escalated":
+            return bool(self._step_groups(alert) & self.groups_joined)
+        rule = self._rule(alert)
+        groups = {"alerts", f"alerts.{alert['zone']}", *(rule.notify if rule else ())}
+        if rule is not None:  # an escalated alert's later events go to its steps' groups too
+            for step in rule.escalate[: alert.get("escalation") or 0]:
+                groups.update(step.notify)
+        return bool(groups & self.groups_joined)
+
+    def _rule(self, alert: dict[str, Any]) -> Any:
+        return next((r for r in self.runtime.config.rules if r.id == alert["rule"]), None)
+
+    def _step_groups(self, alert: dict[str, Any]) -> set[str]:
+        """The `notify` groups of the escalation step an alert is at: who an `escalated` is for."""
+        rule, level = self._rule(alert), alert.get("escalation") or 0
+        if rule is None or not 1 <= level <= len(rule.escalate):
+            return set()
+        return set(rule.escalate[level - 1].notify)
 
     # Alerts from the channel layer
 
@@ -133,6 +155,7 @@ class ChatConsumer(TelegramConsumer):
         await self._on_alert(kind, event["seq"], event["alert"], event.get("received"))
 
     alert_acknowledged = alert_cleared = alert_repeated = alert_raised
+    alert_unsilenced = alert_escalated = alert_raised
 
     async def _on_alert(
         self, kind: str, seq: int, alert: dict[str, Any], received: float | None = None
@@ -142,20 +165,29 @@ class ChatConsumer(TelegramConsumer):
         self.last_seq = seq
         alert_id = alert["id"]
         ref = _ref(seq, alert_id, alert["state"])
-        if kind in ("raised", "repeated"):
-            if kind == "raised" and alert_id in self.sending:
+        if kind in NEW_MESSAGE:
+            if alert.get("silenced") or (
+                kind == "escalated" and not self._step_groups(alert) & self.groups_joined
+            ):
+                await self._advance(seq)  # nobody is told of a silenced alert; an escalation, its steps'
                 return
-            if kind == "raised" and await self.chats.message(alert_id, self.chat_id) is not None:
-                await self._advance(seq)  # sent before a restart
+            # An unsilenced or escalated alert gets a message of its own, marked with its seq.
+            shown = "active" if kind in ("raised", "repeated") else f"#{seq}"
+            if (kind == "raised" and alert_id in self.sending.values()) or seq in self.sending:
                 return
-            self.sending[alert_id] = seq
+            if kind != "repeated":
+                known = await self.chats.message(alert_id, self.chat_id)
+                if known is not None and (kind == "raised" or known[1] == shown):
+                    await self._advance(seq)  # sent before a restart
+                    return
+            self.sending[seq] = alert_id
             if received is not None and kind == "raised":
                 self.triggered[alert_id] = received
             await self.send_message(
-                self.render(alert, kind), self._buttons(alert), ref=_ref(seq, alert_id, "active")
+                self.render(alert, kind), self._buttons(alert), ref=_ref(seq, alert_id, shown)
             )
             return
-        if alert_id in self.sending:
+        if alert_id in self.sending.values():
             self.pending_edit[alert_id] = (seq, alert)  # edited once the message is out
             return
         known = await self.chats.message(alert_id, self.chat_id)
@@ -167,7 +199,7 @@ class ChatConsumer(TelegramConsumer):
     def _buttons(self, alert: dict[str, Any]) -> list[list[Any]] | None:
         if alert["state"] != "active":
             return None
-        return [[button("✅ Acknowledge", f"ack:{alert['id']}")]]
+        return [[button("✅ Acknowledge", f"ack:{alert['id']}"), button("🔕 Mute 1h", f"mute:{alert['id']}")]]
 
     def render(self, alert: dict[str, Any], kind: str = "raised") -> str:
         sensor = self.runtime.config.sensors_by_id.get(alert["sensor"])
@@ -176,6 +208,10 @@ class ChatConsumer(TelegramConsumer):
         head = f"{mark} {alert['severity'].upper()}: {alert['message']}"
         if kind == "repeated":
             head = f"🔁 Still active. {head}"
+        elif kind == "unsilenced":
+            head = f"🔔 No longer muted, still active. {head}"
+        elif kind == "escalated":
+            head = f"⏫ Escalated (level {alert.get('escalation')}): {head}"
         lines = [
             head,
             f"Sensor: {name} ({alert['sensor']}), zone {alert['zone']}",
@@ -192,11 +228,13 @@ class ChatConsumer(TelegramConsumer):
 
     async def telegram_sent(self, event: TelegramSentEvent) -> None:
         seq, alert_id, state = _unref(event["ref"])
-        self.sending.pop(alert_id, None)
+        self.sending.pop(seq, None)
         received = self.triggered.pop(alert_id, None)
         if received is not None:
             metrics.latency.labels("telegram").observe(time.time() - received)
         await self.chats.remember(alert_id, self.chat_id, event["message_id"], state, self._upto(seq))
+        if alert_id in self.sending.values():
+            return  # a later message about it is on its way: the edit waits for that one
         pending = self.pending_edit.pop(alert_id, None)
         if pending is not None:
             pending_seq, alert = pending
@@ -210,9 +248,10 @@ class ChatConsumer(TelegramConsumer):
     async def telegram_send_failed(self, event: TelegramSendFailedEvent) -> None:
         if event["ref"]:
             seq, alert_id, _ = _unref(event["ref"])
-            self.sending.pop(alert_id, None)
+            self.sending.pop(seq, None)
             self.triggered.pop(alert_id, None)
-            self.pending_edit.pop(alert_id, None)
+            if alert_id not in self.sending.values():
+                self.pending_edit.pop(alert_id, None)
             if not event["permanent"]:
                 await self._owe(seq)
                 return
@@ -291,16 +330,6 @@ class ChatConsumer(TelegramConsumer):
     async def command_help(self, event: TelegramMessageEvent) -> None:
         await self.reply("\n".join(f"/{name}: {text}" for name, text in COMMANDS))
 
-    def _group_for(self, args: list[str]) -> tuple[str | None, str]:
-        """(group, what it means to a person), or (None, an error)."""
-        if not args:
-            return "alerts", "every zone"
-        zone = args[0]
-        zones = sorted({s.zone for s in self.runtime.config.sensors})
-        if zone not in zones:
-            return None, f"Unknown zone {zone!r}. Zones: {', '.join(zones) or '(none configured)'}."
-        return f"alerts.{zone}", f"zone {zone}"
-
     async def command_subscribe(self, event: TelegramMessageEvent) -> None:
         if not self.allowed:
             await self.refuse()
@@ -320,7 +349,7 @@ class ChatConsumer(TelegramConsumer):
 
     async def command_unsubscribe(self, event: TelegramMessageEvent) -> None:
         if event["args"]:
-            group, meaning = self._group_for(event["args"])
+            group, meaning = self._group_for(event["args"], self.groups_joined)
             if group is None:
                 await self.reply(meaning)
                 return
@@ -393,15 +422,20 @@ class ChatConsumer(TelegramConsumer):
 
     async def telegram_callback_query(self, event: TelegramCallbackQueryEvent) -> None:
         action, _, alert_id = event["data"].partition(":")
-        if action != "ack" or not alert_id:
+        if action not in ("ack", "mute") or not alert_id:
             await self.answer_callback(event["id"], "Unknown button.")
             return
+        verb = "acknowledge" if action == "ack" else "mute"
         if not self.allowed:
             await self.answer_callback(
-                event["id"], f"This chat (id {self.chat_id}) may not acknowledge alerts.", alert=True
+                event["id"], f"This chat (id {self.chat_id}) may not {verb} alerts.", alert=True
             )
             return
-        await self.answer_callback(event["id"], (await self._acknowledge(alert_id, event["from"]))[:200])
+        if action == "mute":
+            answer = await self.mute_alert(alert_id, event["from"])
+        else:
+            answer = await self._acknowledge(alert_id, event["from"])
+        await self.answer_callback(event["id"], answer[:200])
 
     async def telegram_disconnect(self, event: Any) -> None:
         retry = getattr(self, "owed_retry", None)

@@ -13,6 +13,7 @@ gateway.engine.rules, gateway.engine.escalation); the sensor consumers apply it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from gateway.engine.alerts import new_id
+from gateway.engine.alerts import iso, new_id
 from gateway.engine.policy import ModeError
 from gateway.engine.schedules import Switch, last_switch, next_switch
 from gateway.engine.silences import MAX_SILENCE, Silence, SilenceError, parse_silence, silencing
@@ -34,6 +35,7 @@ __all__ = ["GROUP", "ModeError", "SilenceError", "SiteAlerting"]
 
 # Every process's follower and dashboard hub, and whoever else announces these changes.
 GROUP = "site"
+READY_WAIT = 10.0
 log = logs.alerts
 
 
@@ -63,9 +65,11 @@ class SiteAlerting:
         self.listeners: set[Callable[[str], None]] = set()
         self._expiry: asyncio.TimerHandle | None = None
         self._switch: asyncio.TimerHandle | None = None
+        self.next_switch: dict[str, Any] | None = None  # {"mode", "at"}: the schedules' next switch
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Timers run from start_timers(): what fell due while stopped waits for the protocol servers.
-        self._timing = False
+        # Set once the protocol servers are up (gateway.server): an end or a switch due at start-up
+        # waits for it, so the sensors' consumers are there to run the actions it brings.
+        self.servers_ready = asyncio.Event()
         metrics.silences_active.set_function(lambda: len(self.silences))
 
     # State
@@ -91,6 +95,7 @@ class SiteAlerting:
             "modes": self.modes,
             "changed_by": self.changed_by,
             "changed_at": self.changed_at,
+            "next_switch": self.next_switch,
         }
 
     # Start-up
@@ -112,7 +117,7 @@ class SiteAlerting:
             log.info(
                 "mode %s: the schedule switched to it at %s while the gateway was stopped", switch.mode, at
             )
-            await self._store_mode(switch.mode, "schedule", at.timestamp())
+            await self._store_mode(switch.mode, "schedule", at.timestamp(), once=True)
 
     def _missed_switch(self, stored: dict[str, Any] | None) -> tuple[datetime, Switch] | None:
         switches = self._switches()
@@ -130,11 +135,6 @@ class SiteAlerting:
     def _zone(self) -> Any:
         name = self.runtime.config.gateway.timezone
         return ZoneInfo(name) if name else datetime.now().astimezone().tzinfo
-
-    async def start(self) -> None:
-        """The follower of other processes' changes, and the timers (start_timers)."""
-        await self.follow()
-        self.start_timers()
 
     async def follow(self) -> None:
         """Join the group `site` now (before the servers start: no change another process makes
@@ -157,11 +157,8 @@ class SiteAlerting:
             except Exception:
                 continue
 
-    def start_timers(self) -> None:
-        """Timers for silence ends and schedule switches. Called once the protocol servers are up
-        (gateway.server): a silence that ended while the gateway was stopped ends now, and the
-        notifications and actions of the alerts it held must find the consumers and the broker."""
-        self._timing = True
+    def start(self) -> None:
+        """Timers for silence ends and schedule switches (the follower runs from `follow`)."""
         self._arm_expiry()
         self._arm_switch()
 
@@ -253,18 +250,24 @@ class SiteAlerting:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        if not self.silences or not self._timing:
+        if not self.silences:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # loading, before the loop serves: start_timers() arms it
+            return  # loading, before the loop serves: start() arms it
         end = min(s.ends_at for s in self.silences.values())
         # At most a week ahead (MAX_SILENCE); the loop's clock and the wall clock agree here.
         wait = min(max(0.0, end - time.time()), MAX_SILENCE)
         self._expiry = loop.call_later(wait, lambda: self._spawn(self._expire()))
 
+    async def _up(self) -> None:
+        if not self.servers_ready.is_set():
+            with contextlib.suppress(TimeoutError):  # a broker that is away does not keep silences on
+                await asyncio.wait_for(self.servers_ready.wait(), READY_WAIT)
+
     async def _expire(self) -> None:
+        await self._up()
         now = time.time()
         for silence in [s for s in self.silences.values() if s.ends_at <= now]:
             try:
@@ -295,8 +298,10 @@ class SiteAlerting:
         await self._store_mode(mode, by, time.time())
         return self.mode_json()
 
-    async def _store_mode(self, mode: str, by: str, at: float) -> None:
-        stored = await self.store.set_mode(mode, by, _moment(at))
+    async def _store_mode(self, mode: str, by: str, at: float, once: bool = False) -> None:
+        stored = await self.store.set_mode(mode, by, _moment(at), once)
+        if stored is None:
+            return  # a schedule's switch that another process made: its announcement comes here too
         self._apply_mode(stored)
         log.info("mode %s set by %s", mode, by)
         text = _dumps({"type": "mode", **self.mode_json()})
@@ -320,8 +325,9 @@ class SiteAlerting:
         if self._switch is not None:
             self._switch.cancel()
             self._switch = None
+        self.next_switch = None
         switches = self._switches()
-        if not switches or not self._timing:
+        if not switches:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -331,18 +337,20 @@ class SiteAlerting:
         if upcoming is None:
             return
         at, switch = upcoming
+        self.next_switch = {"mode": switch.mode, "at": iso(at)}
         log.info("schedule: next switch to %s at %s", switch.mode, at.astimezone(self._zone()).isoformat())
         wait = max(0.0, at.timestamp() - time.time())
         self._switch = loop.call_later(wait, lambda: self._spawn(self._scheduled(switch, at.timestamp())))
 
     async def _scheduled(self, switch: Switch, at: float) -> None:
         self._switch = None
+        await self._up()
         if time.time() < at:  # woke early (the wall clock moved): wait for the moment itself
             self._arm_switch()
             return
         try:
             if switch.mode != self.mode:
-                await self._store_mode(switch.mode, "schedule", at)
+                await self._store_mode(switch.mode, "schedule", at, once=True)
         except Exception as err:
             log.error("schedule: could not switch to %s (%s)", switch.mode, err)
         self._arm_switch()

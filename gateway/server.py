@@ -24,8 +24,6 @@ PROTOCOLS = ("web", "mqtt", "telegram", "worker")
 # The protocol servers drain together within this; each later step of the shutdown has STEP_SECONDS.
 DRAIN_SECONDS = 8.0
 STEP_SECONDS = 5.0
-# Silences and schedules wait at most this for the protocol servers at start-up (Gateway._start_timers).
-TIMERS_GRACE = 30.0
 
 
 def usable(config: Config, protocols: Iterable[str]) -> list[str]:
@@ -84,7 +82,6 @@ class Gateway:
         self.watchdog = watchdog_interval(env, os.getpid())
         self.debug_stall = _debug_stall_seconds(env)
         self._announcer: asyncio.Task[None] | None = None
-        self._timers: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._telegram_settled = False
         self.systemd = Reporter(self.notifier, self.health, self.watchdog, self.started)
@@ -164,12 +161,12 @@ class Gateway:
                 self._systemd = asyncio.ensure_future(self.systemd.run())
             await self._start_runtime(runtime)
             await runtime.alerting.follow()
+            runtime.alerting.start()  # what falls due waits for the servers (SiteAlerting.servers_ready)
             self.backends = Servers(self.backend_servers())
             self.servers = Servers(self.protocol_servers(application, runtime))
             await self.backends.start()
             await self.servers.start()
             self._announcer = asyncio.ensure_future(self._announce_ready())
-            self._timers = asyncio.ensure_future(self._start_timers(runtime))
             await self.stop.wait()
         finally:
             self.stop.set()
@@ -326,6 +323,8 @@ class Gateway:
 
     async def _announce_ready(self) -> None:
         await self.servers.ready()
+        if self.runtime is not None:
+            self.runtime.alerting.servers_ready.set()
         settle_heap()
         self.ready.set()
         log.info(
@@ -335,20 +334,9 @@ class Gateway:
             self.config.gateway.site,
         )
 
-    async def _start_timers(self, runtime: Any) -> None:
-        """Silence ends and schedule switches, once the servers are up (or after TIMERS_GRACE without):
-        what fell due while the gateway was stopped is notified and acted on by them."""
-        try:
-            await asyncio.wait_for(self.servers.ready(), TIMERS_GRACE)
-        except TimeoutError:
-            log.warning(
-                "not every protocol server is up after %.0fs: silences and schedules run now", TIMERS_GRACE
-            )
-        runtime.alerting.start_timers()
-
     def _stop_reporting(self) -> None:
         # The announcer may still wait for a broker that never answered: nothing there to drain.
-        for task in (self._announcer, self._timers, self._systemd, self._follower):
+        for task in (self._announcer, self._systemd, self._follower):
             if task is not None:
                 task.cancel()
         if self.runtime is not None and self.runtime.dashboards is not None:

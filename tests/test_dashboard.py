@@ -229,7 +229,7 @@ async def test_acknowledge_on_the_page_reaches_websocket_and_telegram(
     assert edit["message_id"] == message["message_id"]
     assert "Acknowledged by web:ops" in edit["text"]
     await item.locator(".acked", has_text="Acknowledged by web:ops").wait_for()
-    assert await item.locator("button").is_hidden()
+    assert await item.locator("button.ack").is_hidden()
     assert await page.text_content("#active-count") == "0"
     await ws.close()
     assert page.errors == []

@@ -51,6 +51,7 @@ def test_a_request_becomes_a_silence_from_now() -> None:
         ({"severity": "high", "for": "1h"}, "severity must be one of critical, warning, info"),
         ({"zone": "kitchen", "for": "1h", "comment": 5}, "comment must be a string"),
         ({"zone": "kitchen", "for": "1h", "comment": "x" * 501}, "comment is longer than 500 characters"),
+        ({"zone": "k" * 65, "for": "1h"}, "zone is longer than 64 characters"),
     ],
 )
 def test_a_bad_request_says_what_is_wrong(request_: Any, message: str) -> None:

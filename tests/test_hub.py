@@ -74,14 +74,17 @@ async def test_one_membership_and_one_frame_for_every_socket() -> None:
     sockets = [Socket(layer, writer=Frames()) for _ in range(50)]
     for socket in sockets:
         await hub.join(socket)  # type: ignore[arg-type]
-    assert {group: len(members) for group, members in layer.groups.items()} == {"alerts": 1, "sensors": 1}
+    members = {group: len(members) for group, members in layer.groups.items()}
+    assert members == {"alerts": 1, "sensors": 1, "site": 1}
     await layer.group_send("alerts", alert(1))
     await layer.group_send("sensors", {"type": "sensor.update", "sensor": {}, "text": '{"type":"sensor"}'})
-    await asyncio.wait_for(_written(sockets[-1], 2), 5)
+    await layer.group_send("site", {"type": "site.mode", "mode": {}, "text": '{"type":"mode"}'})
+    await asyncio.wait_for(_written(sockets[-1], 3), 5)
     frames = [s.writer.written for s in sockets if s.writer is not None]
-    # The same two prepared frames, framed once each, in the order sent.
-    assert all(len(w) == 2 and w[0] is frames[0][0] and w[1] is frames[0][1] for w in frames)
+    # The same three prepared frames, framed once each, in the order sent.
+    assert all(len(w) == 3 and all(w[i] is frames[0][i] for i in range(3)) for w in frames)
     assert frames[0][0].payloadHybi.endswith(b'{"seq":1}') and frames[0][1].payloadHybi.endswith(b'"sensor"}')
+    assert frames[0][2].payloadHybi.endswith(b'{"type":"mode"}')
     hub.stop()
 
 
@@ -140,6 +143,7 @@ async def test_without_the_frames_extension_a_socket_gets_everything_through_asg
         board=SensorBoard([]),
         layer=MemoryLayer(),
         dashboards=None,
+        alerting=SimpleNamespace(silences_json=list, mode="", modes=[]),  # what hello reads of SiteAlerting
     )
     comm = WebsocketCommunicator(AlertSocket.as_asgi(), "/ws/alerts/?token=ops-secret-token")
     comm.scope["gateway"] = runtime  # as gateway.asgi.WithRuntime does

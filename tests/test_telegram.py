@@ -105,6 +105,10 @@ async def test_commands_subscribe_unsubscribe_and_refusal(
         "unsubscribe",
         "status",
         "ack",
+        "mute",
+        "unmute",
+        "silences",
+        "mode",
     ]
 
     answer = await say(standin, STRANGER, "/start")
@@ -118,7 +122,7 @@ async def test_commands_subscribe_unsubscribe_and_refusal(
     assert "every zone" in await say(standin, ALICE, "/subscribe")
     assert "Already subscribed" in await say(standin, ALICE, "/subscribe")
     answer = await say(standin, ALICE, "/subscribe attic")
-    assert "Unknown zone 'attic'" in answer and "house" in answer
+    assert "Unknown zone or group 'attic'" in answer and "house" in answer
     assert "zone house" in await say(standin, GROUP, "/subscribe@gateway_test_bot house", username="carol")
 
     status = await say(standin, ALICE, "/status")
@@ -147,7 +151,7 @@ async def test_trigger_to_telegram_and_button_ack_reaches_websocket(
     to_alice = await standin.wait_sent(2, method="sendMessage", chat_id=ALICE)
     message = to_alice[-1]
     assert "CRITICAL: Front door opened" in message["text"] and alert_id in message["text"]
-    assert buttons(message) == [f"ack:{alert_id}"]
+    assert buttons(message) == [f"ack:{alert_id}", f"mute:{alert_id}"]
     group_message = (await standin.wait_sent(2, method="sendMessage", chat_id=GROUP))[-1]
     assert alert_id in group_message["text"]
 

@@ -264,9 +264,9 @@ def test_a_chat_seq_never_passes_an_alert_on_its_way_or_owed() -> None:
     from consumers.telegram import ChatConsumer  # needs Django's apps, loaded above
 
     chat = ChatConsumer()
-    chat.sending, chat.owed_from = {"door": 10, "leak": 12}, None
+    chat.sending, chat.owed_from = {10: "door", 12: "leak"}, None
     assert chat._upto(11) == 9 and chat._upto(5) == 5
-    chat.sending.pop("door")
+    chat.sending.pop(10)
     assert chat._upto(13) == 11
     chat.owed_from = 8
     assert chat._upto(13) == 7

@@ -66,7 +66,8 @@ async def test_every_message_type_and_bad_frames(gateway_factory: GatewayFactory
     gw = gateway_factory()
     ws = await ws_connect(gw)
     hello = await recv_json(ws)
-    assert set(hello) == {"type", "site", "seq", "alerts", "sensors"}
+    assert set(hello) == {"type", "site", "seq", "alerts", "sensors", "silences", "mode", "modes"}
+    assert hello["silences"] == [] and hello["mode"] == "" and hello["modes"] == []  # modes are off
     assert {s["id"] for s in hello["sensors"]} == {"front-door", "boiler"}
 
     await ws.send('{"type":"ping"}')

@@ -120,7 +120,8 @@ class AlertBook:
         """Escalation step `level` of an alert; None when it must not fire (see lifecycle.escalate).
 
         The row decides, under its lock: a step fires once across processes and restarts.
-        The event goes to the alert's own groups and to the step's `notify` groups.
+        The event goes to the alert's own groups and to the step's `notify` groups, which
+        become the alert's own from then on.
         """
         with transaction.atomic():
             seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
@@ -129,9 +130,11 @@ class AlertBook:
             if alert is None:
                 transaction.set_rollback(True)
                 return None
-            _update(alert, "escalation")
-            change = self._record("escalated", alert, seq, _now())
-            return dataclasses.replace(change, groups=tuple(sorted({*alert.groups, *notify})))
+            # Its later events (acknowledged, cleared) go to the step's groups too: their
+            # Telegram chats got a message about it, which those events edit.
+            alert = dataclasses.replace(alert, groups=tuple(sorted({*alert.groups, *notify})))
+            _update(alert, "escalation", "groups")
+            return self._record("escalated", alert, seq, _now())
 
     def release_sync(
         self, silence_id: str, over: Callable[[dict[str, str]], str | None]

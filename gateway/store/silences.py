@@ -89,10 +89,16 @@ class SilenceBook:
             return None
         return {"mode": row.mode, "changed_by": row.changed_by, "changed_at": iso(row.changed_at)}
 
-    def set_mode_sync(self, mode: str, by: str, now: datetime) -> dict[str, Any]:
-        SiteMode.objects.update_or_create(
-            site=self.site, defaults={"mode": mode, "changed_by": by, "changed_at": now}
-        )
+    def set_mode_sync(self, mode: str, by: str, now: datetime, once: bool = False) -> dict[str, Any] | None:
+        """Store the mode; `once`: a switch due at `now` (a schedule's) that another process may have
+        stored already: None then, and nothing changes."""
+        with transaction.atomic():
+            row = SiteMode.objects.select_for_update().filter(site=self.site).first()
+            if once and row is not None and row.changed_at >= now:
+                return None
+            SiteMode.objects.update_or_create(
+                site=self.site, defaults={"mode": mode, "changed_by": by, "changed_at": now}
+            )
         return {"mode": mode, "changed_by": by, "changed_at": iso(now)}
 
     create = sync_to_async(create_sync)

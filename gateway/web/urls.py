@@ -12,6 +12,9 @@ urlpatterns = [
     path("metrics", views.metrics_view),
     path("api/alerts", views.alerts),
     path("api/alerts/<str:alert_id>/ack", views.ack),
+    path("api/silences", views.silences),
+    path("api/silences/<str:silence_id>", views.silence),
+    path("api/mode", views.mode),
     path("telegram/<str:secret>/", views.telegram_webhook),
 ]
 

@@ -9,9 +9,10 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.alerting import ModeError, SilenceError
 from gateway.engine.alerts import AckRefused
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
@@ -110,28 +111,112 @@ async def alerts(request: HttpRequest) -> JsonResponse:
 _csrf = CsrfViewMiddleware(lambda request: HttpResponse())
 
 
-@csrf_exempt  # checked below, and only when the dashboard's cookie is what authenticates
-@require_POST
-async def ack(request: HttpRequest, alert_id: str) -> HttpResponse:
+async def _changer(request: HttpRequest) -> tuple[Caller, HttpResponse | None]:
+    """Who asks for a change, or the refusal: a token (401), or a cookie without CSRF (403)."""
     caller = await _caller(request)
-    who = caller.who
-    if who is None:
-        return _unauthorized(caller)
+    if caller.who is None:
+        return caller, _unauthorized(caller)
     if caller.via == "cookie":
         # A cookie rides along on a form another site forges; a bearer token does not.
         _csrf.process_request(request)
         refused = _csrf.process_view(request, None, (), {})
         if refused is not None:
-            return refused
+            return caller, refused
+    return caller, None
+
+
+def _by(caller: Caller) -> str:
+    """`api:<token name>` (SPEC §10), or `api` alone when no tokens are set."""
+    return "api" if caller.via == "open" else f"api:{caller.who}"
+
+
+def _bad(reason: str, error: str, **extra: Any) -> JsonResponse:
+    metrics.bad_input.labels("http", reason).inc()
+    return JsonResponse({"error": error, **extra}, status=400)
+
+
+def _json_body(request: HttpRequest) -> Any:
+    """The body's JSON (its size is bounded by the server: MAX_BODY); ValueError if it is none."""
+    try:
+        return json.loads(request.body)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+@csrf_exempt  # checked below, and only when the dashboard's cookie is what authenticates
+@require_POST
+async def ack(request: HttpRequest, alert_id: str) -> HttpResponse:
+    caller, refused = await _changer(request)
+    if refused is not None:
+        return refused
     runtime = _runtime(request)
     try:
-        change = await runtime.book.acknowledge(alert_id, f"web:{who}")
+        change = await runtime.book.acknowledge(alert_id, f"web:{caller.who}")
     except AckRefused as err:
         status = 404 if "no alert" in str(err) else 409
         return JsonResponse({"error": str(err)}, status=status)
-    logs.alerts.info("alert %s acknowledged by web:%s (API)", change.alert["id"], who)
+    logs.alerts.info("alert %s acknowledged by web:%s (API)", change.alert["id"], caller.who)
     await runtime.broadcast(change)
     return JsonResponse({"alert": change.alert, "seq": change.seq})
+
+
+@csrf_exempt  # POST: checked in _changer, as for ack
+@require_http_methods(["GET", "POST"])
+async def silences(request: HttpRequest) -> HttpResponse:
+    runtime = _runtime(request)
+    if request.method == "GET":
+        caller = await _caller(request)
+        if caller.who is None:
+            return _unauthorized(caller)
+        return JsonResponse({"silences": runtime.alerting.silences_json()})
+    caller, refused = await _changer(request)
+    if refused is not None:
+        return refused
+    try:
+        body = _json_body(request)
+    except ValueError:
+        return _bad("silence", 'the body must be JSON such as {"zone": "kitchen", "for": "2h"}')
+    try:
+        silence = await runtime.alerting.create_silence(body, _by(caller))
+    except SilenceError as err:
+        return _bad("silence", str(err))
+    return JsonResponse({"silence": silence}, status=201)
+
+
+@csrf_exempt  # checked in _changer, as for ack
+@require_http_methods(["DELETE"])
+async def silence(request: HttpRequest, silence_id: str) -> HttpResponse:
+    caller, refused = await _changer(request)
+    if refused is not None:
+        return refused
+    ended = await _runtime(request).alerting.end_silence(silence_id, _by(caller))
+    if ended is None:
+        return JsonResponse({"error": f"no active silence {silence_id[:40]!r}"}, status=404)
+    return JsonResponse({"silence": ended})
+
+
+@csrf_exempt  # POST: checked in _changer, as for ack
+@require_http_methods(["GET", "POST"])
+async def mode(request: HttpRequest) -> HttpResponse:
+    alerting = _runtime(request).alerting
+    if request.method == "GET":
+        caller = await _caller(request)
+        if caller.who is None:
+            return _unauthorized(caller)
+        return JsonResponse(alerting.mode_json())
+    caller, refused = await _changer(request)
+    if refused is not None:
+        return refused
+    try:
+        body = _json_body(request)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "mode" not in body:
+        return _bad("mode", 'the body must be JSON such as {"mode": "away"}', modes=alerting.modes)
+    try:
+        return JsonResponse(await alerting.set_mode(body["mode"], _by(caller)))
+    except ModeError as err:
+        return _bad("mode", str(err), modes=alerting.modes)
 
 
 @csrf_exempt  # Telegram authenticates with the secret path and header, not with cookies

@@ -1,7 +1,9 @@
-// The dashboard: sensors by zone, open alerts with Acknowledge, recent history, live over /ws/alerts/.
+// The dashboard: sensors by zone, open alerts with Acknowledge and Mute, the muted list, the site's
+// mode, recent history, live over /ws/alerts/.
 import { append, el, keyed, replaceChildren } from "./dom.js";
 import { ago, clock, isNumber, millis, showValue } from "./format.js";
 import { draw, remember, sparkline } from "./chart.js";
+import { Management, describe } from "./manage.js";
 import { AlertStream } from "./stream.js";
 
 const HISTORY = 50;
@@ -21,10 +23,14 @@ const stream = new AlertStream(`${location.protocol === "https:" ? "wss" : "ws"}
   hello,
   alert: onAlert,
   sensor: (msg) => upsertSensor(msg.sensor),
+  silence: (msg) => manage.onSilence(msg),
+  mode: (msg) => manage.onMode(msg),
   error: (msg) => toast(msg.error, "error"),
   state: showConnection,
   unauthorized: () => location.assign("/login"),
 });
+const manage = new Management(stream, toast, () => render());
+manage.bindMode($("mode"));
 
 // Alerts: merged by id, and a state never goes back (active -> acknowledged -> cleared),
 // so a replayed or repeated event can neither duplicate an alert nor undo a newer one.
@@ -53,6 +59,7 @@ function hello(msg, resumedFrom) {
     upsertSensor(sensor, sensor.recent);
   }
   for (const id of [...state.sensors.keys()]) if (!seen.has(id)) state.sensors.delete(id);
+  manage.hello(msg);
   state.resumeTo = resumedFrom === null ? null : msg.seq;
   if (resumedFrom === null) loadHistory();
   refreshHealth();
@@ -68,6 +75,8 @@ function onAlert(msg) {
     noteMissed();
   }
   if (msg.event === "repeated") toast(`Still active: ${msg.alert.message}`, "warning");
+  if (msg.event === "escalated") toast(`Escalated to level ${msg.level}: ${msg.alert.message}`, "warning");
+  if (msg.event === "unsilenced") toast(`No longer muted, still active: ${msg.alert.message}`, "warning");
   render();
 }
 
@@ -110,6 +119,8 @@ function render() {
   requestAnimationFrame(() => {
     renderQueued = false;
     renderActive();
+    manage.renderList($("silences"), $("silences-empty"), $("silences-count"));
+    manage.renderMode($("mode-box"), $("mode"));
     renderHistory();
     renderSensors();
     tick();
@@ -139,26 +150,38 @@ function renderActive() {
 function createAlertItem(alert) {
   const button = el("button", { type: "button", class: "ack", text: "Acknowledge" });
   button.addEventListener("click", () => acknowledge(alert.id, button));
+  // Its rule on its sensor, as Telegram's button does: the sensor's other rules still speak.
+  const mute = el("button", { type: "button", class: "mute quiet", text: "Mute 1h", "aria-label": `Mute ${alert.message} for 1 hour` });
+  mute.addEventListener("click", () => manage.mute({ sensor: alert.sensor, rule: alert.rule }, mute));
   return el(
     "li",
     { class: "alert", "data-alert-id": alert.id },
     el("div", { class: "message" }),
     el("div", { class: "meta" }),
-    el("div", { class: "actions" }, button, el("span", { class: "acked" })),
+    el("div", { class: "actions" }, button, mute, el("span", { class: "acked" })),
   );
 }
 
+function markers(alert, muted) {
+  return [
+    muted ? el("span", { class: "badge muted-badge", title: `muted until ${clock(muted.ends_at)} (${describe(muted)})`, text: "🔕 muted" }) : null,
+    alert.escalation ? el("span", { class: "badge escalated", text: `⏫ level ${alert.escalation}` }) : null,
+  ];
+}
+
 function updateAlertItem(node, alert) {
-  node.className = `alert sev-${alert.severity} state-${alert.state}`;
+  const muted = manage.mutedBy(alert);
+  node.className = `alert sev-${alert.severity} state-${alert.state}${muted ? " is-muted" : ""}`;
   const [message, meta, actions] = node.children;
-  replaceChildren(message, el("span", { class: `badge sev-${alert.severity}`, text: alert.severity }), alert.message);
+  replaceChildren(message, el("span", { class: `badge sev-${alert.severity}`, text: alert.severity }), ...markers(alert, muted), alert.message);
   replaceChildren(
     meta,
     `${sensorLabel(alert)} · raised `,
     el("time", { "data-since": millis(alert.raised_at), datetime: alert.raised_at, title: clock(alert.raised_at) }),
     ` · value ${showValue(alert.value)} · id ${alert.id}`,
   );
-  const [button, acked] = actions.children;
+  const [button, mute, acked] = actions.children;
+  mute.hidden = Boolean(muted);
   const active = alert.state === "active";
   button.hidden = !active;
   if (active && button.dataset.pending !== "1") button.disabled = false;
@@ -240,13 +263,26 @@ function createTile(sensor) {
     el("div", { class: "value" }),
     el("div", { class: "foot" }, el("span", { class: "availability" }), el("time", { class: "updated" })),
     el("div", { class: "chart" }),
+    el("div", { class: "tile-actions" }, el("span", { class: "badge muted-badge", text: "🔕 muted" }), muteSensorButton(sensor)),
   );
+}
+
+function muteSensorButton(sensor) {
+  const button = el("button", { type: "button", class: "mute quiet", text: "Mute 1h", "aria-label": `Mute ${sensor.name} for 1 hour` });
+  button.addEventListener("click", () => manage.mute({ sensor: sensor.id }, button));
+  return button;
 }
 
 function updateTile(tile, sensor, alerting) {
   const offline = sensor.online === false;
   tile.className = `tile${alerting ? " alerting" : ""}${offline ? " is-offline" : ""}`;
-  const [name, value, foot, chart] = tile.children;
+  const [name, value, foot, chart, actions] = tile.children;
+  const muted = manage.sensorMutedBy(sensor);
+  const [badge, mute] = actions.children;
+  badge.hidden = !muted;
+  badge.title = muted ? `muted until ${clock(muted.ends_at)} (${describe(muted)})` : "";
+  mute.hidden = Boolean(muted);
+  if (muted) tile.classList.add("is-muted");
   name.textContent = sensor.name;
   value.textContent = showValue(sensor.value);
   const [availability, updated] = foot.children;

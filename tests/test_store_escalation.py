@@ -1,0 +1,136 @@
+"""Escalation steps and silences over alerts in the database (gateway.store.alerts), across processes.
+
+Each step runs in a process of its own on one SQLite file, as a restart (or a second process of the
+split mode) does: a step fires once, an ended silence's alerts are released once, and `seq` counts
+only what is announced.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SETUP = """
+import json, sys
+from gateway.config import load_config
+from gateway import settings
+config = load_config(sys.argv[1])
+settings.setup(config)
+from gateway.store.alerts import AlertBook
+book = AlertBook("home")
+sensor = config.sensors_by_id["leak"]
+rule = {r.id: r for r in config.rules}["leak-wet"]
+out = {}
+"""
+
+CONFIG = """
+[gateway]
+site = "home"
+state_dir = "{var}"
+
+[[sensors]]
+id = "leak"
+name = "Leak"
+zone = "kitchen"
+topic = "z/leak"
+format = "plain"
+
+[[rules]]
+id = "leak-wet"
+sensor = "leak"
+when = {{ equals = true }}
+severity = "critical"
+escalate = [{{ after = "5m", notify = ["alerts.oncall"] }}, {{ after = "10m" }}]
+"""
+
+
+def run(tmp_path: Path, code: str) -> dict[str, Any]:
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG.format(var=tmp_path / "var"))
+    script = SETUP + code + "\nprint(json.dumps(out, default=str))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(config)], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_each_escalation_step_fires_once_across_processes(tmp_path: Path) -> None:
+    raised = run(
+        tmp_path, "c = book.raise_sync(rule, sensor, True)\nout['alert'] = c.alert\nout['seq'] = c.seq\n"
+    )
+    alert = raised["alert"]
+    assert alert["escalation"] is None and alert["silenced"] is None
+    first = run(
+        tmp_path,
+        f"c = book.escalate_sync('{alert['id']}', 1, ('alerts.oncall',))\n"
+        "out['event'], out['seq'], out['groups'] = c.event, c.seq, c.groups\n"
+        "out['text'] = json.loads(c.text)\n",
+    )
+    assert first["event"] == "escalated" and first["seq"] == raised["seq"] + 1
+    assert first["groups"] == ["alerts", "alerts.kitchen", "alerts.oncall", "sensor.leak"]
+    assert first["text"]["level"] == 1 and first["text"]["alert"]["escalation"] == 1
+    # Another process (a restart, or a peer) tries the same step, and an earlier one: nothing, no seq.
+    again = run(
+        tmp_path,
+        f"out['again'] = book.escalate_sync('{alert['id']}', 1, ())\n"
+        f"out['lower'] = book.escalate_sync('{alert['id']}', 0, ())\n"
+        "out['seq'] = book.seq_sync()\n",
+    )
+    assert again == {"again": None, "lower": None, "seq": first["seq"]}
+    # Acknowledged: no step after it.
+    acked = run(
+        tmp_path,
+        f"book.acknowledge_sync('{alert['id']}', 'mqtt')\n"
+        f"out['second'] = book.escalate_sync('{alert['id']}', 2, ())\n"
+        "out['open'] = book.open_alerts_sync()\n",
+    )
+    assert acked["second"] is None and acked["open"][0]["escalation"] == 1
+
+
+def test_a_silence_covers_open_alerts_and_its_end_releases_each_once(tmp_path: Path) -> None:
+    raised = run(tmp_path, "c = book.raise_sync(rule, sensor, True)\nout['alert'] = c.alert\n")["alert"]
+    covered = run(
+        tmp_path,
+        "out['n'] = book.cover_sync('sil111', {'zone': 'kitchen'})\n"
+        "out['other'] = book.cover_sync('sil222', {'zone': 'kitchen'})\n"
+        f"out['step'] = book.escalate_sync('{raised['id']}', 1, ())\n"
+        "out['open'] = book.open_alerts_sync()\n"
+        "out['seq'] = book.seq_sync()\n",
+    )
+    # Held by the first silence only; a held alert does not escalate.
+    assert covered["n"] == 1 and covered["other"] == 0 and covered["step"] is None
+    assert covered["open"][0]["silenced"] == "sil111"
+    # The first silence ends while the second still runs: held by the second, nothing announced.
+    moved = run(
+        tmp_path,
+        "out['changes'] = book.release_sync('sil111', lambda labels: 'sil222')\n"
+        "out['open'] = book.open_alerts_sync()\n"
+        "out['seq'] = book.seq_sync()\n",
+    )
+    assert moved["changes"] == [] and moved["open"][0]["silenced"] == "sil222"
+    assert moved["seq"] == covered["seq"]
+    # The second ends: the alert is notified once (an `unsilenced` event); a second process finds none.
+    released = run(
+        tmp_path,
+        "cs = book.release_sync('sil222', lambda labels: None)\n"
+        "out['changes'] = [(c.event, c.seq, c.alert) for c in cs]\n"
+        "out['again'] = book.release_sync('sil222', lambda labels: None)\n"
+        f"out['step'] = book.escalate_sync('{raised['id']}', 1, ()).alert\n",
+    )
+    [(event, seq, alert)] = released["changes"]
+    assert event == "unsilenced" and seq == covered["seq"] + 1
+    assert alert["silenced"] is None and alert["state"] == "active"
+    assert released["again"] == [] and released["step"]["escalation"] == 1
+
+
+def test_a_raise_under_a_silence_carries_its_id(tmp_path: Path) -> None:
+    out = run(tmp_path, "out['alert'] = book.raise_sync(rule, sensor, True, silenced='abc234').alert\n")
+    assert out["alert"]["silenced"] == "abc234"
+    listed = run(tmp_path, "out['alerts'] = book.list_sync('open', 10)\n")["alerts"]
+    assert listed[0]["silenced"] == "abc234"
