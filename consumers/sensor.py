@@ -74,10 +74,6 @@ class SensorConsumer(MqttConsumer):
                 self.runtime.open_rules.get(sensor.id, {}), snap.value, snap.online, self.loop.time()
             )
             engine = self.runtime.engines[sensor.id] = SensorEngine(rules)
-            # Escalation deadlines as stored: a step due while the gateway was stopped fires now, once.
-            for alert in self.runtime.escalating.pop(sensor.id, []):
-                since = (alert.notify_from or alert.raised_at).timestamp()
-                engine.escalating[alert.rule] = [alert.id, self._loop_time(since), alert.escalation or 0]
         self.rules, self.lock, self.announced = engine.rules, engine.lock, engine.announced
         self.escalating = engine.escalating
         self.tasks: set[asyncio.Task[None]] = set()
@@ -106,6 +102,11 @@ class SensorConsumer(MqttConsumer):
             return  # removed: the server ends this instance
         self.sensor = sensor
         self.rules.reconfigure(sensor, self.runtime.config.rules_for(sensor))
+        # A rule's new modes may let one the mode held back raise now; escalation steps are read
+        # from the rules as they are, so changed ones count from each alert's start as before.
+        transitions = self.rules.release_held(self.loop.time())
+        if transitions:
+            self._apply_in_order(transitions, None)
         self._schedule()
 
     def _loop_time(self, epoch: float) -> float:
@@ -139,7 +140,18 @@ class SensorConsumer(MqttConsumer):
         self.rules.held_back.clear()
 
     async def mqtt_connect(self, event: MqttConnectEvent) -> None:
-        self._setup()
+        if self._setup():
+            self._restore_escalation()
+
+    def _restore_escalation(self) -> None:
+        """Escalation deadlines as stored, taken at the first connection: a step due while the gateway
+        was stopped fires now, once, and its actions reach the broker."""
+        restored = self.runtime.escalating.pop(self.sensor.id, [])
+        for alert in restored:
+            since = (alert.notify_from or alert.raised_at).timestamp()
+            self.escalating.setdefault(alert.rule, [alert.id, self._loop_time(since), alert.escalation or 0])
+        if restored:
+            self._schedule()
 
     async def mqtt_message(self, event: MqttMessageEvent) -> None:
         if not self._setup():

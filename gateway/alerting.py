@@ -136,11 +136,31 @@ class SiteAlerting:
         name = self.runtime.config.gateway.timezone
         return ZoneInfo(name) if name else datetime.now().astimezone().tzinfo
 
+    async def follow(self) -> None:
+        """Join the group `site` now (before the servers start: no change another process makes
+        once this one is up is missed), and follow it from now on."""
+        layer = self.runtime.layer
+        channel = await layer.new_channel()
+        try:
+            await layer.group_add(GROUP, channel)  # renewed by the layer (gateway.layers.redis.RedisLayer)
+        except Exception as err:  # the layer is away: the membership is made when it is back
+            log.warning("could not join the group %s yet (%s)", GROUP, err)
+            self._spawn(self._join_later(channel))
+        self._spawn(self._follow(channel))
+
+    async def _join_later(self, channel: str) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.runtime.layer.group_add(GROUP, channel)
+                return
+            except Exception:
+                continue
+
     def start(self) -> None:
-        """Timers for silence ends and schedule switches, and the follower of other processes' changes."""
+        """Timers for silence ends and schedule switches (the follower runs from `follow`)."""
         self._arm_expiry()
         self._arm_switch()
-        self._spawn(self._follow())
 
     def stop(self) -> None:
         for handle in (self._expiry, self._switch):
@@ -152,10 +172,12 @@ class SiteAlerting:
     def reconfigure(self) -> None:
         """A reload: modes or schedules may have changed."""
         if self.modes and self.mode not in self.modes:
-            self.mode = self.runtime.config.gateway.mode
+            gone, self.mode = self.mode, self.runtime.config.gateway.mode
+            log.info("mode %s: the reloaded config has no mode %r", self.mode, gone)
             self._notify("mode")
-        elif not self.modes:
+        elif not self.modes and self.mode:
             self.mode = ""
+            self._notify("mode")
         self._arm_switch()
 
     # Silences
@@ -316,6 +338,7 @@ class SiteAlerting:
             return
         at, switch = upcoming
         self.next_switch = {"mode": switch.mode, "at": iso(at)}
+        log.info("schedule: next switch to %s at %s", switch.mode, at.astimezone(self._zone()).isoformat())
         wait = max(0.0, at.timestamp() - time.time())
         self._switch = loop.call_later(wait, lambda: self._spawn(self._scheduled(switch, at.timestamp())))
 
@@ -334,10 +357,8 @@ class SiteAlerting:
 
     # Other processes' changes (and this one's, which change nothing here the second time)
 
-    async def _follow(self) -> None:
+    async def _follow(self, channel: str) -> None:
         layer = self.runtime.layer
-        channel = await layer.new_channel()
-        await layer.group_add(GROUP, channel)  # renewed by the layer (gateway.layers.redis.RedisLayer)
         while True:
             try:
                 message = await layer.receive(channel)

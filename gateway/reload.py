@@ -11,7 +11,11 @@ __all__ = ["RELOADABLE", "merge"]
 # Applied at once; everything else is read at start-up only (ports, broker, database, bot).
 RELOADABLE = (
     "sensors",
-    "rules",
+    "rules",  # a rule's modes and escalate steps too
+    "schedules",
+    "gateway.modes",
+    "gateway.mode",  # the mode to start in: it changes the current mode only if that one is gone
+    "gateway.timezone",
     "auth.tokens",
     "http.allowed_origins",
     "http.hosts",
@@ -24,7 +28,9 @@ def merge(old: Config, new: Config) -> tuple[Config, list[str]]:
     """The config to run after a reload, and the changed keys that need a restart (kept as they were)."""
     merged = new.model_copy(
         update={
-            "gateway": old.gateway,
+            "gateway": old.gateway.model_copy(
+                update={key: getattr(new.gateway, key) for key in ("modes", "mode", "timezone")}
+            ),
             "mqtt": old.mqtt,
             # The router and the MQTT devices are made from them once, at start-up.
             "consumers": old.consumers,

@@ -46,12 +46,12 @@ def event_loop(protocols: list[str]) -> asyncio.AbstractEventLoop:
 
 
 def mqtt_devices(config: Config) -> list[Any]:
-    from consumers.site import ack_topic
+    from consumers.site import command_topics
     from gateway.asgi import consumer_devices
     from protocols.mqtt.server import Device
 
     devices = [Device(s.id, s.topics) for s in config.sensors]
-    devices.append(Device(f"site:{config.gateway.site}", (ack_topic(config.gateway.site),)))
+    devices.append(Device(f"site:{config.gateway.site}", tuple(command_topics(config.gateway.site))))
     devices += [Device(name, (topic,)) for name, topic in consumer_devices(config).items()]
     return devices
 
@@ -160,7 +160,8 @@ class Gateway:
             if self.notifier.enabled:
                 self._systemd = asyncio.ensure_future(self.systemd.run())
             await self._start_runtime(runtime)
-            runtime.alerting.start()
+            await runtime.alerting.follow()
+            runtime.alerting.start()  # what falls due waits for the servers (SiteAlerting.servers_ready)
             self.backends = Servers(self.backend_servers())
             self.servers = Servers(self.protocol_servers(application, runtime))
             await self.backends.start()

@@ -121,8 +121,8 @@ async def test_a_two_hour_silence_holds_back_every_notification_of_a_flapping_do
     created = await recv_until(ws, lambda m: m.get("type") == "silence")
     silence = created["silence"]
     assert created["event"] == "created" and silence["zone"] == "house" and silence["created_by"] == "web:ops"
-    # MQTT-OUT-SILENCE announced = await watcher.next("gateway/test/alerts")
-    # MQTT-OUT-SILENCE assert announced == {"type": "silence", "event": "created", "silence": silence}
+    announced = await watcher.next("gateway/test/alerts")
+    assert announced == {"type": "silence", "event": "created", "silence": silence}
     cycles = 20
     for n in range(cycles):
         await publish(gw.mqtt_port, "zigbee2mqtt/front_door", '{"contact":false}')

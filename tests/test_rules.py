@@ -225,3 +225,27 @@ def test_a_sensor_offline_before_a_restart_comes_back_with_its_next_message() ->
     assert rules.online is False
     assert kinds(rules.on_value(21, 1)) == ["clear"]
     assert rules.online is True
+
+
+def _armed(modes: list[str], for_: str = "0s") -> Any:
+    config = parse_config(
+        {
+            "gateway": {"modes": ["home", "away"], "mode": "home"},
+            "sensors": [{"id": "t", "topic": "t", "format": "plain"}],
+            "rules": [{"id": "r", "sensor": "t", "when": {"equals": True}, "modes": modes, "for": for_}],
+        },
+        {},
+        "test",
+    )
+    return config.sensors[0], config.rules_for(config.sensors[0])
+
+
+def test_a_reload_that_lets_a_held_rule_raise_raises_it_then() -> None:
+    sensor, rules = _armed(["away"])
+    engine = SensorRules(sensor, rules, 0.0, "home")
+    assert kinds(engine.on_value(True, 1)) == [] and engine.held_back  # held back at home
+    assert kinds(engine.release_held(2)) == []  # the same rules: still held
+    engine.reconfigure(*_armed(["home", "away"], for_="5s"))
+    assert kinds(engine.release_held(3)) == []  # its `for` counts from the reload
+    assert kinds(engine.tick(8)) == ["raise"]
+    assert kinds(engine.release_held(9)) == []  # raised once

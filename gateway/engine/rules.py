@@ -138,6 +138,20 @@ class SensorRules:
         self._local = True
         return out
 
+    def release_held(self, now: float) -> list[Transition]:
+        """After a reload: a rule the mode held back that may raise in this mode now starts again
+        (its `for` counting from now), as on a switch into one of its modes."""
+        out: list[Transition] = []
+        for rule in self.rules:
+            state = self.states[rule.id]
+            if state.active or not state.held or not may_raise(rule, self.mode):
+                continue
+            state.held, state.pending_since = False, None
+            self._local = state.local
+            self._hold(rule, state, now, out)
+        self._local = True
+        return out
+
     def on_value(
         self, value: Value, now: float, retained: bool = False, local: bool = True
     ) -> list[Transition]:
