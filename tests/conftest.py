@@ -25,10 +25,28 @@ from websockets.asyncio.client import ClientConnection, connect
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Ports for the servers a test starts: below the kernel's ephemeral range (32768-60999 on Linux),
+# which outgoing connections draw from at any moment, and one slice per pytest-xdist worker, handed
+# out in turn: a port this process gave a moment ago, or another worker's, is never given again
+# before its server binds it.
+_PORTS_FROM, _PORTS_PER_WORKER = 20000, 3000
+_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 4
+_next_port = _PORTS_FROM + _worker * _PORTS_PER_WORKER + (os.getpid() % 100) * 10
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    global _next_port
+    first = _PORTS_FROM + _worker * _PORTS_PER_WORKER
+    for _ in range(_PORTS_PER_WORKER):
+        port = _next_port
+        _next_port = first + (_next_port + 1 - first) % _PORTS_PER_WORKER
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken, or still in TIME_WAIT: the next one
+            return port
+    raise RuntimeError("no free port in this worker's slice")
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
