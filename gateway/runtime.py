@@ -15,6 +15,7 @@ from channels.layers import get_channel_layer
 from gateway.alerting import SiteAlerting
 from gateway.config import Config
 from gateway.engine.alerts import AlertChange, AlertRecord
+from gateway.engine.discovery import DiscoveredSensors
 from gateway.engine.rules import SensorRules
 from gateway.faults import FAULT_RULE, DeviceFaults
 from gateway.layers.peers import PeerMirror
@@ -75,6 +76,10 @@ class Runtime:
     escalating: dict[str, list[AlertRecord]] = field(default_factory=dict)
     # The site's silences and mode (SPEC §10), kept current in every process.
     alerting: SiteAlerting = field(init=False)
+    # What discovery found (consumers.discovery), and how it is applied: the server runs the
+    # configured sensors and these together (gateway.server), as a reload would.
+    discovered: DiscoveredSensors = field(default_factory=DiscoveredSensors)
+    apply_discovered: Callable[[], None] = lambda: None
 
     def __post_init__(self) -> None:
         self.book = AlertBook(self.config.gateway.site)

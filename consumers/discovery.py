@@ -1,0 +1,83 @@
+"""`DiscoveryConsumer`: Zigbee2MQTT's `<base>/bridge/devices` and Home Assistant's discovery
+configs in, the discovered sensors kept on the runtime and applied without a restart (SPEC §11).
+
+Parsing lives in gateway.engine.discovery and gateway.engine.homeassistant; applying the sensors
+(a config of the configured ones and the discovered, as a reload applies it) is the server's
+(`Runtime.apply_discovered`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.engine.discovery import parse_zigbee2mqtt
+from gateway.engine.formats import PayloadError
+from gateway.engine.homeassistant import Unsupported, parse_config_topic, parse_homeassistant
+from gateway.ops import logs, metrics
+from gateway.runtime import Runtime
+from protocols.mqtt.consumer import MqttConsumer
+from protocols.mqtt.types import MqttMessageEvent
+
+__all__ = ["DEVICE", "DiscoveryConsumer"]
+
+# The MQTT device of the discovery topics (a sensor id has no colon).
+DEVICE = "discovery:"
+# A burst of retained configs (every entity at start-up) is applied once, this long after its first.
+SETTLE = 0.2
+
+log = logs.sensors
+_bad_input_log = logs.RateLimit(interval=30.0)
+_said: set[str] = set()  # components not read, each logged once
+
+
+class DiscoveryConsumer(MqttConsumer):
+    runtime: Runtime
+    due: asyncio.TimerHandle | None = None
+
+    async def mqtt_message(self, event: MqttMessageEvent) -> None:
+        self.runtime = runtime = self.scope["gateway"]
+        settings = runtime.config.discovery
+        topic, payload = event["topic"], event["payload"]
+        try:
+            if settings.zigbee2mqtt and topic == f"{settings.zigbee2mqtt}/bridge/devices":
+                sensors, problems = parse_zigbee2mqtt(
+                    payload, settings.zigbee2mqtt, settings.zone, settings.max_payload
+                )
+                for problem in problems:
+                    self._bad(topic, problem)
+                changed = runtime.discovered.set_zigbee(sensors)
+            else:
+                sensor = parse_homeassistant(topic, payload, settings.homeassistant, settings.max_payload)
+                changed = runtime.discovered.set_config(topic, sensor)
+        except Unsupported as err:
+            metrics.mqtt_messages.labels("ignored").inc()
+            component = parse_config_topic(topic, settings.homeassistant)[0]
+            if component not in _said:
+                _said.add(component)
+                log.info("discovery: %s on %s and others like it are skipped: %s", component, topic, err)
+            return
+        except PayloadError as err:
+            self._bad(topic, str(err))
+            return
+        metrics.mqtt_messages.labels("ok").inc()
+        if changed and self.due is None:
+            self.due = asyncio.get_running_loop().call_later(SETTLE, self._apply)
+
+    def _apply(self) -> None:
+        self.due = None
+        self.runtime.apply_discovered()
+
+    def _bad(self, topic: str, problem: str) -> None:
+        metrics.mqtt_messages.labels("bad_payload").inc()
+        metrics.bad_input.labels("mqtt", "discovery").inc()
+        allowed, held = _bad_input_log.allow(topic)
+        if allowed:
+            log.warning(
+                "discovery: skipped %s: %s%s", topic, problem, f" ({held} similar not logged)" if held else ""
+            )
+
+    async def mqtt_disconnect(self, event: Any) -> None:
+        if event["final"] and self.due is not None:
+            self.due.cancel()
+        await super().mqtt_disconnect(event)
