@@ -33,7 +33,9 @@ _said: set[str] = set()  # components not read, each logged once
 
 class DiscoveryConsumer(MqttConsumer):
     runtime: Runtime
-    due: asyncio.TimerHandle | None = None
+    applying: asyncio.Task[None] | None = None
+    # Something changed since the last apply began.
+    dirty = False
 
     async def mqtt_message(self, event: MqttMessageEvent) -> None:
         self.runtime = runtime = self.scope["gateway"]
@@ -61,12 +63,20 @@ class DiscoveryConsumer(MqttConsumer):
             self._bad(topic, str(err))
             return
         metrics.mqtt_messages.labels("ok").inc()
-        if changed and self.due is None:
-            self.due = asyncio.get_running_loop().call_later(SETTLE, self._apply)
+        if changed:
+            self.dirty = True
+            if self.applying is None or self.applying.done():
+                self.applying = asyncio.ensure_future(self._apply())
 
-    def _apply(self) -> None:
-        self.due = None
-        self.runtime.apply_discovered()
+    async def _apply(self) -> None:
+        # One apply at a time, each of the newest state; a burst settles first.
+        while self.dirty:
+            await asyncio.sleep(SETTLE)
+            self.dirty = False
+            try:
+                await self.runtime.apply_discovered()
+            except Exception:
+                log.exception("discovery: applying the discovered sensors failed")
 
     def _bad(self, topic: str, problem: str) -> None:
         metrics.mqtt_messages.labels("bad_payload").inc()
@@ -78,6 +88,6 @@ class DiscoveryConsumer(MqttConsumer):
             )
 
     async def mqtt_disconnect(self, event: Any) -> None:
-        if event["final"] and self.due is not None:
-            self.due.cancel()
+        if event["final"] and self.applying is not None:
+            self.applying.cancel()
         await super().mqtt_disconnect(event)

@@ -6,10 +6,11 @@ It travels in every scope as `scope["gateway"]` (see `gateway.asgi.WithRuntime`)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from gateway.alerting import SiteAlerting
@@ -23,6 +24,7 @@ from gateway.ops import logs, metrics
 from gateway.ops.health import Health
 from gateway.store.alerts import AlertBook
 from gateway.store.chats import ChatBook
+from gateway.store.models import SensorState
 from gateway.store.sensors import SensorStore
 
 if TYPE_CHECKING:  # made by the web room's owner (gateway.server): the runtime sits below the web
@@ -79,7 +81,7 @@ class Runtime:
     # What discovery found (consumers.discovery), and how it is applied: the server runs the
     # configured sensors and these together (gateway.server), as a reload would.
     discovered: DiscoveredSensors = field(default_factory=DiscoveredSensors)
-    apply_discovered: Callable[[], None] = lambda: None
+    apply_discovered: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
 
     def __post_init__(self) -> None:
         self.book = AlertBook(self.config.gateway.site)
@@ -97,6 +99,16 @@ class Runtime:
         self.escalating = {}
         for alert in await self.book.escalating():
             self.escalating.setdefault(alert.sensor, []).append(alert)
+
+    async def load_sensors(self, ids: list[str]) -> None:
+        """The stored state of sensors that came after start-up (discovered), as configured ones had."""
+        rows = await database_sync_to_async(_stored)(self.board.site, ids)
+        for row in rows:
+            snap = self.board.sensors.get(row.sensor)
+            if snap is not None and snap.updated_at is None:  # no reading since it came
+                snap.value, snap.online, snap.updated_at = row.value, row.online, row.updated_at
+                if row.updated_at is not None:
+                    snap.remember(row.value, row.updated_at)
 
     def reload(self, config: Config) -> None:
         """Run with a new config (already merged: see gateway.reload) from now on."""
@@ -165,3 +177,7 @@ class Runtime:
                     err,
                     held,
                 )
+
+
+def _stored(site: str, ids: list[str]) -> list[SensorState]:
+    return list(SensorState.objects.filter(site=site, sensor__in=ids))

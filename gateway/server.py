@@ -147,20 +147,33 @@ class Gateway:
 
     def _run_with_discovered(self) -> Config:
         """Run the configured sensors and the discovered ones (SPEC §11), as a reload applies a config."""
+        running = self._with_discovered()
+        if self.mqtt is not None:
+            self.mqtt.update_devices(mqtt_devices(running))
+        return running
+
+    def _with_discovered(self) -> Config:
         from gateway.engine.discovery import with_discovered
 
         discovered = [] if self.runtime is None else self.runtime.discovered.sensors
         running = self.config = with_discovered(self.configured, discovered)
         if self.runtime is not None:
             self.runtime.reload(running)
-        if self.mqtt is not None:
-            self.mqtt.update_devices(mqtt_devices(running))
         return running
 
-    def _apply_discovered(self) -> None:
+    async def _apply_discovered(self) -> None:
         before = set(self.config.sensors_by_id)
-        running = self._run_with_discovered()
+        running = self._with_discovered()
         after = set(running.sensors_by_id)
+        if after - before and self.runtime is not None:
+            # Their last state, before their consumers start and their rules take it up.
+            try:
+                await self.runtime.load_sensors(sorted(after - before))
+            except Exception as err:  # a locked or gone database: they start unknown, as with none stored
+                log.error("discovery: could not read the stored state of new sensors: %s", err)
+        if self.mqtt is not None:
+            # The newest config: a reload may have come meanwhile.
+            self.mqtt.update_devices(mqtt_devices(self.config))
         log.info(
             "discovery: %d sensors discovered (%d new, %d gone), %d rules",
             len(running.sensors) - len(self.configured.sensors),

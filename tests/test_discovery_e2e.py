@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -115,12 +116,16 @@ async def test_zigbee2mqtt_leak_sensor_appears_alerts_and_vanishes(
     await publish(port, "zigbee2mqtt/bridge/devices", payload([COORDINATOR_2X, PLUG_2X]), retain=True)
     found = await until(lambda: "Bathroom_leak.water_leak" not in sensors(gw) and sensors(gw), what="it gone")
     assert "Kitchen_plug.power" in found and not any(i.startswith("Bathroom_leak") for i in found)
-    # A restart: the retained list brings the devices again.
+    await publish(port, "zigbee2mqtt/Kitchen/plug", '{"state":"ON","power":12.5,"energy":3.25}')
+    await until(lambda: sensors(gw)["Kitchen_plug.power"]["value"] == 12.5, what="the plug's power")
+    # A restart: the retained list brings the devices again, with their last state.
     assert gw.stop() == 0
     gw.start()
     found = await until(lambda: "Kitchen_plug.power" in sensors(gw) and sensors(gw), what="the plug again")
-    assert found["Kitchen_plug.power"]["unit"] == "W"
-    await publish(port, "zigbee2mqtt/bridge/devices", b"", retain=True)
+    assert (found["Kitchen_plug.power"]["display"], found["Kitchen_plug.energy"]["display"]) == (
+        "12.5 W",
+        "3.25 kWh",
+    )
 
 
 async def test_home_assistant_configs_appear_read_and_vanish(
@@ -159,15 +164,14 @@ async def test_home_assistant_configs_appear_read_and_vanish(
     assert metric(gw, 'gateway_bad_input_total{protocol="mqtt",reason="discovery"}') == 1
     assert "switch on homeassistant/switch/A1B2C3_RL_1/config and others like it are skipped" in gw.log
 
+    # A reload (SIGHUP) of the file keeps what was discovered.
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    await until(lambda: "config reloaded" in gw.log, what="the reload")
+    assert {"ESPsensorlivingroom_temperature", "A1B2C3_AM2301_Temperature"} <= set(sensors(gw))
+
     # An empty config removes the entity.
     await publish(port, topic, b"", retain=True)
     await until(lambda: "ESPsensorlivingroom_temperature" not in sensors(gw), what="the ESPHome sensor gone")
     assert "A1B2C3_AM2301_Temperature" in sensors(gw)
     await ws.close()
-    for t in (
-        TASMOTA_TEMPERATURE[0],
-        TASMOTA_RELAY[0],
-        "homeassistant/sensor/broken/config",
-        "tele/tasmota_A1B2C3/LWT",
-    ):
-        await publish(port, t, b"", retain=True)

@@ -7,6 +7,7 @@ Home Assistant's discovery messages are gateway.engine.homeassistant's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -38,9 +39,17 @@ class DiscoveryError(PayloadError):
     """A discovery message that gives no sensor; the message says why."""
 
 
+# The database keeps sensor ids of up to 128 characters.
+MAX_ID = 128
+
+
 def safe_id(text: str) -> str:
-    """An id from a name or topic: characters outside A-Za-z0-9_.- become `_`."""
-    return _NOT_ID.sub("_", text) or "_"
+    """An id from a name or topic: characters outside A-Za-z0-9_.- become `_`; a long one is cut,
+    with a hash of the whole so that two long ones stay apart."""
+    ident = _NOT_ID.sub("_", text) or "_"
+    if len(ident) > MAX_ID:
+        ident = f"{ident[: MAX_ID - 9]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return ident
 
 
 def safe_zone(text: str) -> str:
