@@ -34,6 +34,8 @@ from tests.discovery_messages import (
     TASMOTA_TEMPERATURE,
     payload,
 )
+from tests.telegram_standin import BotApiStandin
+from tests.test_telegram import ALICE, TOKEN, say, start, telegram_toml, to_chat
 
 DISCOVERY = """
 [discovery]
@@ -47,6 +49,12 @@ def sensors(gw: GatewayProcess) -> dict[str, dict[str, Any]]:
     status, body = http_get(f"{gw.url}/api/sensors", "ops-secret-token")
     assert status == 200
     return {s["id"]: s for s in body["sensors"]}
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[BotApiStandin]:
+    async with BotApiStandin(token=TOKEN) as api:
+        yield api
 
 
 @pytest.fixture
@@ -175,3 +183,19 @@ async def test_home_assistant_configs_appear_read_and_vanish(
     await until(lambda: "ESPsensorlivingroom_temperature" not in sensors(gw), what="the ESPHome sensor gone")
     assert "A1B2C3_AM2301_Temperature" in sensors(gw)
     await ws.close()
+
+
+async def test_discovered_leak_reaches_telegram(
+    gateway_factory: GatewayFactory, mosquitto: Service, standin: BotApiStandin
+) -> None:
+    port = mosquitto.port
+    await publish(port, "zigbee2mqtt/bridge/devices", payload([COORDINATOR_2X, LEAK_2X]), retain=True)
+    extra = DISCOVERY + telegram_toml(standin, [ALICE])
+    gw = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{port}", extra=extra, start=False)
+    await start(gw)
+    await until(lambda: "Bathroom_leak.water_leak" in sensors(gw), what="the leak sensor")
+    assert "zone zigbee" in await say(standin, ALICE, "/subscribe zigbee")
+    before = len(to_chat(standin, ALICE))
+    await publish(port, "zigbee2mqtt/Bathroom leak", '{"water_leak":true}')
+    sent = await standin.wait_sent(before + 1, timeout=15, method="sendMessage", chat_id=ALICE)
+    assert "Bathroom leak water leak: water leak" in sent[-1]["text"] and "wet" in sent[-1]["text"]
