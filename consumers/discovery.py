@@ -51,7 +51,7 @@ class DiscoveryConsumer(MqttConsumer):
                 changed = runtime.discovered.set_zigbee(sensors)
             else:
                 sensor = parse_homeassistant(topic, payload, settings.homeassistant, settings.max_payload)
-                changed = runtime.discovered.set_config(topic, sensor)
+                changed = runtime.discovered.set_config(topic, sensor, settings.zigbee2mqtt)
         except Unsupported as err:
             metrics.mqtt_messages.labels("ignored").inc()
             component = parse_config_topic(topic, settings.homeassistant)[0]

@@ -291,6 +291,8 @@ def test_running_config_adds_discovered_sensors_and_their_rules() -> None:
         payload([COORDINATOR_2X, LEAK_2X, FRONT_DOOR_2X]), "zigbee2mqtt", "zigbee", MAX
     )
     assert found.set_zigbee(sensors) and not found.set_zigbee(list(sensors))
+    # Zigbee2MQTT's own Home Assistant configs are left out while its list is read.
+    assert not found.set_config(Z2M_HA_LEAK[0], ha(Z2M_HA_LEAK), "zigbee2mqtt")
     assert found.set_config(Z2M_HA_LEAK[0], ha(Z2M_HA_LEAK))
     assert found.set_config(ESPHOME_LEAK[0], ha(ESPHOME_LEAK))
     running = with_discovered(config(), found.sensors)
@@ -351,3 +353,15 @@ def test_payload_mapping_and_casts_on_configured_sensors() -> None:
         json.dumps(read_value(b'{"n":3}', Sensor(id="f", topic="t", format="json", field="n", cast="float")))
         == "3.0"
     )
+
+
+def test_discovery_topics_are_not_shared_in_a_shared_group() -> None:
+    from protocols.mqtt.client import BrokerAddress
+    from protocols.mqtt.server import MqttServer, MqttSettings
+
+    topics = config().discovery.topics
+    settings = MqttSettings(BrokerAddress("127.0.0.1", 1), "c", "5", shared_group="edge", not_shared=topics)
+    server = MqttServer(settings, lambda *a: None, [])
+    # Retained messages are not sent on shared subscriptions, and each process needs every device.
+    assert [server._shared(t) for t in topics] == list(topics)
+    assert server._shared("zigbee2mqtt/Bathroom leak") == "$share/edge/zigbee2mqtt/Bathroom leak"

@@ -177,8 +177,15 @@ class DiscoveredSensors:
         self.zigbee = sensors
         return changed
 
-    def set_config(self, topic: str, sensor: Sensor | None) -> bool:
-        """A config topic's sensor, or None for one removed; whether anything changed."""
+    def set_config(self, topic: str, sensor: Sensor | None, zigbee2mqtt: str = "") -> bool:
+        """A config topic's sensor, or None for one removed; whether anything changed.
+
+        With Zigbee2MQTT's list read (its base topic given), the Home Assistant configs Zigbee2MQTT
+        publishes of the same devices are left out: the list has their properties of interest, and
+        the configs every other one (link quality, voltage, update state).
+        """
+        if sensor is not None and zigbee2mqtt and sensor.topic.startswith(f"{zigbee2mqtt}/"):
+            sensor = None
         if sensor is None:
             return self.configs.pop(topic, None) is not None
         changed = self.configs.get(topic) != sensor
