@@ -46,8 +46,8 @@ class DiscoveryConsumer(MqttConsumer):
                 sensors, problems = parse_zigbee2mqtt(
                     payload, settings.zigbee2mqtt, settings.zone, settings.max_payload
                 )
-                for problem in problems:
-                    self._bad(topic, problem)
+                if problems:
+                    self._bad(topic, "; ".join(problems), devices=len(problems))
                 changed = runtime.discovered.set_zigbee(sensors)
             else:
                 sensor = parse_homeassistant(topic, payload, settings.homeassistant, settings.max_payload)
@@ -78,13 +78,18 @@ class DiscoveryConsumer(MqttConsumer):
             except Exception:
                 log.exception("discovery: applying the discovered sensors failed")
 
-    def _bad(self, topic: str, problem: str) -> None:
-        metrics.mqtt_messages.labels("bad_payload").inc()
-        metrics.bad_input.labels("mqtt", "discovery").inc()
+    def _bad(self, topic: str, problem: str, devices: int = 0) -> None:
+        """A malformed message, or malformed `devices` of a list whose others are read."""
+        if not devices:
+            metrics.mqtt_messages.labels("bad_payload").inc()
+        metrics.bad_input.labels("mqtt", "discovery").inc(devices or 1)
         allowed, held = _bad_input_log.allow(topic)
         if allowed:
             log.warning(
-                "discovery: skipped %s: %s%s", topic, problem, f" ({held} similar not logged)" if held else ""
+                "discovery: skipped on %s: %s%s",
+                topic,
+                problem[:1000],
+                f" ({held} similar not logged)" if held else "",
             )
 
     async def mqtt_disconnect(self, event: Any) -> None:

@@ -120,6 +120,12 @@ async def test_zigbee2mqtt_leak_sensor_appears_alerts_and_vanishes(
     assert (offline["rule"], offline["severity"]) == ("Bathroom_leak.water_leak.offline", "warning")
     await ws.close()
 
+    # A malformed list is counted and skipped: what the last good one gave stays.
+    await publish(port, "zigbee2mqtt/bridge/devices", b'{"devices": "not a list"}')
+    await until(lambda: metric(gw, 'gateway_bad_input_total{protocol="mqtt",reason="discovery"}') == 1)
+    assert "Bathroom_leak.water_leak" in sensors(gw)
+    assert "discovery: skipped on zigbee2mqtt/bridge/devices: bridge/devices is dict" in gw.log
+
     # The device leaves the network: the bridge's list comes again without it.
     await publish(port, "zigbee2mqtt/bridge/devices", payload([COORDINATOR_2X, PLUG_2X]), retain=True)
     found = await until(lambda: "Bathroom_leak.water_leak" not in sensors(gw) and sensors(gw), what="it gone")
