@@ -9,15 +9,16 @@ Parsing lives in gateway.engine.discovery and gateway.engine.homeassistant; appl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from gateway.engine.discovery import parse_zigbee2mqtt
 from gateway.engine.formats import PayloadError
 from gateway.engine.homeassistant import Unsupported, parse_config_topic, parse_homeassistant
 from gateway.ops import logs, metrics
-from gateway.runtime import Runtime
+from gateway.runtime import DISCOVERED, DISCOVERY, Runtime
 from protocols.mqtt.consumer import MqttConsumer
-from protocols.mqtt.types import MqttMessageEvent
+from protocols.mqtt.types import MqttConnectEvent, MqttMessageEvent
 
 __all__ = ["DEVICE", "DiscoveryConsumer"]
 
@@ -77,6 +78,25 @@ class DiscoveryConsumer(MqttConsumer):
                 await self.runtime.apply_discovered()
             except Exception:
                 log.exception("discovery: applying the discovered sensors failed")
+            await self._tell()
+
+    async def mqtt_connect(self, event: MqttConnectEvent) -> None:
+        self.runtime = self.scope["gateway"]
+        if self.channel_layer is not None:
+            await self.channel_layer.group_add(DISCOVERY, self.channel_name)
+
+    async def discovery_request(self, event: dict[str, Any]) -> None:
+        """A process without MQTT started (split mode): it hears what was found."""
+        await self._tell()
+
+    async def _tell(self) -> None:
+        """What was found, to the processes without MQTT (runtime.follow_sensors)."""
+        if self.channel_layer is None:
+            return
+        sensors = [s.model_dump() for s in self.runtime.discovered.sensors]
+        await self.runtime.hand_over(
+            self.channel_layer.group_send, DISCOVERED, {"type": "sensors.discovered", "sensors": sensors}
+        )
 
     def _bad(self, topic: str, problem: str, devices: int = 0) -> None:
         """A malformed message, or malformed `devices` of a list whose others are read."""
@@ -95,4 +115,7 @@ class DiscoveryConsumer(MqttConsumer):
     async def mqtt_disconnect(self, event: Any) -> None:
         if event["final"] and self.applying is not None:
             self.applying.cancel()
+        if event["final"] and self.channel_layer is not None:
+            with contextlib.suppress(Exception):  # the layer is away: nothing to leave
+                await self.channel_layer.group_discard(DISCOVERY, self.channel_name)
         await super().mqtt_disconnect(event)

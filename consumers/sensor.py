@@ -173,8 +173,9 @@ class SensorConsumer(MqttConsumer):
                 transitions = self.rules.on_value(value, now, retained=event["retain"])
                 kind = "value"
         except FieldMissing as err:
-            if event["topic"] == self.sensor.result_topic:
-                # RESULT answers every command; most are about something else.
+            if event["topic"] == self.sensor.result_topic or self.sensor.id in self.runtime.discovered.ids:
+                # RESULT answers every command; most are about something else. A discovered device's
+                # state topic feeds each of its sensors, and a message may carry only some of them.
                 metrics.mqtt_messages.labels("ignored").inc()
             else:
                 self._bad_payload(event["topic"], err)

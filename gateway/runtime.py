@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from gateway.alerting import SiteAlerting
-from gateway.config import Config
+from gateway.config import Config, Sensor
 from gateway.engine.alerts import AlertChange, AlertRecord
 from gateway.engine.discovery import DiscoveredSensors
 from gateway.engine.rules import SensorRules
@@ -32,6 +32,10 @@ if TYPE_CHECKING:  # made by the web room's owner (gateway.server): the runtime 
 
 # The channel of `gateway/<site>/alerts`: one MQTT process takes each event (consumers.site).
 MQTT_OUT = "gateway.mqtt-alerts"
+# Discovery across processes (split mode): the MQTT processes' discovery consumers are in DISCOVERY
+# and say what they found (`sensors.discovered`) to DISCOVERED, which processes without MQTT follow.
+DISCOVERY = "discovery"
+DISCOVERED = "discovered"
 _handover_log = logs.RateLimit(interval=10.0)
 
 
@@ -130,14 +134,30 @@ class Runtime:
         layer = self.layer
         channel = await layer.new_channel()
         await layer.group_add("sensors", channel)  # renewed by the layer (gateway.layers.redis.RedisLayer)
+        # The MQTT processes' discovered sensors: each says them at every change and when asked.
+        await layer.group_add(DISCOVERED, channel)
+        if self.config.discovery.enabled:
+            await self.hand_over(layer.group_send, DISCOVERY, {"type": "discovery.request"})
         while True:
             message = await layer.receive(channel)
+            if message.get("type") == "sensors.discovered":
+                await self._mirror_discovered(message)
+                continue
             if message.get("type") != "sensor.update":
                 continue
             try:
                 self.board.apply(message["sensor"])
             except (KeyError, TypeError, ValueError) as err:
                 logs.sensors.warning("ignored a malformed sensor event: %s", err)
+
+    async def _mirror_discovered(self, message: dict[str, Any]) -> None:
+        try:
+            sensors = [Sensor.model_validate(s) for s in message["sensors"]]
+        except (KeyError, TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+            logs.sensors.warning("ignored a malformed discovered-sensors event: %s", str(err)[:200])
+            return
+        if self.discovered.mirror(sensors):
+            await self.apply_discovered()
 
     async def broadcast(self, change: AlertChange, received: float | None = None) -> None:
         """Hand an alert change to every group it belongs to, encoded once.

@@ -295,6 +295,7 @@ def test_running_config_adds_discovered_sensors_and_their_rules() -> None:
     assert not found.set_config(Z2M_HA_LEAK[0], ha(Z2M_HA_LEAK), "zigbee2mqtt")
     assert found.set_config(Z2M_HA_LEAK[0], ha(Z2M_HA_LEAK))
     assert found.set_config(ESPHOME_LEAK[0], ha(ESPHOME_LEAK))
+    assert {"Bathroom_leak.water_leak", "ESPbinary_sensorleak"} <= found.ids
     running = with_discovered(config(), found.sensors)
     ids = [s.id for s in running.sensors]
     # The configured front door wins over the discovered one on its topic and field; Zigbee2MQTT's
@@ -312,6 +313,10 @@ def test_running_config_adds_discovered_sensors_and_their_rules() -> None:
     assert offline == ["Bathroom_leak.water_leak", "ESPbinary_sensorleak", "front_door.battery"]
     assert found.set_config(ESPHOME_LEAK[0], None) and not found.set_config(ESPHOME_LEAK[0], None)
     assert "ESPbinary_sensorleak" not in {s.id for s in with_discovered(config(), found.sensors).sensors}
+    assert "ESPbinary_sensorleak" not in found.ids
+    # Another process's list, as it is (split mode).
+    assert found.mirror([ha(ESPHOME_LEAK)]) and found.ids == {"ESPbinary_sensorleak"}
+    assert not found.mirror([ha(ESPHOME_LEAK)])
 
 
 def test_default_rules_only_when_asked() -> None:

@@ -205,3 +205,33 @@ async def test_discovered_leak_reaches_telegram(
     await publish(port, "zigbee2mqtt/Bathroom leak", '{"water_leak":true}')
     sent = await standin.wait_sent(before + 1, timeout=15, method="sendMessage", chat_id=ALICE)
     assert "Bathroom leak water leak: water leak" in sent[-1]["text"] and "wet" in sent[-1]["text"]
+
+
+async def test_split_mode_web_process_shows_what_the_mqtt_process_discovered(
+    gateway_factory: GatewayFactory, mosquitto: Service, redis_server: Service
+) -> None:
+    port, layer = mosquitto.port, f"redis://127.0.0.1:{redis_server.port}/0"
+    await publish(port, "zigbee2mqtt/bridge/devices", payload([COORDINATOR_2X, LEAK_2X]), retain=True)
+    web = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{port}", layer=layer, extra=DISCOVERY, start=False)
+    mqtt_only = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{port}", layer=layer, start=False, name="mq")
+    mqtt_only.config_path.write_text(web.config_path.read_text())
+    # The MQTT process has found the devices before the web process starts: the web process asks.
+    mqtt_only.start(protocols=("mqtt",), wait=False)
+    await until(
+        lambda: "discovery: 3 sensors discovered" in mqtt_only.log, what="the MQTT process's discovery"
+    )
+    web.start(protocols=("web",))
+    await until(lambda: "Bathroom_leak.water_leak" in sensors(web), what="the leak sensor on the web process")
+    ws = await ws_connect(web)
+    hello = await recv_json(ws)
+    assert "Bathroom_leak.water_leak" in {s["id"] for s in hello["sensors"]}
+    await publish(port, "zigbee2mqtt/Bathroom leak", '{"water_leak":true}')
+    raised = (await recv_until(ws, alert_event("raised")))["alert"]
+    assert (raised["sensor"], raised["severity"]) == ("Bathroom_leak.water_leak", "critical")
+    await ws.close()
+    # The message carried one of the device's properties: the others are not bad input.
+    assert "not found" not in mqtt_only.log
+    # A change reaches it too.
+    await publish(port, "zigbee2mqtt/bridge/devices", payload([COORDINATOR_2X, PLUG_2X]), retain=True)
+    await until(lambda: "Kitchen_plug.power" in sensors(web), what="the plug on the web process")
+    assert "Bathroom_leak.water_leak" not in sensors(web)

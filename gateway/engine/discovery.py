@@ -170,12 +170,13 @@ class DiscoveredSensors:
     def __init__(self) -> None:
         self.zigbee: list[Sensor] = []
         self.configs: dict[str, Sensor] = {}
+        self.ids: frozenset[str] = frozenset()  # of every discovered sensor, for a look-up per message
 
     def set_zigbee(self, sensors: list[Sensor]) -> bool:
         """The new list; whether anything changed."""
         changed = sensors != self.zigbee
         self.zigbee = sensors
-        return changed
+        return self._changed(changed)
 
     def set_config(self, topic: str, sensor: Sensor | None, zigbee2mqtt: str = "") -> bool:
         """A config topic's sensor, or None for one removed; whether anything changed.
@@ -187,9 +188,20 @@ class DiscoveredSensors:
         if sensor is not None and zigbee2mqtt and sensor.topic.startswith(f"{zigbee2mqtt}/"):
             sensor = None
         if sensor is None:
-            return self.configs.pop(topic, None) is not None
+            return self._changed(self.configs.pop(topic, None) is not None)
         changed = self.configs.get(topic) != sensor
         self.configs[topic] = sensor
+        return self._changed(changed)
+
+    def mirror(self, sensors: list[Sensor]) -> bool:
+        """Another process's discovered sensors, as they are (split mode); whether anything changed."""
+        changed = sensors != self.sensors
+        self.zigbee, self.configs = sensors, {}
+        return self._changed(changed)
+
+    def _changed(self, changed: bool) -> bool:
+        if changed:
+            self.ids = frozenset(s.id for s in self.sensors)
         return changed
 
     @property
