@@ -370,3 +370,27 @@ def test_discovery_topics_are_not_shared_in_a_shared_group() -> None:
     # Retained messages are not sent on shared subscriptions, and each process needs every device.
     assert [server._shared(t) for t in topics] == list(topics)
     assert server._shared("zigbee2mqtt/Bathroom leak") == "$share/edge/zigbee2mqtt/Bathroom leak"
+
+
+def test_abbreviated_availability_list_and_expire_after() -> None:
+    sensor = ha(
+        (
+            "homeassistant/binary_sensor/garage/door/config",
+            {
+                "~": "garage/door",
+                "stat_t": "~/state",
+                "avty": [{"t": "garage/bridge"}, {"t": "~/avail", "pl_avail": "up", "pl_not_avail": "down"}],
+                "exp_aft": 600,
+                "dev_cla": "garage_door",
+                "pl_on": "open",
+                "pl_off": "shut",
+                "dev": {"name": "Garage", "sa": "Outside"},
+            },
+        )
+    )
+    assert (sensor.id, sensor.name, sensor.zone) == ("garage.door", "Garage", "Outside")
+    assert (sensor.topic, sensor.availability_topic) == ("garage/door/state", "garage/door/avail")
+    assert parse_availability(b"down", 100, sensor.payload_available, sensor.payload_not_available) is False
+    assert sensor.expire_after == 600.0
+    assert display(read_value(b"open", sensor), sensor) == "open"
+    assert display(read_value(b"SHUT", sensor), sensor) == "closed"
