@@ -313,7 +313,7 @@ async def test_layout_on_a_desktop_and_on_a_phone(
     await desktop.locator('[data-sensor-id="freezer"] .spark').wait_for()
     points = await desktop.locator('[data-sensor-id="freezer"] polyline').get_attribute("points")
     assert points is not None and len(points.split()) == 5
-    assert await desktop.text_content('[data-sensor-id="freezer"] .spark-range') == "min -19.5max -16"
+    assert await desktop.text_content('[data-sensor-id="freezer"] .spark-range') == "min -19.5 °Cmax -16 °C"
     zones = await desktop.locator(".zone h3").all_text_contents()
     assert zones == ["cellar", "garage", "house", "kitchen"]
     alerts_box = await desktop.locator(".alerts-panel").bounding_box()
