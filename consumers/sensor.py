@@ -18,7 +18,7 @@ from gateway.config import Action, Rule, Sensor
 from gateway.engine.alerts import AlertChange
 from gateway.engine.display import display
 from gateway.engine.escalation import due_levels, next_deadline
-from gateway.engine.formats import FieldMissing, PayloadError, Value, parse_availability, parse_value
+from gateway.engine.formats import FieldMissing, PayloadError, Value, parse_availability, read_value
 from gateway.engine.rules import SensorRules, Transition
 from gateway.engine.templates import fill_payload
 from gateway.ops import logs, metrics
@@ -162,16 +162,20 @@ class SensorConsumer(MqttConsumer):
         value: Value
         try:
             if event["topic"] == self.sensor.availability_topic:
-                value = parse_availability(event["payload"], max_payload)
+                sensor = self.sensor
+                value = parse_availability(
+                    event["payload"], max_payload, sensor.payload_available, sensor.payload_not_available
+                )
                 transitions = self.rules.on_availability(value, now)
                 kind = "available"
             else:
-                value = parse_value(event["payload"], self.sensor.format, self.sensor.field, max_payload)
+                value = read_value(event["payload"], self.sensor, max_payload)
                 transitions = self.rules.on_value(value, now, retained=event["retain"])
                 kind = "value"
         except FieldMissing as err:
-            if event["topic"] == self.sensor.result_topic:
-                # RESULT answers every command; most are about something else.
+            if event["topic"] == self.sensor.result_topic or self.sensor.id in self.runtime.discovered.ids:
+                # RESULT answers every command; most are about something else. A discovered device's
+                # state topic feeds each of its sensors, and a message may carry only some of them.
                 metrics.mqtt_messages.labels("ignored").inc()
             else:
                 self._bad_payload(event["topic"], err)

@@ -16,6 +16,8 @@ from django.urls import path, re_path
 from django.urls.resolvers import URLPattern
 
 from consumers.dashboard import AlertSocket, NotFoundSocket
+from consumers.discovery import DEVICE as DISCOVERY_DEVICE
+from consumers.discovery import DiscoveryConsumer
 from consumers.sensor import SensorConsumer
 from consumers.site import SiteConsumer, ack_topic
 from gateway.config import Config, ConfigError
@@ -65,7 +67,7 @@ def build_application(runtime: Runtime) -> WithRuntime:
             ]
         ),
         "mqtt": DeviceRouter(
-            extensions.mqtt_devices,
+            {**extensions.mqtt_devices, DISCOVERY_DEVICE: DiscoveryConsumer.as_asgi()},
             TopicRouter(extensions.mqtt_filters),
             TopicRouter(
                 [

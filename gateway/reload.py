@@ -32,6 +32,8 @@ def merge(old: Config, new: Config) -> tuple[Config, list[str]]:
                 update={key: getattr(new.gateway, key) for key in ("modes", "mode", "timezone")}
             ),
             "mqtt": old.mqtt,
+            # Its topics are subscribed at start-up, and what was found belongs to them.
+            "discovery": old.discovery,
             # The router and the MQTT devices are made from them once, at start-up.
             "consumers": old.consumers,
             "workers": old.workers,
@@ -44,7 +46,7 @@ def merge(old: Config, new: Config) -> tuple[Config, list[str]]:
 
 def _changed(old: Config, new: Config, merged: Config) -> set[str]:
     keys: set[str] = set()
-    for section in ("gateway", "http", "mqtt", "telegram"):
+    for section in ("gateway", "http", "mqtt", "telegram", "discovery"):
         before: dict[str, Any] = getattr(old, section).model_dump()
         wanted: dict[str, Any] = getattr(new, section).model_dump()
         running: dict[str, Any] = getattr(merged, section).model_dump()

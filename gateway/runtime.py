@@ -6,15 +6,17 @@ It travels in every scope as `scope["gateway"]` (see `gateway.asgi.WithRuntime`)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from gateway.alerting import SiteAlerting
-from gateway.config import Config
+from gateway.config import Config, Sensor
 from gateway.engine.alerts import AlertChange, AlertRecord
+from gateway.engine.discovery import DiscoveredSensors
 from gateway.engine.rules import SensorRules
 from gateway.faults import FAULT_RULE, DeviceFaults
 from gateway.layers.peers import PeerMirror
@@ -22,6 +24,7 @@ from gateway.ops import logs, metrics
 from gateway.ops.health import Health
 from gateway.store.alerts import AlertBook
 from gateway.store.chats import ChatBook
+from gateway.store.models import SensorState
 from gateway.store.sensors import SensorStore
 
 if TYPE_CHECKING:  # made by the web room's owner (gateway.server): the runtime sits below the web
@@ -29,6 +32,10 @@ if TYPE_CHECKING:  # made by the web room's owner (gateway.server): the runtime 
 
 # The channel of `gateway/<site>/alerts`: one MQTT process takes each event (consumers.site).
 MQTT_OUT = "gateway.mqtt-alerts"
+# Discovery across processes (split mode): the MQTT processes' discovery consumers are in DISCOVERY
+# and say what they found (`sensors.discovered`) to DISCOVERED, which processes without MQTT follow.
+DISCOVERY = "discovery"
+DISCOVERED = "discovered"
 _handover_log = logs.RateLimit(interval=10.0)
 
 
@@ -75,6 +82,10 @@ class Runtime:
     escalating: dict[str, list[AlertRecord]] = field(default_factory=dict)
     # The site's silences and mode (SPEC §10), kept current in every process.
     alerting: SiteAlerting = field(init=False)
+    # What discovery found (consumers.discovery), and how it is applied: the server runs the
+    # configured sensors and these together (gateway.server), as a reload would.
+    discovered: DiscoveredSensors = field(default_factory=DiscoveredSensors)
+    apply_discovered: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
 
     def __post_init__(self) -> None:
         self.book = AlertBook(self.config.gateway.site)
@@ -92,6 +103,16 @@ class Runtime:
         self.escalating = {}
         for alert in await self.book.escalating():
             self.escalating.setdefault(alert.sensor, []).append(alert)
+
+    async def load_sensors(self, ids: list[str]) -> None:
+        """The stored state of sensors that came after start-up (discovered), as configured ones had."""
+        rows = await database_sync_to_async(_stored)(self.board.site, ids)
+        for row in rows:
+            snap = self.board.sensors.get(row.sensor)
+            if snap is not None and snap.updated_at is None:  # no reading since it came
+                snap.value, snap.online, snap.updated_at = row.value, row.online, row.updated_at
+                if row.updated_at is not None:
+                    snap.remember(row.value, row.updated_at)
 
     def reload(self, config: Config) -> None:
         """Run with a new config (already merged: see gateway.reload) from now on."""
@@ -113,14 +134,30 @@ class Runtime:
         layer = self.layer
         channel = await layer.new_channel()
         await layer.group_add("sensors", channel)  # renewed by the layer (gateway.layers.redis.RedisLayer)
+        # The MQTT processes' discovered sensors: each says them at every change and when asked.
+        await layer.group_add(DISCOVERED, channel)
+        if self.config.discovery.enabled:
+            await self.hand_over(layer.group_send, DISCOVERY, {"type": "discovery.request"})
         while True:
             message = await layer.receive(channel)
+            if message.get("type") == "sensors.discovered":
+                await self._mirror_discovered(message)
+                continue
             if message.get("type") != "sensor.update":
                 continue
             try:
                 self.board.apply(message["sensor"])
             except (KeyError, TypeError, ValueError) as err:
                 logs.sensors.warning("ignored a malformed sensor event: %s", err)
+
+    async def _mirror_discovered(self, message: dict[str, Any]) -> None:
+        try:
+            sensors = [Sensor.model_validate(s) for s in message["sensors"]]
+        except (KeyError, TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+            logs.sensors.warning("ignored a malformed discovered-sensors event: %s", str(err)[:200])
+            return
+        if self.discovered.mirror(sensors):
+            await self.apply_discovered()
 
     async def broadcast(self, change: AlertChange, received: float | None = None) -> None:
         """Hand an alert change to every group it belongs to, encoded once.
@@ -160,3 +197,7 @@ class Runtime:
                     err,
                     held,
                 )
+
+
+def _stored(site: str, ids: list[str]) -> list[SensorState]:
+    return list(SensorState.objects.filter(site=site, sensor__in=ids))

@@ -46,12 +46,15 @@ def event_loop(protocols: list[str]) -> asyncio.AbstractEventLoop:
 
 
 def mqtt_devices(config: Config) -> list[Any]:
+    from consumers.discovery import DEVICE as DISCOVERY_DEVICE
     from consumers.site import command_topics
     from gateway.asgi import consumer_devices
     from protocols.mqtt.server import Device
 
     devices = [Device(s.id, s.topics) for s in config.sensors]
     devices.append(Device(f"site:{config.gateway.site}", tuple(command_topics(config.gateway.site))))
+    if config.discovery.enabled:
+        devices.append(Device(DISCOVERY_DEVICE, config.discovery.topics))
     devices += [Device(name, (topic,)) for name, topic in consumer_devices(config).items()]
     return devices
 
@@ -63,6 +66,8 @@ DESCRIPTORS_BESIDES = 256
 
 class Gateway:
     def __init__(self, config: Config, protocols: list[str], env: Mapping[str, str] | None = None) -> None:
+        # As the file gives it (after reloads); `config` is what runs: these sensors and the discovered.
+        self.configured = config
         self.config = config
         self.protocols = usable(config, protocols)
         self.health = Health(self.protocols)
@@ -130,18 +135,52 @@ class Gateway:
         except ConfigError as err:
             log.error("reload refused, the running config stays: %s", err)
             return False
-        merged, needs_restart = merge(self.config, new)
-        self.config = merged
-        if self.runtime is not None:
-            self.runtime.reload(merged)
-        if self.mqtt is not None:
-            self.mqtt.update_devices(mqtt_devices(merged))
+        merged, needs_restart = merge(self.configured, new)
+        self.configured = merged
+        merged = self._run_with_discovered()
         log.info(
             "config reloaded from %s: %d sensors, %d rules", source, len(merged.sensors), len(merged.rules)
         )
         if needs_restart:
             log.warning("not applied until a restart: %s", ", ".join(needs_restart))
         return True
+
+    def _run_with_discovered(self) -> Config:
+        """Run the configured sensors and the discovered ones (SPEC §11), as a reload applies a config."""
+        running = self._with_discovered()
+        if self.mqtt is not None:
+            self.mqtt.update_devices(mqtt_devices(running))
+        return running
+
+    def _with_discovered(self) -> Config:
+        from gateway.engine.discovery import with_discovered
+
+        discovered = [] if self.runtime is None else self.runtime.discovered.sensors
+        running = self.config = with_discovered(self.configured, discovered)
+        if self.runtime is not None:
+            self.runtime.reload(running)
+        return running
+
+    async def _apply_discovered(self) -> None:
+        before = set(self.config.sensors_by_id)
+        running = self._with_discovered()
+        after = set(running.sensors_by_id)
+        if after - before and self.runtime is not None:
+            # Their last state, before their consumers start and their rules take it up.
+            try:
+                await self.runtime.load_sensors(sorted(after - before))
+            except Exception as err:  # a locked or gone database: they start unknown, as with none stored
+                log.error("discovery: could not read the stored state of new sensors: %s", err)
+        if self.mqtt is not None:
+            # The newest config: a reload may have come meanwhile.
+            self.mqtt.update_devices(mqtt_devices(self.config))
+        log.info(
+            "discovery: %d sensors discovered (%d new, %d gone), %d rules",
+            len(running.sensors) - len(self.configured.sensors),
+            len(after - before),
+            len(before - after),
+            len(running.rules),
+        )
 
     async def run(self) -> None:
         from gateway.asgi import build_application
@@ -152,6 +191,7 @@ class Gateway:
         self._signals()
         config = self.config
         runtime = self.runtime = Runtime(config, self.health, token_gate=TokenGate())
+        runtime.apply_discovered = self._apply_discovered
         runtime.mqtt_out = "mqtt" in self.protocols or is_redis(config.gateway.channel_layer)
         await runtime.load()
         self.systemd.count_alerts = runtime.book.open_counts
@@ -230,6 +270,7 @@ class Gateway:
             shared_group=config.mqtt.shared_group,
             keepalive=config.mqtt.keepalive,
             discover=consumer_filters(config),
+            not_shared=config.discovery.topics,
         )
         mqtt = self.mqtt = MqttServer(
             settings,

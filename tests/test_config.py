@@ -28,6 +28,10 @@ def test_sample_config_loads() -> None:
     assert config.sensors_by_id["front-door"].availability_topic == "zigbee2mqtt/front_door/availability"
     assert config.rules[2].for_ == 300.0 and config.rules[2].repeat == 1800.0
     assert not config.telegram_enabled
+    # Discovery on, so that a broker Zigbee2MQTT publishes to shows its devices with no other edit.
+    assert (config.discovery.zigbee2mqtt, config.discovery.homeassistant) == ("zigbee2mqtt", "homeassistant")
+    pointed = load_config(str(ROOT / "gateway.example.toml"), env={"GATEWAY_MQTT_URL": "mqtt://nas:1883"})
+    assert pointed.mqtt.url == "mqtt://nas:1883"
 
 
 def test_environment_variables_are_substituted() -> None:

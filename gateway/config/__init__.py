@@ -32,6 +32,7 @@ from gateway.config.alerting import (
     check_modes,
     check_timezone,
 )
+from gateway.config.discovery import DiscoverySection
 from gateway.config.extending import Consumer, Worker, check_extensions
 from gateway.config.fields import Duration, Section, parse_duration
 from gateway.config.sensors import Sensor
@@ -299,6 +300,7 @@ class Config(Section):
     auth: AuthSection = AuthSection()
     mqtt: MqttSection = MqttSection()
     telegram: TelegramSection = TelegramSection()
+    discovery: DiscoverySection = DiscoverySection()
     sensors: list[Sensor] = []
     rules: list[Rule] = []
     schedules: list[Schedule] = []
@@ -315,10 +317,12 @@ class Config(Section):
         _unique("rules", [r.id for r in self.rules])
         sensor_ids = {s.id for s in self.sensors}
         zones = {s.zone for s in self.sensors}
+        # With discovery on, a rule may name a sensor or zone that discovery brings (SPEC §11).
+        known = not self.discovery.enabled
         for rule in self.rules:
-            if rule.sensor and rule.sensor not in sensor_ids:
+            if known and rule.sensor and rule.sensor not in sensor_ids:
                 raise ValueError(f"rules[{rule.id}].sensor: no sensor with id {rule.sensor!r}")
-            if rule.zone and rule.zone not in zones:
+            if known and rule.zone and rule.zone not in zones:
                 raise ValueError(f"rules[{rule.id}].zone: no sensor is in zone {rule.zone!r}")
             out_of_order = check_escalation(rule.escalate)
             if out_of_order:

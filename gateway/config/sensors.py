@@ -46,6 +46,15 @@ class Sensor(Section):
     unit: str = Field(default="", max_length=16)
     device_class: str = Field(default="", pattern=r"^[a-z0-9_]{0,40}$")
     labels: dict[str, Annotated[str, Field(min_length=1, max_length=64)]] = {}
+    # The value as read, made a number ("float", "int") and rounded to `round` decimals, then a
+    # boolean: `payload_on` (text, any case) is true, `payload_off` false (gateway.engine.formats).
+    cast: Literal["", "float", "int"] = ""
+    round: int | None = Field(default=None, ge=0, le=10)
+    payload_on: str = ""
+    payload_off: str = ""
+    # What the availability topic sends besides online/offline (Tasmota: "Online"/"Offline").
+    payload_available: str = ""
+    payload_not_available: str = ""
 
     @model_validator(mode="after")
     def _defaults(self) -> Sensor:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from gateway.config.sensors import Sensor
+
 Value = bool | int | float | str
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "decoder",
     "parse_availability",
     "parse_value",
+    "read_value",
+    "shape",
 ]
 
 
@@ -149,13 +153,53 @@ def parse_value(payload: bytes, fmt: str, field: str, max_payload: int = 65536) 
     return _scalar(_field(_load_json(text), field), field)
 
 
+@decoder
+def read_value(payload: bytes, sensor: Sensor, max_payload: int = 65536) -> Value:
+    """The sensor's value in a state-topic payload, as its config shapes it (`shape`)."""
+    return shape(parse_value(payload, sensor.format, sensor.field, max_payload), sensor)
+
+
+def _text(value: Value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value).strip()
+
+
+def shape(value: Value, sensor: Sensor) -> Value:
+    """`cast`, `round`, then `payload_on`/`payload_off`, as Home Assistant's templates and binary
+    sensors do (`{{ value_json.t | float | round(1) }}`; "ON" is on)."""
+    if sensor.cast:
+        number = value if isinstance(value, int | float) else _plain(str(value))
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise PayloadError(f"{_text(value)[:40]!r} is not a number")
+        value = float(number) if sensor.cast == "float" else int(number)
+    if sensor.round is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PayloadError(f"{_text(value)[:40]!r} is not a number to round")
+        value = round(float(value), sensor.round)
+    if sensor.payload_on or sensor.payload_off:
+        text = _text(value).casefold()
+        if sensor.payload_on and text == sensor.payload_on.strip().casefold():
+            return True
+        if sensor.payload_off and text == sensor.payload_off.strip().casefold():
+            return False
+        raise PayloadError(
+            f"{_text(value)[:40]!r} is neither payload_on {sensor.payload_on!r} "
+            f"nor payload_off {sensor.payload_off!r}"
+        )
+    return value
+
+
 _ONLINE = {"online": True, "offline": False, "true": True, "false": False, "1": True, "0": False}
 
 
 @decoder
-def parse_availability(payload: bytes, max_payload: int = 65536) -> bool:
-    """`online`/`offline` (any case), or `{"state": "online"}` as Zigbee2MQTT sends it."""
+def parse_availability(payload: bytes, max_payload: int = 65536, online: str = "", offline: str = "") -> bool:
+    """`online`/`offline` (any case), or `{"state": "online"}` as Zigbee2MQTT sends it; also the
+    sensor's own `online` and `offline` texts (Home Assistant's payload_available)."""
     text = _decode(payload, max_payload).strip()
+    if online and text.casefold() == online.strip().casefold():
+        return True
+    if offline and text.casefold() == offline.strip().casefold():
+        return False
     if text.startswith("{"):
         state = _field(_load_json(text), "state")
         text = state if isinstance(state, str) else ""

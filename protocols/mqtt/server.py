@@ -54,6 +54,8 @@ class MqttSettings:
     max_lazy_devices: int = 1000
     lazy_idle: float = 600.0  # a lazy device silent this long ends, and frees its place
     qos: int = 1
+    # Filters every process of a shared group must hear in full (retained discovery): never shared.
+    not_shared: tuple[str, ...] = ()
 
 
 class MqttServer:
@@ -395,7 +397,12 @@ class MqttServer:
 
     def _shared(self, topic_filter: str) -> str:
         group = self.settings.shared_group
-        if group and self.protocol == "5" and not topic_filter.startswith("$"):
+        if (
+            group
+            and self.protocol == "5"
+            and not topic_filter.startswith("$")
+            and (topic_filter not in self.settings.not_shared)
+        ):
             return f"$share/{group}/{topic_filter}"
         return topic_filter
 
