@@ -164,7 +164,9 @@ async def test_trigger_appears_live_and_sensor_strings_stay_text(
     await alert.wait_for()
     assert "sev-critical" in (await alert.get_attribute("class") or "")
     assert await page.text_content("#active-count") == "1"
-    assert await page.locator("#history .entry", has_text="Front door opened").count() == 0  # open: above only
+    assert (
+        await page.locator("#history .entry", has_text="Front door opened").count() == 0
+    )  # open: above only
     assert await page.locator('[data-sensor-id="front-door"].alerting').count() == 1
 
     # A payload that is markup: shown as the characters it is, never parsed.

@@ -147,7 +147,8 @@ function createAlertItem(alert) {
     { class: "alert", "data-alert-id": alert.id },
     el("div", { class: "message" }),
     el("div", { class: "meta" }),
-    el("div", { class: "actions" }, button, mute, el("span", { class: "acked" })),
+    el("div", { class: "acked" }),
+    el("div", { class: "actions" }, button, mute),
   );
 }
 
@@ -162,7 +163,7 @@ function markers(alert, muted) {
 function updateAlertItem(node, alert) {
   const muted = manage.mutedBy(alert);
   node.className = `alert sev-${alert.severity} state-${alert.state}${muted ? " is-muted" : ""}`;
-  const [message, meta, actions] = node.children;
+  const [message, meta, acked, actions] = node.children;
   replaceChildren(message, el("span", { class: `badge sev-${alert.severity}`, text: alert.severity }), ...markers(alert, muted), alert.message);
   replaceChildren(
     meta,
@@ -170,11 +171,12 @@ function updateAlertItem(node, alert) {
     el("time", { "data-since": millis(alert.raised_at), datetime: alert.raised_at, title: clock(alert.raised_at) }),
     ` · ${alert.display ?? showValue(alert.value)} · id ${alert.id}`,
   );
-  const [button, mute, acked] = actions.children;
+  const [button, mute] = actions.children;
   mute.hidden = Boolean(muted);
   const active = alert.state === "active";
   button.hidden = !active;
   if (active && button.dataset.pending !== "1") button.disabled = false;
+  acked.hidden = active;
   acked.textContent = active ? "" : `Acknowledged by ${alert.acknowledged_by} at ${clock(alert.acknowledged_at)}`;
 }
 
