@@ -201,7 +201,9 @@ export class SensorPanel {
     if (muted) tile.classList.add("is-muted");
     name.textContent = sensor.name;
     name.title = sensor.id;
-    value.textContent = sensor.display ?? showValue(sensor.value);
+    const none = sensor.value === null || sensor.value === undefined;
+    value.className = `value${none ? " no-data" : ""}`;
+    value.textContent = none ? "–" : sensor.display ?? showValue(sensor.value);
     const [availability, updated] = foot.children;
     availability.className = `availability ${sensor.online === true ? "online" : offline ? "offline" : "unknown"}`;
     availability.textContent = sensor.online === true ? "online" : offline ? "offline" : "no data yet";
