@@ -225,13 +225,35 @@ export class SensorPanel {
 
 const RANGE_WORDS = { "1h": "hour", "24h": "day", "7d": "week" };
 
+// Folded zones stay folded on this screen across reloads.
+const FOLDED_KEY = "gateway.folded-zones";
+
+function folded() {
+  try {
+    return new Set(JSON.parse(localStorage.getItem(FOLDED_KEY) || "[]"));
+  } catch {
+    return new Set();
+  }
+}
+
 function createZone([zone]) {
-  return el(
+  const node = el(
     "details",
-    { class: "zone", "data-zone": zone, open: true },
+    { class: "zone", "data-zone": zone, open: !folded().has(zone) },
     el("summary", {}, el("h3", { text: zone }), el("span", { class: "zone-count" }), el("span", { class: "zone-flags" })),
     el("div", { class: "tiles" }),
   );
+  node.addEventListener("toggle", () => {
+    const zones = folded();
+    if (node.open) zones.delete(zone);
+    else zones.add(zone);
+    try {
+      localStorage.setItem(FOLDED_KEY, JSON.stringify([...zones]));
+    } catch {
+      // private browsing or a full store: folding still works, it is only not remembered
+    }
+  });
+  return node;
 }
 
 function zoneFlags(sensors) {
