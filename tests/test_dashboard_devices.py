@@ -96,9 +96,16 @@ async def test_sixty_devices_on_a_phone_grouped_counted_and_filtered(
     await expect(chip(page, "offline")).to_have_text("1offline")
     await expect(page.locator('[data-sensor-id="bath-leak"] .value')).to_have_text("wet")
     assert await page.locator('.zone[data-zone="bath"] .zone-flags').text_content() == "1 leak"
+    alerts = await page.locator(".alerts-panel").bounding_box()
     for kind in ("open", "leak", "battery", "offline"):
         box = await chip(page, kind).bounding_box()
         assert box and box["height"] >= 44  # a thumb hits it
+        assert alerts and box["y"] + box["height"] <= alerts["y"]  # first thing on the page
+    # Compact: two tiles a row on a phone.
+    first, second = [
+        await t.bounding_box() for t in await page.locator('.zone[data-zone="kitchen"] .tile').all()
+    ][:2]
+    assert first and second and first["y"] == second["y"] and second["x"] > first["x"] + first["width"]
 
     # A chip shows only those sensors, and says so; pressed again, everything is back.
     await chip(page, "open").click()
