@@ -105,9 +105,11 @@ def test_a_database_of_the_schema_before_silences_is_upgraded_with_its_alerts(tm
         # Back to 0003: the new table and columns gone, as a database of the previous release has them.
         conn.execute("DROP TABLE gateway_silence")
         conn.execute("DROP TABLE gateway_sitemode")
-        for column in ("silenced", "notify_from", "escalation"):
+        for column in ("silenced", "notify_from", "escalation", "display"):
             conn.execute(f"ALTER TABLE gateway_alert DROP COLUMN {column}")
-        conn.execute("DELETE FROM django_migrations WHERE app = 'gateway' AND name LIKE '0004%'")
+        conn.execute(
+            "DELETE FROM django_migrations WHERE app = 'gateway' AND (name LIKE '0004%' OR name LIKE '0005%')"
+        )
         conn.execute(
             "INSERT INTO gateway_alert (id, site, rule, sensor, zone, severity, state, message, value,"
             " groups, raised_at) VALUES ('abc234', 'home', 'leak', 'sink', 'kitchen', 'critical',"
@@ -117,10 +119,10 @@ def test_a_database_of_the_schema_before_silences_is_upgraded_with_its_alerts(tm
         tmp_path,
         "from gateway.store.models import Alert\n"
         "a = Alert.objects.get(id='abc234')\n"
-        "out['alert'] = [a.state, a.silenced, a.escalation, a.notify_from]\n"
+        "out['alert'] = [a.state, a.silenced, a.escalation, a.notify_from, a.display]\n"
         "out['silence'] = book.create_sync({'rule': 'leak'}, '', 'api', now, now)['rule']\n",
     )
-    assert out == {"alert": ["active", None, None, None], "silence": "leak"}
+    assert out == {"alert": ["active", None, None, None, None], "silence": "leak"}
     with sqlite3.connect(db) as conn:
         names = {row[0] for row in conn.execute("SELECT name FROM django_migrations WHERE app = 'gateway'")}
     assert json.dumps(sorted(names)).count("0004_silences_modes_escalation") == 1

@@ -1,4 +1,4 @@
-"""Django's private names, in one place (checked on Django 5.2.19).
+"""Django's private names, in one place (checked on Django 5.2.19 and 5.2.20).
 
 `logged`: a response marked as logged already (`_has_been_logged`, which Django's
 `log_response` reads), so Django does not log it again: the gate logs its refusals itself,
@@ -13,7 +13,7 @@ from django.utils.log import log_response
 
 from gateway.ops import logs
 
-CHECKED = {"django": "5.2.19"}
+CHECKED = {"django": "5.2.20"}
 INTERNALS = ("HttpResponse._has_been_logged",)
 
 
