@@ -1,9 +1,9 @@
-// The dashboard: sensors by zone, open alerts with Acknowledge and Mute, the muted list, the site's
-// mode, recent history, live over /ws/alerts/.
-import { append, el, keyed, replaceChildren } from "./dom.js";
-import { ago, clock, isNumber, millis, showValue } from "./format.js";
-import { draw, remember, sparkline } from "./chart.js";
+// The dashboard: open alerts with Acknowledge and Mute, the muted list, the site's mode, sensors by
+// zone with the summary strip (sensors.js), recently cleared alerts, live over /ws/alerts/.
+import { el, keyed, replaceChildren } from "./dom.js";
+import { ago, clock, millis, showValue } from "./format.js";
 import { Management, describe } from "./manage.js";
+import { SensorPanel } from "./sensors.js";
 import { AlertStream } from "./stream.js";
 
 const HISTORY = 50;
@@ -11,7 +11,6 @@ const STATE_RANK = { active: 0, acknowledged: 1, cleared: 2 };
 const SEVERITY_RANK = { critical: 0, warning: 1, info: 2 };
 
 const state = {
-  sensors: new Map(), // id -> sensor JSON plus `series`
   alerts: new Map(), // id -> alert JSON plus `missed`
   healthTimer: null,
   resumeTo: null, // hello's seq after a reconnect: raises up to it happened while we were away
@@ -22,7 +21,7 @@ const $ = (id) => document.getElementById(id);
 const stream = new AlertStream(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/alerts/`, {
   hello,
   alert: onAlert,
-  sensor: (msg) => upsertSensor(msg.sensor),
+  sensor: (msg) => sensors.upsert(msg.sensor),
   silence: (msg) => manage.onSilence(msg),
   mode: (msg) => manage.onMode(msg),
   error: (msg) => toast(msg.error, "error"),
@@ -31,6 +30,8 @@ const stream = new AlertStream(`${location.protocol === "https:" ? "wss" : "ws"}
 });
 const manage = new Management(stream, toast, () => render());
 manage.bindMode($("mode"));
+const sensors = new SensorPanel(manage, () => render());
+sensors.bind();
 
 // Alerts: merged by id, and a state never goes back (active -> acknowledged -> cleared),
 // so a replayed or repeated event can neither duplicate an alert nor undo a newer one.
@@ -53,12 +54,7 @@ function hello(msg, resumedFrom) {
   for (const alert of state.alerts.values()) {
     if (alert.state !== "cleared" && !open.has(alert.id)) alert.state = "cleared";
   }
-  const seen = new Set();
-  for (const sensor of msg.sensors) {
-    seen.add(sensor.id);
-    upsertSensor(sensor, sensor.recent);
-  }
-  for (const id of [...state.sensors.keys()]) if (!seen.has(id)) state.sensors.delete(id);
+  sensors.hello(msg.sensors);
   manage.hello(msg);
   state.resumeTo = resumedFrom === null ? null : msg.seq;
   if (resumedFrom === null) loadHistory();
@@ -101,15 +97,6 @@ async function loadHistory() {
   }
 }
 
-function upsertSensor(sensor, recent) {
-  const known = state.sensors.get(sensor.id);
-  const series = recent ? recent.map((p) => [p[0], p[1]]) : known?.series ?? [];
-  if (!recent && isNumber(sensor.value) && sensor.updated_at) remember(series, millis(sensor.updated_at), sensor.value);
-  const { recent: _dropped, ...fields } = sensor;
-  state.sensors.set(sensor.id, { ...fields, series });
-  render();
-}
-
 // Rendering, batched to one pass per frame however many events arrive.
 
 let renderQueued = false;
@@ -122,7 +109,7 @@ function render() {
     manage.renderList($("silences"), $("silences-empty"), $("silences-count"));
     manage.renderMode($("mode-box"), $("mode"));
     renderHistory();
-    renderSensors();
+    sensors.render(new Set([...state.alerts.values()].filter((a) => a.state === "active").map((a) => a.sensor)));
     tick();
   });
 }
@@ -136,13 +123,15 @@ function byUrgency(a, b) {
 }
 
 function sensorLabel(alert) {
-  const sensor = state.sensors.get(alert.sensor);
-  return `${sensor ? sensor.name : alert.sensor} · ${alert.zone}`;
+  return `${sensors.name(alert.sensor)} · ${alert.zone}`;
 }
 
 function renderActive() {
   const open = [...state.alerts.values()].filter((a) => a.state !== "cleared").sort(byUrgency);
-  $("active-count").textContent = String(open.filter((a) => a.state === "active").length);
+  // The counter counts what is listed under it; how many still want a hand is said beside it.
+  const waiting = open.filter((a) => a.state === "active").length;
+  $("active-count").textContent = String(open.length);
+  $("unacked").textContent = open.length === 0 ? "" : `${waiting} unacknowledged`;
   $("active-empty").hidden = open.length > 0;
   keyed($("active"), open, (a) => a.id, createAlertItem, updateAlertItem);
 }
@@ -158,7 +147,8 @@ function createAlertItem(alert) {
     { class: "alert", "data-alert-id": alert.id },
     el("div", { class: "message" }),
     el("div", { class: "meta" }),
-    el("div", { class: "actions" }, button, mute, el("span", { class: "acked" })),
+    el("div", { class: "acked" }),
+    el("div", { class: "actions" }, button, mute),
   );
 }
 
@@ -166,13 +156,14 @@ function markers(alert, muted) {
   return [
     muted ? el("span", { class: "badge muted-badge", title: `muted until ${clock(muted.ends_at)} (${describe(muted)})`, text: "🔕 muted" }) : null,
     alert.escalation ? el("span", { class: "badge escalated", text: `⏫ level ${alert.escalation}` }) : null,
+    alert.missed ? el("span", { class: "missed", text: "while disconnected" }) : null,
   ];
 }
 
 function updateAlertItem(node, alert) {
   const muted = manage.mutedBy(alert);
   node.className = `alert sev-${alert.severity} state-${alert.state}${muted ? " is-muted" : ""}`;
-  const [message, meta, actions] = node.children;
+  const [message, meta, acked, actions] = node.children;
   replaceChildren(message, el("span", { class: `badge sev-${alert.severity}`, text: alert.severity }), ...markers(alert, muted), alert.message);
   replaceChildren(
     meta,
@@ -180,11 +171,12 @@ function updateAlertItem(node, alert) {
     el("time", { "data-since": millis(alert.raised_at), datetime: alert.raised_at, title: clock(alert.raised_at) }),
     ` · ${alert.display ?? showValue(alert.value)} · id ${alert.id}`,
   );
-  const [button, mute, acked] = actions.children;
+  const [button, mute] = actions.children;
   mute.hidden = Boolean(muted);
   const active = alert.state === "active";
   button.hidden = !active;
   if (active && button.dataset.pending !== "1") button.disabled = false;
+  acked.hidden = active;
   acked.textContent = active ? "" : `Acknowledged by ${alert.acknowledged_by} at ${clock(alert.acknowledged_at)}`;
 }
 
@@ -203,7 +195,9 @@ function acknowledge(id, button) {
 }
 
 function renderHistory() {
+  // Open alerts are listed above; here only what has ended.
   const recent = [...state.alerts.values()]
+    .filter((a) => a.state === "cleared")
     .sort((a, b) => (millis(b.raised_at) ?? 0) - (millis(a.raised_at) ?? 0))
     .slice(0, HISTORY);
   $("history-empty").hidden = recent.length > 0;
@@ -233,74 +227,6 @@ function renderHistory() {
       );
     },
   );
-}
-
-function renderSensors() {
-  const alerting = new Set([...state.alerts.values()].filter((a) => a.state === "active").map((a) => a.sensor));
-  const zones = new Map();
-  for (const sensor of state.sensors.values()) {
-    if (!zones.has(sensor.zone)) zones.set(sensor.zone, []);
-    zones.get(sensor.zone).push(sensor);
-  }
-  const ordered = [...zones.entries()].sort(([a], [b]) => a.localeCompare(b));
-  keyed(
-    $("zones"),
-    ordered,
-    ([zone]) => zone,
-    ([zone]) => el("section", { class: "zone", "data-zone": zone }, el("h3", { text: zone }), el("div", { class: "tiles" })),
-    (node, [, sensors]) => {
-      sensors.sort((a, b) => a.name.localeCompare(b.name));
-      keyed(node.lastElementChild, sensors, (s) => s.id, createTile, (tile, s) => updateTile(tile, s, alerting.has(s.id)));
-    },
-  );
-}
-
-function createTile(sensor) {
-  return el(
-    "article",
-    { class: "tile", "data-sensor-id": sensor.id },
-    el("div", { class: "name" }),
-    el("div", { class: "value" }),
-    el("div", { class: "foot" }, el("span", { class: "availability" }), el("time", { class: "updated" })),
-    el("div", { class: "chart" }),
-    el("div", { class: "tile-actions" }, el("span", { class: "badge muted-badge", text: "🔕 muted" }), muteSensorButton(sensor)),
-  );
-}
-
-function muteSensorButton(sensor) {
-  const button = el("button", { type: "button", class: "mute quiet", text: "Mute 1h", "aria-label": `Mute ${sensor.name} for 1 hour` });
-  button.addEventListener("click", () => manage.mute({ sensor: sensor.id }, button));
-  return button;
-}
-
-function updateTile(tile, sensor, alerting) {
-  const offline = sensor.online === false;
-  tile.className = `tile${alerting ? " alerting" : ""}${offline ? " is-offline" : ""}`;
-  const [name, value, foot, chart, actions] = tile.children;
-  const muted = manage.sensorMutedBy(sensor);
-  const [badge, mute] = actions.children;
-  badge.hidden = !muted;
-  badge.title = muted ? `muted until ${clock(muted.ends_at)} (${describe(muted)})` : "";
-  mute.hidden = Boolean(muted);
-  if (muted) tile.classList.add("is-muted");
-  name.textContent = sensor.name;
-  value.textContent = sensor.display ?? showValue(sensor.value);
-  const [availability, updated] = foot.children;
-  availability.className = `availability ${sensor.online === true ? "online" : offline ? "offline" : "unknown"}`;
-  availability.textContent = sensor.online === true ? "online" : offline ? "offline" : "no data yet";
-  const since = millis(sensor.updated_at);
-  if (since === null) updated.removeAttribute("data-since");
-  else updated.dataset.since = String(since);
-  updated.textContent = since === null ? "" : ago(since);
-  chart.hidden = sensor.series.length < 2;
-  if (!chart.hidden) {
-    if (!chart.firstChild) append(chart, [sparkline(), el("div", { class: "spark-range" }, el("span"), el("span"))]);
-    const range = draw(chart.firstChild, sensor.series, `${sensor.name}: recent values`);
-    const [lo, hi] = chart.lastChild.children;
-    const unit = sensor.unit ? ` ${sensor.unit}` : "";
-    lo.textContent = range ? `min ${showValue(range.lo)}${unit}` : "";
-    hi.textContent = range ? `max ${showValue(range.hi)}${unit}` : "";
-  }
 }
 
 // Relative times move on by themselves.
