@@ -272,7 +272,9 @@ def example_gateway(gateway_factory: GatewayFactory, site: str = "home") -> Gate
     """A gateway with gateway.example.toml's sensors and rules: the README's pictures show those."""
     gw = gateway_factory(site=site, start=False)
     ours, example = gw.config_path.read_text(), EXAMPLE.read_text()
-    gw.config_path.write_text(ours[: ours.index("[[sensors]]")] + example[example.index("[[sensors]]") :])
+    # From the example's first [[sensors]] table on (its comments name the table too).
+    first = example.index("\n[[sensors]]\n") + 1
+    gw.config_path.write_text(ours[: ours.index("[[sensors]]")] + example[first:])
     gw.start()
     return gw
 
