@@ -120,7 +120,7 @@ class Hub:
         if kind in ALERT_EVENTS:
             # An unsaved alert (the database failed) has seq 0 and always goes out.
             seq = message["seq"] if message.get("saved", True) else None
-        elif kind == "sensor.update" or kind in SITE_EVENTS:
+        elif kind in ("sensor.update", "sensor.list") or kind in SITE_EVENTS:
             seq = None
         else:
             return

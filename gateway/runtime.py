@@ -6,6 +6,7 @@ It travels in every scope as `scope["gateway"]` (see `gateway.asgi.WithRuntime`)
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,7 @@ class Runtime:
     # sensor id -> its rule engine, made by its consumer's first instance (consumers.sensor).
     engines: dict[str, SensorEngine] = field(default_factory=dict)
     faults: DeviceFaults = field(init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     # sensor id -> its active alerts as stored at start-up (escalation timers), taken by its consumer
     escalating: dict[str, list[AlertRecord]] = field(default_factory=dict)
     # The site's silences and mode (SPEC §10), kept current in every process.
@@ -116,11 +118,20 @@ class Runtime:
 
     def reload(self, config: Config) -> None:
         """Run with a new config (already merged: see gateway.reload) from now on."""
+        before = set(self.board.sensors)
         self.config = config
         self.board.configure(config.sensors)
         self.alerting.reconfigure()
         for listener in list(self.reload_listeners):
             listener()
+        if set(self.board.sensors) != before:
+            # Sensors came or went (a reload, discovery): open dashboards get the new list.
+            sensors = self.board.snapshot()
+            text = json.dumps({"type": "sensors", "sensors": sensors}, separators=(",", ":"))
+            message = {"type": "sensor.list", "sensors": sensors, "text": text}
+            task = asyncio.ensure_future(self.hand_over(self.layer.group_send, "sensors", message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     @property
     def layer(self) -> Any:

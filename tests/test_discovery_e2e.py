@@ -118,7 +118,6 @@ async def test_zigbee2mqtt_leak_sensor_appears_alerts_and_vanishes(
     await publish(port, "zigbee2mqtt/Bathroom leak/availability", '{"state":"offline"}')
     offline = (await recv_until(ws, alert_event("raised")))["alert"]
     assert (offline["rule"], offline["severity"]) == ("Bathroom_leak.water_leak.offline", "warning")
-    await ws.close()
 
     # A malformed list is counted and skipped: what the last good one gave stays.
     await publish(port, "zigbee2mqtt/bridge/devices", b'{"devices": "not a list"}')
@@ -129,6 +128,13 @@ async def test_zigbee2mqtt_leak_sensor_appears_alerts_and_vanishes(
     # The device leaves the network: the bridge's list comes again without it.
     await publish(port, "zigbee2mqtt/bridge/devices", payload([COORDINATOR_2X, PLUG_2X]), retain=True)
     found = await until(lambda: "Bathroom_leak.water_leak" not in sensors(gw) and sensors(gw), what="it gone")
+    # An open dashboard is told at once: the list of sensors comes without the device.
+    listed = await recv_until(ws, lambda m: m.get("type") == "sensors", timeout=10)
+    ids = {s["id"] for s in listed["sensors"]}
+    assert (
+        "Kitchen_plug.power" in ids and "front-door" in ids and not any(i.startswith("Bathroom") for i in ids)
+    )
+    await ws.close()
     assert "Kitchen_plug.power" in found and not any(i.startswith("Bathroom_leak") for i in found)
     await publish(port, "zigbee2mqtt/Kitchen/plug", '{"state":"ON","power":12.5,"energy":3.25}')
     await until(lambda: sensors(gw)["Kitchen_plug.power"]["value"] == 12.5, what="the plug's power")

@@ -22,6 +22,7 @@ const stream = new AlertStream(`${location.protocol === "https:" ? "wss" : "ws"}
   hello,
   alert: onAlert,
   sensor: (msg) => sensors.upsert(msg.sensor),
+  sensors: (msg) => sensors.replace(msg.sensors),
   silence: (msg) => manage.onSilence(msg),
   mode: (msg) => manage.onMode(msg),
   error: (msg) => toast(msg.error, "error"),

@@ -69,6 +69,18 @@ export class SensorPanel {
     this.loadHistory(); // again after a reconnect: the minutes missed while away
   }
 
+  replace(list) {
+    // Sensors came or went (a reload, discovery): keep the readings of those that stay.
+    const seen = new Set(list.map((sensor) => sensor.id));
+    for (const id of [...this.sensors.keys()]) {
+      if (!seen.has(id)) {
+        this.sensors.delete(id);
+        this.minutes.delete(id);
+      }
+    }
+    for (const sensor of list) this.upsert(sensor);
+  }
+
   upsert(sensor, recent) {
     const known = this.sensors.get(sensor.id);
     const readings = recent ? recent.map((p) => [p[0], p[1]]) : known?.series ?? [];

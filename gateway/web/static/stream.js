@@ -8,7 +8,7 @@ export const CLOSE_UNAUTHORIZED = 4401;
 
 export class AlertStream {
   /**
-   * handlers: hello(msg, resumedFrom), alert(msg), sensor(msg), silence(msg), mode(msg), error(msg),
+   * handlers: hello(msg, resumedFrom), alert(msg), sensor(msg), sensors(msg), silence(msg), mode(msg), error(msg),
    * state(name, detail) with name "connecting" | "live" | "down", unauthorized().
    */
   constructor(url, handlers) {
@@ -77,6 +77,8 @@ export class AlertStream {
       this.on.alert(msg);
     } else if (msg.type === "sensor") {
       this.on.sensor(msg);
+    } else if (msg.type === "sensors") {
+      this.on.sensors(msg);
     } else if (msg.type === "silence") {
       this.on.silence(msg);
     } else if (msg.type === "mode") {
