@@ -34,6 +34,7 @@ from gateway.config.alerting import (
 )
 from gateway.config.extending import Consumer, Worker, check_extensions
 from gateway.config.fields import Duration, Section, parse_duration
+from gateway.config.history import HistorySection
 from gateway.config.sensors import Sensor
 
 __all__ = [
@@ -299,6 +300,7 @@ class Config(Section):
     auth: AuthSection = AuthSection()
     mqtt: MqttSection = MqttSection()
     telegram: TelegramSection = TelegramSection()
+    history: HistorySection = HistorySection()
     sensors: list[Sensor] = []
     rules: list[Rule] = []
     schedules: list[Schedule] = []
