@@ -9,7 +9,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.conftest import GatewayFactory, GatewayProcess, http_get, metric, publish, until
+from tests.conftest import (
+    GatewayFactory,
+    GatewayProcess,
+    Service,
+    http_get,
+    metric,
+    publish,
+    split_pair,
+    until,
+)
 
 TOKEN = "ops-secret-token"
 DAY = 86400
@@ -96,3 +105,45 @@ async def test_with_history_off_nothing_is_kept(gateway_factory: GatewayFactory)
     assert history(gw, "boiler") == (404, {"error": 'no history is kept ([history] keep = "0")'})
     assert gw.stop() == 0
     assert rows(gw) == []
+
+
+async def test_each_minute_is_stored_within_25_s_of_its_end(gateway_factory: GatewayFactory) -> None:
+    """Real time: the minute of a reading is in the database soon after it ends (up to 85 s here)."""
+    gw = gateway_factory()
+    minute = await at_a_minute_start()
+    await publish(gw.mqtt_port, "sensors/boiler", '{"temp": {"water": 42.5}}')
+    await until(lambda: rows(gw), timeout=60 + 25 + 5, what="the minute in the database")
+    stored_at = time.time()
+    assert rows(gw) == [("boiler", minute, 42.5, 42.5, 42.5)]
+    assert minute + 60 <= stored_at <= minute + 60 + 25
+
+
+async def test_split_mode_the_mqtt_process_writes_and_the_web_process_shows(
+    gateway_factory: GatewayFactory, mosquitto: Service, redis_server: Service
+) -> None:
+    web, mqtt_only = split_pair(gateway_factory, mosquitto.port, f"redis://127.0.0.1:{redis_server.port}/0")
+    await until(lambda: "ready in" in mqtt_only.log, what="the MQTT process")
+    minute = await at_a_minute_start()
+    for value in (64.0, 90.25, 75.0):
+        await publish(mosquitto.port, "sensors/boiler", f'{{"temp": {{"water": {value}}}}}')
+
+    def last_shown() -> Any:
+        status, body = history(web, "boiler")
+        return (
+            body["points"]
+            if status == 200 and body["points"] and body["points"][-1]["last"] == 75.0
+            else None
+        )
+
+    # The web process shows the minute from the MQTT process's sensor events (of which a
+    # dashboard gets one per 0.5 s: the middle reading may not be among them)...
+    (shown,) = await until(last_shown, what="the current minute in the web process")
+    assert shown["t"] == iso_minute(minute) and shown["min"] == 64.0 and shown["last"] == 75.0
+    assert rows(web) == []
+    # ... and the MQTT process, which received every reading, writes the minute whole.
+    assert mqtt_only.stop() == 0
+    assert rows(web) == [("boiler", minute, 64.0, 90.25, 75.0)]
+    assert history(web, "boiler") == (
+        200,
+        {"points": [{"t": iso_minute(minute), "min": 64.0, "max": 90.25, "last": 75.0}]},
+    )
