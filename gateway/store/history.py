@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 
 from gateway.engine.alerts import iso
 from gateway.engine.history import MINUTE, MinutePoint, MinuteRecorder, merge_points, minute_of, numeric
@@ -150,7 +150,7 @@ def write_sync(site: str, points: list[tuple[str, MinutePoint]]) -> None:
         f"last_ms = {greatest}({table}.last_ms, excluded.last_ms)"
     )
     rows = [(site, s, p.minute, p.min, p.max, p.last, p.last_ms) for s, p in points]
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:  # one write lock for the batch
         cursor.executemany(sql, rows)
 
 
