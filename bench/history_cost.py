@@ -1,0 +1,98 @@
+"""What sensor history costs the ingest path: CPU per reading, history on against history off, paired.
+
+    python bench/history_cost.py [--bursts 8] [--messages 10000]
+
+Two gateways (memory layer) subscribed to one private mosquitto, with bench/run.py's ingest
+config: one with `[history] keep = "7d"` (the default), one with `keep = "0"`. Each burst of
+bench/run.py's ingest readings reaches both at once, so both meet the same background load; each
+one's CPU time (user + system, from /proc) over the burst, divided by the readings it handled, is
+its cost per reading. CPU time, unlike wall-clock throughput, hardly moves with the other work of
+a busy machine. Prints each burst and the medians, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import bench.run as bench  # noqa: E402
+from bench.common import Proc, Publisher, Services, free_port, gateway_argv, metric_sum  # noqa: E402
+
+
+def cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def measure(bursts: int, n: int) -> dict[str, list[float]]:
+    work = Path(tempfile.mkdtemp(prefix="history-cost-"))
+    services = Services(work, redis=False)
+    services.start()
+    procs: dict[str, Proc] = {}
+    try:
+        for name, keep in (("on", "7d"), ("off", "0")):
+            bench.HISTORY_KEEP = keep
+            http = free_port()
+            config = bench.write_gateway_config(work, name, services, "memory", http)
+            procs[name] = Proc(name, gateway_argv(config, (), "WARNING"), work, http_port=http)
+        for proc in procs.values():
+            await proc.wait_ready()
+        pub = Publisher(services.mqtt_port, "history-cost")
+        payloads = bench.ingest_payloads(n)
+        out: dict[str, list[float]] = {name: [] for name in procs}
+        for k in range(bursts):
+            base = {
+                name: metric_sum(p.http_port or 0, bench.OK, {"outcome": "ok"}) for name, p in procs.items()
+            }
+            before = {name: cpu(p.pid) for name, p in procs.items()}
+            for topic, payload in payloads:
+                pub.client.publish(topic, payload, qos=1)
+            pub.flush()
+            after: dict[str, float] = {}
+            deadline = time.monotonic() + 60
+            while len(after) < len(procs) and time.monotonic() < deadline:
+                for name, p in procs.items():
+                    if name not in after:
+                        handled = metric_sum(p.http_port or 0, bench.OK, {"outcome": "ok"}) - base[name]
+                        if handled >= n:
+                            after[name] = cpu(p.pid)
+                await asyncio.sleep(0.02)
+            line = []
+            for name in procs:
+                us = (after[name] - before[name]) / n * 1e6
+                out[name].append(us)
+                line.append(f"{name} {us:.1f} us")
+            print(f"burst {k + 1}: " + ", ".join(line), flush=True)
+            await asyncio.sleep(0.5)
+        return out
+    finally:
+        for proc in procs.values():
+            proc.stop()
+        services.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bursts", type=int, default=8)
+    parser.add_argument("--messages", type=int, default=10000)
+    args = parser.parse_args(argv)
+    out = asyncio.run(measure(args.bursts, args.messages))
+    on, off = statistics.median(out["on"]), statistics.median(out["off"])
+    print(f"CPU per reading, median of {args.bursts} bursts: history on {on:.1f} us, off {off:.1f} us")
+    share = off / on * 100
+    print(f"history on / off: {on / off:.3f} (with history, {share:.1f} % of the readings per CPU second)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
