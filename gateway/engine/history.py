@@ -28,6 +28,12 @@ def minute_of(ts: float) -> int:
 
 def numeric(value: Value | Any) -> float | None:
     """A reading worth a point: a finite number (not a boolean)."""
+    kind = type(value)
+    if kind is float:  # the common case first: this runs for every reading
+        number: float = value
+        return number if number - number == 0.0 else None  # inf - inf and nan - nan are nan
+    if kind is int:
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     value = float(value)
@@ -61,13 +67,23 @@ def merge_points(a: MinutePoint, b: MinutePoint) -> MinutePoint:
 
 
 def _fold(points: dict[tuple[str, int], MinutePoint], sensor_id: str, value: float, ts: float) -> None:
-    minute = minute_of(ts)
-    ms = min(int((ts - minute) * 1000), MINUTE * 1000 - 1)
-    point = points.get((sensor_id, minute))
+    # Inline, not MinutePoint.add: this runs for every reading.
+    minute = int(ts // MINUTE) * MINUTE
+    ms = int((ts - minute) * 1000)
+    if ms >= 60_000:  # rounding at the minute's very end
+        ms = 59_999
+    key = (sensor_id, minute)
+    point = points.get(key)
     if point is None:
-        points[(sensor_id, minute)] = MinutePoint(minute, value, value, value, ms)
-    else:
-        point.add(value, ms)
+        points[key] = MinutePoint(minute, value, value, value, ms)
+        return
+    if value < point.min:
+        point.min = value
+    elif value > point.max:
+        point.max = value
+    if ms >= point.last_ms:
+        point.last = value
+        point.last_ms = ms
 
 
 class MinuteRecorder:

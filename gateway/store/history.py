@@ -53,9 +53,10 @@ class HistoryStore:
 
     def record(self, sensor_id: str, value: Any, ts: float, own: bool = True) -> None:
         """A reading received at `ts` (epoch seconds); anything but a finite number is not history."""
-        number = numeric(value)
-        if number is not None and self.keep > 0:
-            self.recorder.record(sensor_id, number, ts, own)
+        if self.keep > 0:
+            number = numeric(value)
+            if number is not None:
+                self.recorder.record(sensor_id, number, ts, own)
 
     # The writer (processes that receive readings: those with MQTT)
 
