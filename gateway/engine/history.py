@@ -28,16 +28,12 @@ def minute_of(ts: float) -> int:
 
 def numeric(value: Value | Any) -> float | None:
     """A reading worth a point: a finite number (not a boolean)."""
-    kind = type(value)
-    if kind is float:  # the common case first: this runs for every reading
-        number: float = value
-        return number if number - number == 0.0 else None  # inf - inf and nan - nan are nan
-    if kind is int:
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, float):  # the common case first: this runs for every reading
+        return value if value - value == 0.0 else None  # inf - inf and nan - nan are nan
+    if isinstance(value, bool) or not isinstance(value, int):
         return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 @dataclass(slots=True)
