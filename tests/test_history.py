@@ -85,10 +85,11 @@ def test_shown_points_are_the_unwritten_and_the_heard_until_the_owner_wrote_them
 
 
 def test_only_finite_numbers_are_history() -> None:
-    assert [numeric(v) for v in (21, 21.5, -0.0, True, False, "21", None, math.nan, math.inf)] == [
+    assert [numeric(v) for v in (21, 21.5, -0.0, True, False, "21", None, math.nan, -math.inf, 10**400)] == [
         21.0,
         21.5,
         -0.0,
+        None,
         None,
         None,
         None,

@@ -7,7 +7,6 @@ subscription, or the halves of a minute around a restart) merge into the point o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +31,10 @@ def numeric(value: Value | Any) -> float | None:
         return value if value - value == 0.0 else None  # inf - inf and nan - nan are nan
     if isinstance(value, bool) or not isinstance(value, int):
         return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits: no float holds it
+        return None
 
 
 @dataclass(slots=True)
