@@ -21,7 +21,3 @@ class HistorySection(Section):
         if 0 < value < 3600:
             raise ValueError('must be "0" (no history) or at least "1h", such as "7d"')
         return value
-
-    @property
-    def enabled(self) -> bool:
-        return self.keep > 0

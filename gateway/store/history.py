@@ -46,10 +46,7 @@ class HistoryStore:
         self.recorder = MinuteRecorder()
         self._executor: ThreadPoolExecutor | None = None
         self._writer: asyncio.Task[None] | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.keep > 0
+        self._stopping = asyncio.Event()
 
     def record(self, sensor_id: str, value: Any, ts: float, own: bool = True) -> None:
         """A reading received at `ts` (epoch seconds); anything but a finite number is not history."""
@@ -67,7 +64,11 @@ class HistoryStore:
         swept = 0.0
         delay = 0.0
         while True:
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                return  # stop() writes what is left
+            except TimeoutError:
+                pass
             now = time.time()
             if self.keep > 0 and now - swept >= RETENTION_EVERY:
                 if await self.delete_older(now):
@@ -78,12 +79,9 @@ class HistoryStore:
 
     async def stop(self) -> None:
         """A graceful stop: every unwritten point, the current minute's too, is written."""
+        self._stopping.set()
         if self._writer is not None:
-            self._writer.cancel()
-            try:
-                await self._writer
-            except asyncio.CancelledError:
-                pass
+            await self._writer  # not cancelled: a batch on its way is written, or given back
         await self.write(self.recorder.take_all())
 
     async def write(self, points: list[tuple[str, MinutePoint]]) -> bool:
