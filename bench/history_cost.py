@@ -1,6 +1,6 @@
 """What sensor history costs the ingest path: CPU per reading, history on against history off, paired.
 
-    python bench/history_cost.py [--bursts 8] [--messages 10000]
+    python bench/history_cost.py [--bursts 8] [--messages 10000] [--layer memory|redis]
 
 Two gateways (memory layer) subscribed to one private mosquitto, with bench/run.py's ingest
 config: one with `[history] keep = "7d"` (the default), two with `keep = "0"` (the second one a
@@ -35,9 +35,9 @@ def cpu(pid: int) -> float:
     return times.user + times.system
 
 
-async def measure(bursts: int, n: int) -> dict[str, list[float]]:
+async def measure(bursts: int, n: int, layer: str) -> dict[str, list[float]]:
     work = Path(tempfile.mkdtemp(prefix="history-cost-"))
-    services = Services(work, redis=False)
+    services = Services(work, redis=layer == "redis")
     services.start()
     procs: dict[str, Proc] = {}
     try:
@@ -47,7 +47,8 @@ async def measure(bursts: int, n: int) -> dict[str, list[float]]:
         for name, keep in (("off", "0"), ("on", "7d"), ("off2", "0")):
             bench.HISTORY_KEEP = keep
             http = free_port()
-            config = bench.write_gateway_config(work, name, services, "memory", http)
+            url = services.redis_url.replace("/0", f"/{len(procs)}") if layer == "redis" else "memory"
+            config = bench.write_gateway_config(work, name, services, url, http)
             procs[name] = Proc(name, gateway_argv(config, (), "WARNING"), work, http_port=http)
         for proc in procs.values():
             await proc.wait_ready()
@@ -89,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bursts", type=int, default=8)
     parser.add_argument("--messages", type=int, default=10000)
+    parser.add_argument("--layer", choices=["memory", "redis"], default="memory")
     args = parser.parse_args(argv)
-    out = asyncio.run(measure(args.bursts, args.messages))
+    out = asyncio.run(measure(args.bursts, args.messages, args.layer))
     on, off, off2 = (statistics.median(out[name]) for name in ("on", "off", "off2"))
     print(f"CPU per reading, median of {args.bursts} bursts: history on {on:.2f} us, off {off:.2f} us")
     print(f"control, a second gateway without history: {off2:.2f} us ({off2 / off:.3f} of off)")
