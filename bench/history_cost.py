@@ -2,12 +2,12 @@
 
     python bench/history_cost.py [--bursts 8] [--messages 10000] [--layer memory|redis]
 
-Two gateways (memory layer) subscribed to one private mosquitto, with bench/run.py's ingest
-config: one with `[history] keep = "7d"` (the default), two with `keep = "0"` (the second one a
-control: how far two alike differ). Each burst of bench/run.py's ingest readings reaches all at
-once, so all meet the same background load; each
-one's CPU time (user + system, from /proc) over the burst, divided by the readings it handled, is
-its cost per reading. CPU time, unlike wall-clock throughput, hardly moves with the other work of
+Three gateways (memory layer, or each on a Redis database of its own) subscribed to one private
+mosquitto, with bench/run.py's ingest config: one with `[history] keep = "7d"` (the default), two
+with `keep = "0"` (the second one a control: how far two alike differ). Each burst of bench/run.py's
+ingest readings reaches all at once, so all meet the same background load; each one's CPU time
+(user + system, from /proc) over the burst, divided by the readings it handled, is its cost per
+reading. CPU time, unlike wall-clock throughput, hardly moves with the other work of
 a busy machine. Prints each burst and the medians, and their ratio.
 """
 
