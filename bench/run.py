@@ -1,6 +1,7 @@
 """The benchmark of issue 8: the gateway against the raw Python floor, in one run, on this machine.
 
     python bench/run.py [--quick] [--json FILE] [--only NAME[,NAME]]... [--subjects floor,memory,redis]
+                        [--history KEEP]
 
 Starts a private mosquitto (set_tcp_nodelay) and redis-server on free ports of 127.0.0.1 and
 measures three subjects one after the other, each a real process: the raw floor (bench/floor.py:
@@ -81,6 +82,8 @@ INGEST_SENSORS = 8
 OK = "gateway_mqtt_messages_total"
 TELEGRAM_TOKEN = "123456:BENCH-token-for-the-gateway-bench_01"
 CHATS = [5000 + i for i in range(60)]
+# `--history KEEP`: every gateway's [history] keep (unset: the default, 7d; "0": no history).
+HISTORY_KEEP: str | None = None
 
 GATEWAY_CONFIG = """
 [gateway]
@@ -245,6 +248,8 @@ def write_gateway_config(
         group=group,
         ingest=ingest,
     )
+    if HISTORY_KEEP is not None:
+        text += f'\n[history]\nkeep = "{HISTORY_KEEP}"\n'
     path = work / f"{name}.toml"
     path.write_text(text + telegram)
     return path
@@ -1014,9 +1019,16 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure the gateway of another checkout (e.g. a git worktree of an older commit), "
         "memory layer, in this run: subject 'before'; the redis subject is then left out",
     )
+    parser.add_argument(
+        "--history",
+        metavar="KEEP",
+        help='[history] keep of every gateway measured, e.g. "0" (no sensor history) or "7d" (the default)',
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
+    global HISTORY_KEEP
+    HISTORY_KEEP = args.history
     opts = Options.from_args(args)
     results = asyncio.run(run(opts))
     print_report(results)

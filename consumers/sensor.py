@@ -172,6 +172,8 @@ class SensorConsumer(MqttConsumer):
                 value = read_value(event["payload"], self.sensor, max_payload)
                 transitions = self.rules.on_value(value, now, retained=event["retain"])
                 kind = "value"
+                if not event["retain"]:  # a retained one is an old reading, kept by the broker
+                    self.runtime.history.record(self.sensor.id, value, received)
         except FieldMissing as err:
             if event["topic"] == self.sensor.result_topic or self.sensor.id in self.runtime.discovered.ids:
                 # RESULT answers every command; most are about something else. A discovered device's
@@ -213,6 +215,8 @@ class SensorConsumer(MqttConsumer):
             transitions = self.rules.on_availability(bool(value), now, local=False)
         else:
             transitions = self.rules.on_value(value, now, retained=retain, local=False)
+            if not retain:  # shown here, written by the peer that received it
+                self.runtime.history.record(self.sensor.id, value, at, own=False)
         self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online, time.time())
         if transitions:
             # A raise or clear seen here too is acted on here too: a reading and a peer's report of

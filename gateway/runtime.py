@@ -25,6 +25,7 @@ from gateway.ops import logs, metrics
 from gateway.ops.health import Health
 from gateway.store.alerts import AlertBook
 from gateway.store.chats import ChatBook
+from gateway.store.history import HistoryStore
 from gateway.store.models import SensorState
 from gateway.store.sensors import SensorStore
 
@@ -61,6 +62,8 @@ class Runtime:
     health: Health
     book: AlertBook = field(init=False)
     board: SensorStore = field(init=False)
+    # Numeric readings per minute (SPEC §11 history): written by the processes that receive them.
+    history: HistoryStore = field(init=False)
     chats: ChatBook = field(init=False)
     # The Telegram server of this process, if it runs one (the webhook view feeds it).
     telegram: Any = None
@@ -92,6 +95,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.book = AlertBook(self.config.gateway.site)
         self.board = SensorStore(self.config.gateway.site, self.config.sensors)
+        self.history = HistoryStore(self.config.gateway.site, self.config.history.keep)
         self.chats = ChatBook(self.config.gateway.site)
         self.faults = DeviceFaults(self)
         self.alerting = SiteAlerting(self)
@@ -121,6 +125,7 @@ class Runtime:
         before = set(self.board.sensors)
         self.config = config
         self.board.configure(config.sensors)
+        self.history.keep = config.history.keep
         self.alerting.reconfigure()
         for listener in list(self.reload_listeners):
             listener()
@@ -158,6 +163,7 @@ class Runtime:
                 continue
             try:
                 self.board.apply(message["sensor"])
+                self._heard(message["sensor"]["id"])
             except (KeyError, TypeError, ValueError) as err:
                 logs.sensors.warning("ignored a malformed sensor event: %s", err)
 
@@ -169,6 +175,12 @@ class Runtime:
             return
         if self.discovered.mirror(sensors):
             await self.apply_discovered()
+
+    def _heard(self, sensor_id: str) -> None:
+        # Shown in this process's history until the MQTT process has written its minute.
+        snap = self.board.sensors.get(sensor_id)
+        if snap is not None and snap.updated_at is not None:
+            self.history.record(sensor_id, snap.value, snap.updated_at.timestamp(), own=False)
 
     async def broadcast(self, change: AlertChange, received: float | None = None) -> None:
         """Hand an alert change to every group it belongs to, encoded once.

@@ -223,6 +223,7 @@ class Gateway:
         from gateway.layers.peers import PeerMirror
 
         if "mqtt" in self.protocols:
+            runtime.history.start()  # only the processes that receive readings write them
             layer = get_channel_layer()
             if self.config.mqtt.shared_group and layer is not None:
                 runtime.peers = PeerMirror(layer)
@@ -395,6 +396,7 @@ class Gateway:
         if runtime.peers is not None:
             await _step("peers", runtime.peers.stop())
         await _step("sensor state", runtime.board.flush())
+        await _step("history", runtime.history.stop())
         await self.backends.drain(STEP_SECONDS)
         log.info("stopped in %.2fs", time.monotonic() - started)
 

@@ -35,6 +35,7 @@ from gateway.config.alerting import (
 from gateway.config.discovery import DiscoverySection
 from gateway.config.extending import Consumer, Worker, check_extensions
 from gateway.config.fields import Duration, Section, parse_duration
+from gateway.config.history import HistorySection
 from gateway.config.sensors import Sensor
 
 __all__ = [
@@ -301,6 +302,7 @@ class Config(Section):
     mqtt: MqttSection = MqttSection()
     telegram: TelegramSection = TelegramSection()
     discovery: DiscoverySection = DiscoverySection()
+    history: HistorySection = HistorySection()
     sensors: list[Sensor] = []
     rules: list[Rule] = []
     schedules: list[Schedule] = []

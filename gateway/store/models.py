@@ -144,3 +144,23 @@ class SiteMode(models.Model):
     mode = models.CharField(max_length=64)
     changed_by = models.CharField(max_length=200)
     changed_at = models.DateTimeField()
+
+
+class SensorMinute(models.Model):
+    """A numeric sensor's readings over one minute (SPEC §11 history): kept `[history] keep`, then deleted."""
+
+    site = models.CharField(max_length=64)
+    sensor = models.CharField(max_length=128)
+    minute = models.BigIntegerField()  # its start, epoch seconds UTC
+    min = models.FloatField()
+    max = models.FloatField()
+    last = models.FloatField()
+    # When the last reading came, in milliseconds into the minute: two processes' rows of one minute merge.
+    last_ms = models.IntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["site", "sensor", "minute"], name="sensor_minute_site_sensor_minute"
+            )
+        ]

@@ -12,6 +12,7 @@ urlpatterns = [
     path("metrics", views.metrics_view),
     path("api/alerts", views.alerts),
     path("api/sensors", views.sensors),
+    path("api/sensors/<str:sensor_id>/history", views.history),
     path("api/alerts/<str:alert_id>/ack", views.ack),
     path("api/silences", views.silences),
     path("api/silences/<str:silence_id>", views.silence),

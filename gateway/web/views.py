@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -13,6 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.alerting import ModeError, SilenceError
+from gateway.config import parse_duration
 from gateway.engine.alerts import AckRefused
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
@@ -115,6 +117,41 @@ async def sensors(request: HttpRequest) -> JsonResponse:
     if caller.who is None:
         return _unauthorized(caller)
     return JsonResponse({"sensors": _runtime(request).board.snapshot()})
+
+
+DEFAULT_SINCE = "24h"
+
+
+@require_GET
+async def history(request: HttpRequest, sensor_id: str) -> JsonResponse:
+    """A sensor's per-minute min, max and last (SPEC §11), oldest first, the current minute included."""
+    caller = await _caller(request)
+    if caller.who is None:
+        return _unauthorized(caller)
+    runtime = _runtime(request)
+    if sensor_id not in runtime.board.sensors:
+        return JsonResponse({"error": f"no sensor {sensor_id[:128]!r}"}, status=404)
+    keep = runtime.history.keep
+    if keep <= 0:
+        return JsonResponse({"error": 'no history is kept ([history] keep = "0")'}, status=404)
+    text = request.GET.get("since", DEFAULT_SINCE)
+    try:
+        since = parse_duration(text)
+    except ValueError:
+        since = -1.0
+    if not 0 < since <= keep:
+        return _bad(
+            "since", f"since must be a duration such as 1h or 24h, at most {_span(keep)} (the history kept)"
+        )
+    points = await runtime.history.points(sensor_id, since, time.time())
+    return JsonResponse({"points": points})
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 _csrf = CsrfViewMiddleware(lambda request: HttpResponse())
