@@ -107,9 +107,9 @@ def test_a_database_of_the_schema_before_silences_is_upgraded_with_its_alerts(tm
         conn.execute("DROP TABLE gateway_sitemode")
         for column in ("silenced", "notify_from", "escalation", "display"):
             conn.execute(f"ALTER TABLE gateway_alert DROP COLUMN {column}")
-        conn.execute(
-            "DELETE FROM django_migrations WHERE app = 'gateway' AND (name LIKE '0004%' OR name LIKE '0005%')"
-        )
+        conn.execute("DROP TABLE gateway_sensorminute")  # 0006's, and any later migration's: not there yet
+        conn.execute("DELETE FROM django_migrations WHERE app = 'gateway' AND name > '0004'")
+        conn.execute("DELETE FROM django_migrations WHERE app = 'gateway' AND name LIKE '0004%'")
         conn.execute(
             "INSERT INTO gateway_alert (id, site, rule, sensor, zone, severity, state, message, value,"
             " groups, raised_at) VALUES ('abc234', 'home', 'leak', 'sink', 'kitchen', 'critical',"
