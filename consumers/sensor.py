@@ -20,6 +20,7 @@ from gateway.engine.display import display
 from gateway.engine.escalation import due_levels, next_deadline
 from gateway.engine.formats import FieldMissing, PayloadError, Value, parse_availability, read_value
 from gateway.engine.rules import SensorRules, Transition
+from gateway.engine.silences import labels
 from gateway.engine.templates import fill_payload
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime, SensorEngine
@@ -121,12 +122,7 @@ class SensorConsumer(MqttConsumer):
         self._schedule()
 
     def _labels(self, rule: Rule) -> dict[str, str]:
-        return {
-            "sensor": self.sensor.id,
-            "zone": self.sensor.zone,
-            "rule": rule.id,
-            "severity": rule.severity,
-        }
+        return labels(self.sensor, rule)
 
     def _count_held_back(self) -> None:
         for rule in self.rules.held_back:

@@ -15,7 +15,7 @@ from gateway.config import Config, Rule, Sensor
 from gateway.engine.escalation import AlertState, due_levels, next_deadline
 from gateway.engine.formats import Value
 from gateway.engine.rules import SensorRules, Transition
-from gateway.engine.silences import Silence, silencing
+from gateway.engine.silences import Silence, labels, silencing
 
 __all__ = ["ModeError", "Notice", "Policy"]
 
@@ -59,12 +59,7 @@ class _Open:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {
-            "sensor": self.sensor.id,
-            "zone": self.sensor.zone,
-            "rule": self.rule.id,
-            "severity": self.rule.severity,
-        }
+        return labels(self.sensor, self.rule)
 
 
 class Policy:

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gateway.config import parse_duration
+from gateway.config import Rule, Sensor, parse_duration
 
 __all__ = [
     "MATCHERS",
@@ -17,6 +17,7 @@ __all__ = [
     "Silence",
     "SilenceError",
     "active",
+    "labels",
     "matches",
     "parse_silence",
     "silencing",
@@ -57,6 +58,11 @@ class Silence:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def labels(sensor: Sensor, rule: Rule) -> dict[str, str]:
+    """What a silence matches on, for an alert of this rule on this sensor."""
+    return {"sensor": sensor.id, "zone": sensor.zone, "rule": rule.id, "severity": rule.severity}
 
 
 def matches(silence: Silence, alert: Mapping[str, Any]) -> bool:
