@@ -93,7 +93,7 @@ class Runtime:
     apply_discovered: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
 
     def __post_init__(self) -> None:
-        self.book = AlertBook(self.config.gateway.site)
+        self.book = _book(self.config)
         self.board = SensorStore(self.config.gateway.site, self.config.sensors)
         self.history = HistoryStore(self.config.gateway.site, self.config.history.keep)
         self.chats = ChatBook(self.config.gateway.site)
@@ -101,6 +101,7 @@ class Runtime:
         self.alerting = SiteAlerting(self)
 
     async def load(self) -> None:
+        await self.book.start()  # the alert journal replayed into the database first (if there is one)
         await self.board.load()
         self.open_rules = await self.book.open_rules()
         self.faults.open.update(s for s, rules in self.open_rules.items() if FAULT_RULE in rules)
@@ -220,6 +221,16 @@ class Runtime:
                     err,
                     held,
                 )
+
+
+def _book(config: Config) -> AlertBook:
+    """The journaled book when this is the only process (in-memory layer), the plain one otherwise."""
+    gateway = config.gateway
+    if gateway.channel_layer != "memory" or not gateway.journal:
+        return AlertBook(gateway.site)
+    from gateway.store.journal import JournaledBook, journal_path
+
+    return JournaledBook(gateway.site, journal_path(gateway.state_dir, gateway.site), gateway.journal_fsync)
 
 
 def _stored(site: str, ids: list[str]) -> list[SensorState]:

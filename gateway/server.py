@@ -397,6 +397,7 @@ class Gateway:
             await _step("peers", runtime.peers.stop())
         await _step("sensor state", runtime.board.flush())
         await _step("history", runtime.history.stop())
+        await _step("alert journal", runtime.book.close())
         await self.backends.drain(STEP_SECONDS)
         log.info("stopped in %.2fs", time.monotonic() - started)
 

@@ -274,6 +274,19 @@ def http_request(method: str, url: str, token: str | None = None) -> tuple[int, 
 GatewayFactory = Callable[..., GatewayProcess]
 
 
+def run_store_script(tmp_path: Path, config: str, script: str) -> dict[str, Any]:
+    """Run `script` in a Python of its own (as a restart or another process is) on the config
+    `config` written to tmp_path; it fills the dict `out`, which comes back (JSON, str for the rest)."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(config)
+    script += "\nprint(json.dumps(out, default=str))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
     started: list[GatewayProcess] = []

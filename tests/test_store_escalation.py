@@ -7,11 +7,10 @@ only what is announced.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from tests.conftest import run_store_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,20 +43,14 @@ format = "plain"
 id = "leak-wet"
 sensor = "leak"
 when = {{ equals = true }}
+clear = {{ equals = false }}
 severity = "critical"
 escalate = [{{ after = "5m", notify = ["alerts.oncall"] }}, {{ after = "10m" }}]
 """
 
 
 def run(tmp_path: Path, code: str) -> dict[str, Any]:
-    config = tmp_path / "gateway.toml"
-    config.write_text(CONFIG.format(var=tmp_path / "var"))
-    script = SETUP + code + "\nprint(json.dumps(out, default=str))\n"
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(config)], capture_output=True, text=True, cwd=ROOT, timeout=60
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+    return run_store_script(tmp_path, CONFIG.format(var=tmp_path / "var"), SETUP + code)
 
 
 def test_each_escalation_step_fires_once_across_processes(tmp_path: Path) -> None:

@@ -69,6 +69,10 @@ class GatewaySection(Section):
     state_dir: Path = Path("./var")
     database: str = ""
     channel_layer: str = "memory"
+    # With the in-memory layer (one process): alert changes journaled in a file before the
+    # database (gateway.store.journal); journal_fsync: each one on the disk before it is told.
+    journal: bool = True
+    journal_fsync: bool = False
     # Arming modes (empty: off), the one to start in (default: the first), local time for schedules.
     modes: list[Annotated[str, Field(pattern=MODE_NAME)]] = []
     mode: str = ""

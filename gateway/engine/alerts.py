@@ -116,13 +116,15 @@ def raise_alert(
     now: datetime,
     message: str | None = None,
     silenced: str | None = None,
+    alert_id: str | None = None,
 ) -> AlertRecord:
     """A new active alert, with a new id; `message`: the text as it is, instead of the rule's template.
 
     `silenced`: the id of the silence over it, if one is; it is raised and shown all the same.
+    `alert_id`: its id, drawn beforehand (gateway.store.journal); a new one otherwise.
     """
     return AlertRecord(
-        id=new_id(),
+        id=alert_id or new_id(),
         site=site,
         rule=rule.id,
         sensor=sensor.id,

@@ -33,6 +33,13 @@ class AlertBook:
     def __init__(self, site: str) -> None:
         self.site = site
 
+    async def start(self) -> int:
+        """Ready to write (gateway.store.journal replays its file here); the entries replayed."""
+        return 0
+
+    async def close(self) -> None:
+        """Everything written (gateway.store.journal's waiting entries)."""
+
     # Writes: one transaction each; the caller broadcasts the returned change.
 
     # The writes below are plain SQL, each field's value adapted by the field itself: the
