@@ -78,6 +78,7 @@ class Hub:
         self._started: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._channel = ""
+        self._layer: Any = None
 
     async def join(self, socket: AlertSocket) -> None:
         self.sockets[socket] = None
@@ -93,14 +94,19 @@ class Hub:
     async def _start(self, layer: Any) -> None:
         # The default prefix: channels_redis pops every process-local channel through one list
         # named by it, so a channel of another prefix waits forever while consumers receive.
-        self._channel = await layer.new_channel()
+        self._layer, self._channel = layer, await layer.new_channel()
+        # The in-memory layer hands group messages over in the sender's call: no task wakes up.
+        direct = getattr(layer, "listen", None) is not None and layer.listen(self._channel, self._take)
         for group in self.GROUPS:  # renewed by the layer (gateway.layers.redis.RedisLayer)
             await layer.group_add(group, self._channel)
-        self._task = asyncio.ensure_future(self._run(layer))
+        if not direct:
+            self._task = asyncio.ensure_future(self._run(layer))
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._layer is not None and hasattr(self._layer, "unlisten"):
+            self._layer.unlisten(self._channel)
 
     async def _run(self, layer: Any) -> None:
         while True:
@@ -110,10 +116,13 @@ class Hub:
                 logs.web.exception("dashboards: receiving from the channel layer failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
-            try:
-                self.deliver(message, self.sockets)
-            except Exception:
-                logs.web.exception("a %s event was not delivered to dashboards", message.get("type"))
+            self._take(message)
+
+    def _take(self, message: dict[str, Any]) -> None:
+        try:
+            self.deliver(message, self.sockets)
+        except Exception:
+            logs.web.exception("a %s event was not delivered to dashboards", message.get("type"))
 
     def deliver(self, message: dict[str, Any], sockets: Iterable[AlertSocket]) -> None:
         kind = message.get("type")

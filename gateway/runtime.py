@@ -52,6 +52,8 @@ class SensorEngine:
     # Alert changes are stored in the order their readings came, across a restart too: each
     # task takes this lock in the order the tasks were made, and asyncio's lock is FIFO.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Those tasks made and not done: with none, a message's changes are stored without a task.
+    applying: int = 0
     # rule id -> its active alert's escalation: [alert id, since (loop time), steps fired]
     escalating: dict[str, list[Any]] = field(default_factory=dict)
 

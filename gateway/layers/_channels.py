@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer
@@ -52,11 +53,21 @@ def members(layer: InMemoryChannelLayer, group: str) -> list[str]:
     return list(layer.groups.get(group, ()))
 
 
-def put_shared(layer: InMemoryChannelLayer, group: str, message: dict[str, Any]) -> int:
-    """`message` on the queue of every member of `group`, one object for all; how many were full."""
+def put_shared(
+    layer: InMemoryChannelLayer,
+    group: str,
+    message: dict[str, Any],
+    direct: dict[str, Callable[[dict[str, Any]], None]],
+) -> int:
+    """`message` on the queue of every member of `group`, one object for all, or handed to the
+    member's `direct` callable at once; how many queues were full."""
     entry = (time.time() + layer.expiry, message)
     dropped = 0
     for channel in members(layer, group):
+        take = direct.get(channel)
+        if take is not None:
+            take(message)
+            continue
         try:
             queue(layer, channel).put_nowait(entry)
         except asyncio.QueueFull:

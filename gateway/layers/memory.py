@@ -7,6 +7,7 @@ RSS, which a process on the in-memory layer does not pay.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from channels.exceptions import ChannelFull
@@ -55,6 +56,20 @@ class MemoryLayer(CountsFull, InMemoryChannelLayer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._swept = 0.0
+        self._direct: dict[str, Callable[[dict[str, Any]], None]] = {}
+
+    def listen(self, channel: str, take: Callable[[dict[str, Any]], None]) -> bool:
+        """Group messages to `channel` handed to `take` in the sender's call, with no queue and no
+        task to wake (consumers.dashboard's Hub: the frame is written before the sender goes on).
+        `take` must not raise, block or keep the sender. False: this layer cannot (channels
+        without the internals), receive instead."""
+        if not _channels.FAST:
+            return False
+        self._direct[channel] = take
+        return True
+
+    def unlisten(self, channel: str) -> None:
+        self._direct.pop(channel, None)
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -69,7 +84,7 @@ class MemoryLayer(CountsFull, InMemoryChannelLayer):
         assert isinstance(message, dict), "Message is not a dict"
         self.require_valid_group_name(group)
         self._sweep()
-        dropped = _channels.put_shared(self, group, message)
+        dropped = _channels.put_shared(self, group, message, self._direct)
         if dropped:
             overflowed(group, dropped)
 
