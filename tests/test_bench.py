@@ -26,3 +26,7 @@ def test_quick_benchmark_completes_without_loss(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert results["errors"] == [] and results["losses"] == []
     assert results["meta"]["quick"] is True
+    # The alert storm ran on both gateways, every change told and stored.
+    for subject in ("memory", "redis"):
+        storm = results["subjects"][subject]["storm"]
+        assert storm["changes"] == 1000 and storm["lost"] == 0 and storm["stored_lost"] == 0, storm

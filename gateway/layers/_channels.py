@@ -75,6 +75,15 @@ def put_shared(
     return dropped
 
 
+def put_one(layer: InMemoryChannelLayer, channel: str, message: dict[str, Any]) -> bool:
+    """`message` itself (channels' send deep-copies it) on `channel`'s queue; False when it is full."""
+    try:
+        queue(layer, channel).put_nowait((time.time() + layer.expiry, message))
+    except asyncio.QueueFull:
+        return False
+    return True
+
+
 def queue(layer: InMemoryChannelLayer, channel: str) -> asyncio.Queue[Any]:
     """The queue of `channel` (made if missing): channels' receive awaits its `get`, without a sweep."""
     return layer.channels.setdefault(channel, asyncio.Queue(maxsize=layer.get_capacity(channel)))

@@ -77,6 +77,18 @@ class MemoryLayer(CountsFull, InMemoryChannelLayer):
             self._swept = now
             _channels.clean_expired(self)
 
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        # Not copied, as group messages are not: the gateway's messages are built once and only read.
+        if not _channels.FAST:
+            await super().send(channel, message)
+            return
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_channel_name(channel)
+        self._sweep()
+        if not _channels.put_one(self, channel, message):
+            overflowed(channel, 1)
+            raise ChannelFull(channel)
+
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         if not _channels.FAST:
             await super().group_send(group, message)  # a copy for each member (each full one counted)

@@ -306,12 +306,21 @@ def _give_back_seq(site: str) -> None:
 
 def _insert(model: Any, conflict: tuple[str, ...] = (), **values: Any) -> None:
     """INSERT one row (an upsert on `conflict`) without the ORM's per-call query building."""
+    _insert_many(model, [values], conflict)
+
+
+def _insert_many(
+    model: Any, rows: list[dict[str, Any]], conflict: tuple[str, ...] = (), where: str = ""
+) -> None:
+    """INSERT rows with the same keys (upserts on `conflict`, where `where` holds), in one executemany."""
+    if not rows:
+        return
     meta = model._meta
-    fields = [meta.get_field(name) for name in values]
+    fields = [meta.get_field(name) for name in rows[0]]
     qn = connection.ops.quote_name
     columns = ", ".join(qn(f.column) for f in fields)
     marks = ", ".join(["%s"] * len(fields))
-    params = [f.get_db_prep_save(values[f.name], connection) for f in fields]
+    params = [[f.get_db_prep_save(row[f.name], connection) for f in fields] for row in rows]
     sql = f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES ({marks})"
     if conflict:
         keys = ", ".join(qn(meta.get_field(name).column) for name in conflict)
@@ -319,8 +328,13 @@ def _insert(model: Any, conflict: tuple[str, ...] = (), **values: Any) -> None:
             f"{qn(f.column)} = excluded.{qn(f.column)}" for f in fields if f.name not in conflict
         )
         sql += f" ON CONFLICT ({keys}) DO UPDATE SET {changes}"
+        if where:
+            sql += f" WHERE {where}"
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        if len(params) == 1:
+            cursor.execute(sql, params[0])
+        else:
+            cursor.executemany(sql, params)
 
 
 def _alert(row: Alert) -> AlertRecord:

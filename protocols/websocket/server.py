@@ -42,6 +42,42 @@ def prepare(text: str) -> Any:
     return PreparedMessage(text.encode(), False, False, False)
 
 
+class _Turns:
+    """Loop turns, counted while frames are written, and the frames held to a turn's end.
+
+    A socket's first frame of a turn goes to the kernel at once (a lone alert: no wait); the
+    next ones of the same turn (an alert storm: many readings handled in one turn) wait for the
+    end of the turn and go in one `send(2)`, in order.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.ticking = False
+        self.held: dict[FrameWriter, list[bytes]] = {}
+
+    def now(self) -> int:
+        if not self.ticking:
+            self.ticking = True
+            asyncio.get_running_loop().call_soon(self.tick)
+        return self.n
+
+    def tick(self) -> None:
+        self.n += 1
+        self.ticking = False
+        held, self.held = self.held, {}
+        for writer, frames in held.items():
+            writer.write(b"".join(frames))
+
+    def release(self, writer: FrameWriter | None) -> None:
+        """The frames held for this socket, now: before anything else is written to it."""
+        frames = self.held.pop(writer, None) if writer is not None else None
+        if frames:
+            writer.write(b"".join(frames))  # type: ignore[union-attr]
+
+
+_turns = _Turns()
+
+
 class FrameWriter:
     """Writes a prepared frame straight to its socket: the `gateway.frames` scope extension.
 
@@ -53,10 +89,12 @@ class FrameWriter:
     extension is absent and they send through ASGI.
     """
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_protocol", "_turn")
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
+        self._turn = -1  # the loop turn of its last frame written at once
+        protocol.frame_writer = self  # its ASGI sends and its close come after the frames held
 
     prepare = staticmethod(prepare)
 
@@ -67,10 +105,21 @@ class FrameWriter:
             return False
         data = _autobahn.frame(protocol, prepared)
         if data is None:
+            _turns.release(self)
             protocol.sendPreparedMessage(prepared)  # autobahn's own path: compressed or queued
             return True
-        _twisted.write(protocol.transport, data)  # to the kernel now when nothing waits before it
+        turn = _turns.now()
+        if self._turn == turn:
+            _turns.held.setdefault(self, []).append(data)  # its second frame this turn: at the end
+            return True
+        self._turn = turn
+        self.write(data)
         return True
+
+    def write(self, data: bytes) -> None:
+        protocol = self._protocol
+        if protocol.state == protocol.STATE_OPEN:
+            _twisted.write(protocol.transport, data)  # to the kernel now when nothing waits before it
 
     async def drained(self, timeout: float) -> bool:
         """Once what was written went out to the kernel; False when the socket closed (or was
@@ -86,6 +135,7 @@ def bounded_protocol(base: type, limit: int) -> type:
         # transport's streaming producer); `_drained` is what a paced writer awaits meanwhile.
         writing_paused = False
         _drained: asyncio.Future[None] | None = None
+        frame_writer: FrameWriter | None = None
 
         def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
             # Alerts are small writes: no Nagle delay behind an unacknowledged one. And the
@@ -148,12 +198,14 @@ def bounded_protocol(base: type, limit: int) -> type:
             # autobahn's sendClose takes only the application codes (1000, 3000-4999) and raises on
             # the protocol's own, so a consumer's 1008 reached the client as 1011 and the consumer
             # died. 1008 (policy) and 1009 (too big) are this server's to send: the frame directly.
+            _turns.release(self.frame_writer)
             if code in SERVER_CLOSE_CODES and self.state == self.STATE_OPEN:
                 self.sendCloseFrame(code=code, isReply=False)
             else:
                 super().serverClose(code)
 
         def serverSend(self, content: Any, binary: bool = False) -> None:  # noqa: N802 - daphne's name
+            _turns.release(self.frame_writer)
             if not self.too_slow():
                 super().serverSend(content, binary)
 
