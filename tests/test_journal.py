@@ -11,13 +11,15 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.store.journal_file import JournalBusy, JournalFile
+from gateway.engine.alerts import AlertChange, AlertRecord
+from gateway.store.journal_file import Entry, JournalBusy, JournalFile
 from tests.conftest import (
     GatewayFactory,
     GatewayProcess,
@@ -107,6 +109,36 @@ asyncio.run(main())
         (2, "cleared"),
         (3, "raised"),
     ]
+
+
+def test_a_line_gives_back_the_alert_exactly() -> None:
+    at = datetime(2026, 12, 6, 21, 0, 0, 123456, tzinfo=UTC)
+    alert = AlertRecord(
+        id="abc234",
+        site="home",
+        rule="leak-wet",
+        sensor="leak",
+        zone="kitchen",
+        severity="critical",
+        state="acknowledged",
+        message='Leak \u00e9 "wet"\n',
+        value={"water": [1, 2.5, None]},
+        groups=("alerts", "alerts.kitchen", "alerts.oncall"),
+        raised_at=at,
+        acknowledged_at=at.replace(microsecond=999999),
+        acknowledged_by="telegram:@alice",
+        silenced="s1lenc",
+        notify_from=at,
+        escalation=2,
+        display=None,
+    )
+    entry = Entry(41, "acknowledged", at, alert, ("leak", {"water": [1, 2.5, None]}, False))
+    told = AlertChange.make("acknowledged", 41, alert.as_json(), alert.groups).text
+    line = entry.line(told)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert Entry.parse(line) == entry
+    # The envelope inside is what the clients were told, byte for byte.
+    assert told.encode() in line
 
 
 def test_a_second_process_on_the_same_journal_is_refused(tmp_path: Path) -> None:

@@ -204,11 +204,12 @@ class JournaledBook(AlertBook):
         reading: tuple[str, Value | None, bool | None] | None = None,
     ) -> AlertChange:
         entry = Entry(self.seq_now + 1, event, now, alert, reading)
-        self.journal.append(entry.line())  # OSError (disk full): nothing changed, the caller says so
+        change = AlertChange.make(event, entry.seq, alert.as_json(), alert.groups)
+        self.journal.append(entry.line(change.text))  # OSError (disk full): nothing changed, told
         self.seq_now = entry.seq
         self.pending.append(entry)
         self._schedule(0 if len(self.pending) >= FLUSH_AT else FLUSH_DELAY)
-        return AlertChange.make(event, entry.seq, alert.as_json(), alert.groups)
+        return change
 
     # Writes that go to the database directly: the journal's writes wait for them
 

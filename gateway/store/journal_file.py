@@ -23,6 +23,8 @@ log = logs.server
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(AlertRecord))
 _DATES = ("raised_at", "acknowledged_at", "cleared_at", "notify_from")
+# What the alert's JSON (AlertRecord.as_json) lacks, or shows otherwise: written beside it.
+_NOT_TOLD = frozenset({"site", "groups", "display", *_DATES})
 
 
 class JournalBusy(RuntimeError):
@@ -43,35 +45,38 @@ class Entry:
     alert: AlertRecord
     reading: tuple[str, Value | None, bool | None] | None = None
 
-    def line(self) -> bytes:
-        fields = {name: getattr(self.alert, name) for name in _FIELDS}
-        for name in _DATES:
-            fields[name] = None if fields[name] is None else fields[name].isoformat()
-        record = {
-            "seq": self.seq,
-            "event": self.event,
-            "at": self.at.isoformat(),
-            "alert": fields,
-            "reading": self.reading,
-        }
-        return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    def line(self, told: str) -> bytes:
+        """The line: `[seq, at, reading, [what the alert JSON lacks or rounds], told]`.
+
+        `told` is the event's envelope as every protocol gets it (AlertChange.text, built anyway),
+        written as it is: the line costs one small JSON encoding, not the whole alert's again.
+        """
+        a = self.alert
+        extra = [a.site, a.groups, a.display, *(None if d is None else d.isoformat() for d in _dates(a))]
+        head = json.dumps([self.seq, self.at.isoformat(), self.reading, extra], separators=(",", ":"))
+        return f"{head[:-1]},{told}]\n".encode()
 
     @classmethod
     def parse(cls, line: bytes) -> Entry:
-        record = json.loads(line)
-        fields = record["alert"]
-        for name in _DATES:
-            if fields[name] is not None:
-                fields[name] = datetime.fromisoformat(fields[name])
-        fields["groups"] = tuple(fields["groups"])
-        reading = record["reading"]
+        seq, at, reading, extra, told = json.loads(line)
+        fields = {name: told["alert"][name] for name in _FIELDS if name not in _NOT_TOLD}
+        site, groups, display, *dates = extra
+        fields.update(site=site, groups=tuple(groups), display=display)
+        moments = zip(_DATES, dates, strict=True)  # one short: ValueError, an unreadable line
+        fields.update({name: None if d is None else datetime.fromisoformat(d) for name, d in moments})
+        if int(told["seq"]) != int(seq):
+            raise ValueError(f"seq {seq} told as {told['seq']}")
         return cls(
-            seq=int(record["seq"]),
-            event=str(record["event"]),
-            at=datetime.fromisoformat(record["at"]),
+            seq=int(seq),
+            event=str(told["event"]),
+            at=datetime.fromisoformat(at),
             alert=AlertRecord(**fields),
             reading=None if reading is None else (str(reading[0]), reading[1], reading[2]),
         )
+
+
+def _dates(alert: AlertRecord) -> tuple[datetime | None, ...]:
+    return tuple(getattr(alert, name) for name in _DATES)
 
 
 class JournalFile:
@@ -136,7 +141,7 @@ class JournalFile:
         self.size += len(data)
 
     def empty(self) -> None:
-        if self.size:
+        if self.size and self.fd >= 0:
             os.ftruncate(self.fd, 0)
             self.size = 0
 
