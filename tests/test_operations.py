@@ -369,6 +369,52 @@ def test_a_web_process_leaves_pyopenssl_out() -> None:
     assert done.stdout.split() == ["None", "False"]
 
 
+def test_a_web_process_leaves_what_only_wamp_uses_out() -> None:
+    # daphne serves WebSockets; autobahn's other protocol, WAMP, brings cryptography, argon2, click
+    # and cbor2 (9 MiB). Still there for whoever asks: after the start, by autobahn's names or their own.
+    wamp = ("cryptography", "argon2", "click", "cbor2", "autobahn.twisted.wamp")
+    code = (
+        "import sys; from gateway.server import event_loop; event_loop(['web']);"
+        "import autobahn.twisted.websocket, daphne.server;"
+        f"print(*[m in sys.modules for m in {wamp!r}]);"
+        "import click, cbor2; from autobahn.twisted import ApplicationSession, WebSocketServerProtocol;"
+        "print(ApplicationSession.__name__, WebSocketServerProtocol is "
+        "autobahn.twisted.websocket.WebSocketServerProtocol, 'cryptography' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines() == ["False False False False False", "ApplicationSession True True"]
+
+
+PACKAGE_ON_USE = """
+import sys
+from gateway.ops.process import package_on_use
+
+package_on_use("lazy")
+import lazy.sub
+print("VALUE" in vars(lazy), "lazy.heavy" in sys.modules)
+from lazy import other
+print(other.NAME, "lazy.heavy" in sys.modules)
+print(lazy.VALUE, "lazy.heavy" in sys.modules, lazy.sub.NAME, lazy.other is other)
+"""
+
+
+def test_a_package_on_use_runs_its_init_when_one_of_its_names_is_first_used(tmp_path: Path) -> None:
+    package = tmp_path / "lazy"
+    package.mkdir()
+    (package / "__init__.py").write_text("from lazy import heavy\nVALUE = heavy.VALUE\n")
+    (package / "heavy.py").write_text("VALUE = 42\n")
+    (package / "sub.py").write_text("NAME = 'sub'\n")
+    (package / "other.py").write_text("NAME = 'other'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-c", PACKAGE_ON_USE], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.splitlines() == ["False False", "other False", "42 True sub True"]
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
