@@ -415,6 +415,19 @@ def test_a_package_on_use_runs_its_init_when_one_of_its_names_is_first_used(tmp_
     assert done.stdout.splitlines() == ["False False", "other False", "42 True sub True"]
 
 
+def test_metrics_leave_prometheus_exposition_out_until_scraped() -> None:
+    code = (
+        "import sys; import gateway.server; from gateway.ops import metrics;"
+        "print('prometheus_client.exposition' in sys.modules);"
+        "metrics.alerts.labels('raised').inc(); text, kind = metrics.exposition();"
+        "print(kind.split(';')[0], b'gateway_alerts_total{event=\"raised\"} 1.0' in text)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines() == ["False", "text/plain True"]
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
