@@ -351,6 +351,27 @@ def test_migrations_load_only_when_the_schema_is_behind(tmp_path: Path) -> None:
     assert start("forget") == ["False", "False", "True"]
 
 
+SQL_SCRIPT = """
+import sys
+from django.db import connection
+from gateway import settings
+from gateway.config import parse_config
+
+settings.setup(parse_config({"gateway": {"state_dir": sys.argv[1]}}, {}, "test"))
+print("sqlparse.engine" in sys.modules, *connection.ops.prepare_sql_script("SELECT 1; -- one\\nSELECT 2"))
+"""
+
+
+def test_sqlparse_loads_when_django_first_splits_sql(tmp_path: Path) -> None:
+    def start() -> list[str]:
+        argv = [sys.executable, "-c", SQL_SCRIPT, str(tmp_path)]
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout.split()
+
+    start()  # a new database: migrated
+    assert start() == ["False", "SELECT", "1;", "SELECT", "2"]
+
+
 def test_a_web_process_leaves_pyopenssl_out() -> None:
     # daphne listens on plain TCP: Twisted and autobahn take their no-TLS paths, 5 MiB less.
     code = (
