@@ -15,13 +15,12 @@ command line use: 9 MiB of RSS that a WebSocket server never needs (see `lean`).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from gateway.ops import logs
-from gateway.ops.process import package_on_use
+from gateway.ops.process import hidden, package_on_use
 
 CHECKED = {"autobahn": "26.11.1"}
 INTERNALS = (
@@ -92,12 +91,5 @@ def lean() -> Iterator[None]:
     imports cryptography (a 6 MiB Rust library) and argon2: 7 MiB of RSS. `WAMP_ONLY`: 1.8 MiB.
     """
     package_on_use("autobahn.twisted")
-    hidden = [name for name in WAMP_ONLY if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment] # import click -> ImportError
-    try:
+    with hidden(*WAMP_ONLY):
         yield
-    finally:
-        for name in hidden:
-            if sys.modules.get(name, "") is None:
-                del sys.modules[name]

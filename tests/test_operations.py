@@ -408,6 +408,20 @@ def test_a_web_process_leaves_what_only_wamp_uses_out() -> None:
     assert done.stdout.splitlines() == ["False False False False False", "ApplicationSession True True"]
 
 
+def test_a_redis_layer_leaves_cryptography_out() -> None:
+    # channels_redis takes cryptography's Fernet when installed, for an encryption the gateway never
+    # sets: 6 MiB. Still there for whoever asks afterwards.
+    code = (
+        "import sys; import gateway.layers.redis;"
+        "print('cryptography.hazmat.bindings._rust' in sys.modules);"
+        "from cryptography.fernet import Fernet; print(Fernet.__name__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines() == ["False", "Fernet"]
+
+
 PACKAGE_ON_USE = """
 import sys
 from gateway.ops.process import package_on_use

@@ -8,6 +8,7 @@ import gc
 import importlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from gateway.ops import logs
@@ -56,6 +57,22 @@ def package_on_use(name: str) -> None:
     parent, _, child = name.rpartition(".")
     if parent:
         setattr(sys.modules[parent], child, package)  # as an import binds it (find_spec imported it)
+
+
+@contextlib.contextmanager
+def hidden(*names: str) -> Iterator[None]:
+    """While inside, importing one of `names` (not imported yet) raises ImportError; afterwards it
+    imports as usual. For a library's first import, where it takes an optional dependency it finds
+    for a feature the gateway never uses."""
+    hiding = [name for name in names if name not in sys.modules]
+    for name in hiding:
+        sys.modules[name] = None  # type: ignore[assignment] # import name -> ImportError
+    try:
+        yield
+    finally:
+        for name in hiding:
+            if sys.modules.get(name, "") is None:
+                del sys.modules[name]
 
 
 # CPython collects generation 0 every 700 net allocations of containers; reference counting
