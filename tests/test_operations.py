@@ -351,6 +351,13 @@ def test_migrations_load_only_when_the_schema_is_behind(tmp_path: Path) -> None:
     assert start("forget") == ["False", "False", "True"]
 
 
+def python_lines(code: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> list[str]:
+    """What `python -c code args` prints, line by line (it must exit with 0)."""
+    argv = [sys.executable, "-c", code, *args]
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.splitlines()
+
+
 SQL_SCRIPT = """
 import sys
 from django.db import connection
@@ -363,13 +370,8 @@ print("sqlparse.engine" in sys.modules, *connection.ops.prepare_sql_script("SELE
 
 
 def test_sqlparse_loads_when_django_first_splits_sql(tmp_path: Path) -> None:
-    def start() -> list[str]:
-        argv = [sys.executable, "-c", SQL_SCRIPT, str(tmp_path)]
-        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
-        return done.stdout.split()
-
-    start()  # a new database: migrated
-    assert start() == ["False", "SELECT", "1;", "SELECT", "2"]
+    python_lines(SQL_SCRIPT, str(tmp_path))  # a new database: migrated
+    assert python_lines(SQL_SCRIPT, str(tmp_path)) == ["False SELECT 1; SELECT 2"]
 
 
 def test_a_web_process_leaves_pyopenssl_out() -> None:
@@ -402,10 +404,7 @@ def test_a_web_process_leaves_what_only_wamp_uses_out() -> None:
         "print(ApplicationSession.__name__, WebSocketServerProtocol is "
         "autobahn.twisted.websocket.WebSocketServerProtocol, 'cryptography' in sys.modules)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.splitlines() == ["False False False False False", "ApplicationSession True True"]
+    assert python_lines(code) == ["False False False False False", "ApplicationSession True True"]
 
 
 def test_a_redis_layer_leaves_cryptography_out() -> None:
@@ -416,10 +415,7 @@ def test_a_redis_layer_leaves_cryptography_out() -> None:
         "print('cryptography.hazmat.bindings._rust' in sys.modules);"
         "from cryptography.fernet import Fernet; print(Fernet.__name__)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.splitlines() == ["False", "Fernet"]
+    assert python_lines(code) == ["False", "Fernet"]
 
 
 PACKAGE_ON_USE = """
@@ -443,11 +439,8 @@ def test_a_package_on_use_runs_its_init_when_one_of_its_names_is_first_used(tmp_
     (package / "sub.py").write_text("NAME = 'sub'\n")
     (package / "other.py").write_text("NAME = 'other'\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    done = subprocess.run(
-        [sys.executable, "-c", PACKAGE_ON_USE], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=60, check=True,
-    )  # fmt: skip
-    assert done.stdout.splitlines() == ["False False", "other False", "42 True sub True"]
+    lines = python_lines(PACKAGE_ON_USE, cwd=tmp_path, env=env)
+    assert lines == ["False False", "other False", "42 True sub True"]
 
 
 def test_metrics_leave_prometheus_exposition_out_until_scraped() -> None:
@@ -457,10 +450,7 @@ def test_metrics_leave_prometheus_exposition_out_until_scraped() -> None:
         "metrics.alerts.labels('raised').inc(); text, kind = metrics.exposition();"
         "print(kind.split(';')[0], b'gateway_alerts_total{event=\"raised\"} 1.0' in text)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.splitlines() == ["False", "text/plain True"]
+    assert python_lines(code) == ["False", "text/plain True"]
 
 
 def _mode(path: Path) -> int:
