@@ -36,9 +36,11 @@ def event_loop(protocols: list[str]) -> asyncio.AbstractEventLoop:
     """daphne's loop when this process serves HTTP (Twisted must share it), else a plain one."""
     if "web" in protocols:
         without_pyopenssl()
+        from protocols import _autobahn
         from protocols._twisted import reactor_loop
 
-        loop = reactor_loop()  # daphne's import installs Twisted's asyncio reactor
+        with _autobahn.lean():
+            loop = reactor_loop()  # daphne's import installs Twisted's asyncio reactor
     else:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

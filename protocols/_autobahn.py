@@ -8,13 +8,19 @@ autobahn is imported on first use, not here (it imports Twisted, whose reactor m
 daphne's), so `FAST` (whether this autobahn has every name in `INTERNALS`) is decided once, on
 first use (the web server's start). Without them every frame goes through autobahn's
 `sendPreparedMessage` (slower: a deferred write each); start-up logs it once.
+
+`lean` imports autobahn without what only WAMP (the other protocol autobahn speaks) and its
+command line use: 9 MiB of RSS that a WebSocket server never needs (see `lean`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from gateway.ops import logs
+from gateway.ops.process import hidden, package_on_use
 
 CHECKED = {"autobahn": "26.11.1"}
 INTERNALS = (
@@ -68,3 +74,22 @@ def frame(protocol: Any, prepared: Any) -> bytes | None:
     if (FAST or enabled()) and protocol._perMessageCompress is None and not protocol.send_queue:
         return prepared.payloadHybi  # type: ignore[no-any-return]
     return None
+
+
+# What autobahn imports when it can, for WAMP and its command line only: click (autobahn.util's
+# colours), cbor2 (WAMP's FlatBuffers messages; WAMP imports it again where it uses it).
+WAMP_ONLY = ("click", "cbor2")
+
+
+@contextmanager
+def lean() -> Iterator[None]:
+    """For autobahn's first import, in here: the `__init__` of package `autobahn.twisted` runs when
+    one of its names is first used, not when daphne imports `autobahn.twisted.websocket`, and
+    `WAMP_ONLY` are not found (afterwards they are, for whoever else wants them).
+
+    That `__init__` only re-exports, and imports `autobahn.twisted.wamp`, whose authentication
+    imports cryptography (a 6 MiB Rust library) and argon2: 7 MiB of RSS. `WAMP_ONLY`: 1.8 MiB.
+    """
+    package_on_use("autobahn.twisted")
+    with hidden(*WAMP_ONLY):
+        yield

@@ -351,6 +351,29 @@ def test_migrations_load_only_when_the_schema_is_behind(tmp_path: Path) -> None:
     assert start("forget") == ["False", "False", "True"]
 
 
+def python_lines(code: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> list[str]:
+    """What `python -c code args` prints, line by line (it must exit with 0)."""
+    argv = [sys.executable, "-c", code, *args]
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.splitlines()
+
+
+SQL_SCRIPT = """
+import sys
+from django.db import connection
+from gateway import settings
+from gateway.config import parse_config
+
+settings.setup(parse_config({"gateway": {"state_dir": sys.argv[1]}}, {}, "test"))
+print("sqlparse.engine" in sys.modules, *connection.ops.prepare_sql_script("SELECT 1; -- one\\nSELECT 2"))
+"""
+
+
+def test_sqlparse_loads_when_django_first_splits_sql(tmp_path: Path) -> None:
+    python_lines(SQL_SCRIPT, str(tmp_path))  # a new database: migrated
+    assert python_lines(SQL_SCRIPT, str(tmp_path)) == ["False SELECT 1; SELECT 2"]
+
+
 def test_a_web_process_leaves_pyopenssl_out() -> None:
     # daphne listens on plain TCP: Twisted and autobahn take their no-TLS paths, 5 MiB less.
     code = (
@@ -367,6 +390,67 @@ def test_a_web_process_leaves_pyopenssl_out() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["None", "False"]
+
+
+def test_a_web_process_leaves_what_only_wamp_uses_out() -> None:
+    # daphne serves WebSockets; autobahn's other protocol, WAMP, brings cryptography, argon2, click
+    # and cbor2 (9 MiB). Still there for whoever asks: after the start, by autobahn's names or their own.
+    wamp = ("cryptography", "argon2", "click", "cbor2", "autobahn.twisted.wamp")
+    code = (
+        "import sys; from gateway.server import event_loop; event_loop(['web']);"
+        "import autobahn.twisted.websocket, daphne.server;"
+        f"print(*[m in sys.modules for m in {wamp!r}]);"
+        "import click, cbor2; from autobahn.twisted import ApplicationSession, WebSocketServerProtocol;"
+        "print(ApplicationSession.__name__, WebSocketServerProtocol is "
+        "autobahn.twisted.websocket.WebSocketServerProtocol, 'cryptography' in sys.modules)"
+    )
+    assert python_lines(code) == ["False False False False False", "ApplicationSession True True"]
+
+
+def test_a_redis_layer_leaves_cryptography_out() -> None:
+    # channels_redis takes cryptography's Fernet when installed, for an encryption the gateway never
+    # sets: 6 MiB. Still there for whoever asks afterwards.
+    code = (
+        "import sys; import gateway.layers.redis;"
+        "print('cryptography.hazmat.bindings._rust' in sys.modules);"
+        "from cryptography.fernet import Fernet; print(Fernet.__name__)"
+    )
+    assert python_lines(code) == ["False", "Fernet"]
+
+
+PACKAGE_ON_USE = """
+import sys
+from gateway.ops.process import package_on_use
+
+package_on_use("lazy")
+import lazy.sub
+print("VALUE" in vars(lazy), "lazy.heavy" in sys.modules)
+from lazy import other
+print(other.NAME, "lazy.heavy" in sys.modules)
+print(lazy.VALUE, "lazy.heavy" in sys.modules, lazy.sub.NAME, lazy.other is other)
+"""
+
+
+def test_a_package_on_use_runs_its_init_when_one_of_its_names_is_first_used(tmp_path: Path) -> None:
+    package = tmp_path / "lazy"
+    package.mkdir()
+    (package / "__init__.py").write_text("from lazy import heavy\nVALUE = heavy.VALUE\n")
+    (package / "heavy.py").write_text("VALUE = 42\n")
+    (package / "sub.py").write_text("NAME = 'sub'\n")
+    (package / "other.py").write_text("NAME = 'other'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    lines = python_lines(PACKAGE_ON_USE, cwd=tmp_path, env=env)
+    assert lines == ["False False", "other False", "42 True sub True"]
+
+
+def test_metrics_leave_prometheus_exposition_out_until_scraped() -> None:
+    code = (
+        "import sys; import gateway.server; from gateway.ops import metrics;"
+        "print('prometheus_client.exposition' in sys.modules);"
+        "metrics.alerts.labels('raised').inc(); text, kind = metrics.exposition();"
+        "print(kind.split(';')[0], b'gateway_alerts_total{event=\"raised\"} 1.0' in text)"
+    )
+    assert python_lines(code) == ["False", "text/plain True"]
 
 
 def _mode(path: Path) -> int:

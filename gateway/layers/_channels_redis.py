@@ -5,6 +5,10 @@
 - `count_overflows`: channels_redis reports a group send's full channels only in an INFO log
   line (`OVERFLOW_LINE`, on logger `channels_redis.core`); they are counted from it.
 
+channels_redis is imported here without `cryptography.fernet`, which it takes when installed for
+its messages' encryption (`symmetric_encryption_keys`, which the gateway never sets): 6 MiB of
+RSS in every process on a Redis layer (cryptography's Rust library).
+
 `FAST` says at import whether this channels_redis has both. Without them a group's members are
 not known (peers send to the whole group; after a failed receive the memberships are taken as
 lost and renewed), and a group send's overflows go uncounted (less exact); start-up logs it once.
@@ -15,9 +19,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from channels_redis.core import RedisChannelLayer
-
 from gateway.ops import logs
+from gateway.ops.process import hidden
+
+with hidden("cryptography.fernet"):
+    from channels_redis.core import RedisChannelLayer
 
 CHECKED = {"channels-redis": "4.3.0"}
 INTERNALS = ("RedisChannelLayer._group_key", "RedisChannelLayer.group_send's OVERFLOW_LINE")

@@ -12,10 +12,10 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels_redis.core import RedisChannelLayer
 from redis.asyncio import BlockingConnectionPool
 
 from gateway.layers import _channels_redis
+from gateway.layers._channels_redis import RedisChannelLayer
 from gateway.layers.memory import CountsFull, overflowed
 from gateway.ops import logs
 from protocols.backoff import Backoff

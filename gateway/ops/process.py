@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
+import importlib.util
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 from gateway.ops import logs
 
@@ -23,6 +27,52 @@ def without_pyopenssl() -> None:
     """
     if "OpenSSL" not in sys.modules:
         sys.modules["OpenSSL"] = None  # type: ignore[assignment] # import OpenSSL -> ImportError
+
+
+def package_on_use(name: str) -> None:
+    """Put package `name` in `sys.modules` with its `__init__` run only when a name of its own is
+    first looked up; its submodules import as usual meanwhile (without it, each runs it first),
+    and one looked up as the package's attribute is imported.
+
+    For a package whose `__init__` imports much that the gateway never uses, where the gateway
+    imports the submodules it needs by their own names. Nothing if it is imported already.
+    """
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return
+    package = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def on_use(attribute: str) -> Any:
+        if importlib.util.find_spec(f"{name}.{attribute}") is not None:
+            return importlib.import_module(f"{name}.{attribute}")  # `from package import submodule`
+        del package.__getattr__  # once: from here on the package's names are its own
+        loader.exec_module(package)
+        return getattr(package, attribute)
+
+    package.__getattr__ = on_use  # type: ignore[method-assign]
+    sys.modules[name] = package
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, package)  # as an import binds it (find_spec imported it)
+
+
+@contextlib.contextmanager
+def hidden(*names: str) -> Iterator[None]:
+    """While inside, importing one of `names` (not imported yet) raises ImportError; afterwards it
+    imports as usual. For a library's first import, where it takes an optional dependency it finds
+    for a feature the gateway never uses."""
+    hiding = [name for name in names if name not in sys.modules]
+    for name in hiding:
+        sys.modules[name] = None  # type: ignore[assignment] # import name -> ImportError
+    try:
+        yield
+    finally:
+        for name in hiding:
+            if sys.modules.get(name, "") is None:
+                del sys.modules[name]
 
 
 # CPython collects generation 0 every 700 net allocations of containers; reference counting

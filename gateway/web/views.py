@@ -11,7 +11,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.alerting import ModeError, SilenceError
 from gateway.config import parse_duration
@@ -89,7 +88,8 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 async def metrics_view(request: HttpRequest) -> HttpResponse:
-    return HttpResponse(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+    text, content_type = metrics.exposition()
+    return HttpResponse(text, content_type=content_type)
 
 
 @require_GET
