@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from gateway.ops import logs, metrics
 from protocols import _autobahn, _twisted
 from protocols.websocket.http_guard import Guard
+from protocols.websocket.inbox import Inbox
 from protocols.websocket.twisted_io import guarded_channel
 from protocols.websocket.types import FRAMES, WebSocketExtensions
 
@@ -254,11 +256,22 @@ class WebServer:
                 err = getattr(failure.value, "socketError", None)  # Twisted's CannotListenError
                 errors.append(err if isinstance(err, OSError) else OSError(failure.getErrorMessage()))
 
-            def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+            def create_application(self, protocol: Any, scope: dict[str, Any]) -> Inbox | None:
+                # daphne's own, with an `Inbox` for its `asyncio.Queue` (protocols.websocket.inbox).
                 if scope.get("type") == "websocket" and hasattr(protocol, "too_slow"):
                     extensions: WebSocketExtensions = scope.setdefault("extensions", {})
                     extensions[FRAMES] = FrameWriter(protocol)
-                return super().create_application(protocol, scope)
+                connection = self.connections.get(protocol)
+                if connection is None:
+                    return None
+                assert "application_instance" not in connection
+                inbox = Inbox()
+                scope.setdefault("asgi", {"version": "3.0"})
+                application = self.application(
+                    scope=scope, receive=inbox.get, send=partial(self.handle_reply, protocol)
+                )
+                connection["application_instance"] = asyncio.ensure_future(application)
+                return inbox
 
         host = self.host.replace(":", r"\:")
         self._daphne = daphne = _Daphne(
