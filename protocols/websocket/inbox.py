@@ -19,7 +19,7 @@ class Inbox:
     (an ASGI application has one; a second is served in turn).
     """
 
-    __slots__ = ("_items", "_getters")
+    __slots__ = ("_getters", "_items")
 
     def __init__(self) -> None:
         self._items: deque[Any] | None = None
