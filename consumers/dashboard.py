@@ -253,6 +253,8 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         }
         await self.send(text_data=_dumps(hello))
         self._release()
+        # The handshake's headers (the server drops its own reference once open): a KiB per socket.
+        self.scope.pop("headers", None)
 
     def _release(self) -> None:
         held, self.held = self.held or [], None

@@ -33,6 +33,35 @@ MAX_MESSAGE = 256 * 1024
 SERVER_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 
 
+# A WebSocket protocol's attributes that nothing reads once it is open: autobahn's parsed HTTP request
+# and response, daphne's copy of the headers (the scope's) and its application's fired deferred.
+HANDSHAKE_STATE = (
+    "http_headers",
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_params",
+    "http_request_path",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "clean_headers",
+    "application_deferred",
+    "protocol_to_accept",
+)
+
+
+class Opened:
+    """What daphne reads of an open socket's `request` (autobahn's `ConnectionRequest`): its path."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
 class WebStartError(OSError):
     """The listening socket's error (the gateway says which config key it was)."""
 
@@ -129,7 +158,7 @@ class FrameWriter:
         return await self._protocol.drained(timeout)  # type: ignore[no-any-return]
 
 
-def bounded_protocol(base: type, limit: int) -> type:
+def bounded_protocol(base: Any, limit: int) -> type:
     """daphne's WebSocket protocol that drops a client which stopped reading, not the process."""
 
     class BoundedWebSocketProtocol(base):  # type: ignore[misc, valid-type]
@@ -138,6 +167,7 @@ def bounded_protocol(base: type, limit: int) -> type:
         writing_paused = False
         _drained: asyncio.Future[None] | None = None
         frame_writer: FrameWriter | None = None
+        request: Any  # autobahn's ConnectionRequest, then `Opened`
 
         def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
             # Alerts are small writes: no Nagle delay behind an unacknowledged one. And the
@@ -152,6 +182,14 @@ def bounded_protocol(base: type, limit: int) -> type:
                 transport.bufferSize = min(transport.bufferSize, limit // 2)
                 transport.registerProducer(self, True)
             super().connectionMade()
+
+        def onOpen(self) -> None:  # noqa: N802 - autobahn's name
+            super().onOpen()  # daphne logs the path it reads from the request
+            # What only the handshake needed would stay as long as the socket: a few KiB each.
+            state = self.__dict__
+            for name in HANDSHAKE_STATE:
+                state.pop(name, None)
+            self.request = Opened(self.request.path)
 
         def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
             self.writing_paused = True
