@@ -5,9 +5,11 @@ creates; the gateway runs everything on that loop (see gateway.server.event_loop
 so HTTP, WebSocket, MQTT and Telegram share one thread.
 
 This module holds what it uses of daphne beyond its documented API (its factories, Server and
-WebSocketProtocol methods, none of them private) and autobahn's `sendCloseFrame`; the private
-names of Twisted and autobahn are in protocols._twisted and protocols._autobahn.
-tests/test_internals.py checks them all by name (daphne 4.2.3).
+WebSocketProtocol methods, `create_application` redone with an `Inbox`, the protocol's handshake
+attributes and `request.path`, none of them private) and of autobahn (`sendCloseFrame`,
+`CONFIG_ATTRS` and the handshake's attributes, none private either); the private names of
+Twisted and autobahn are in protocols._twisted and protocols._autobahn. tests/test_internals.py
+checks them all by name (daphne 4.2.3), autobahn's on the version protocols._autobahn names.
 """
 
 from __future__ import annotations
@@ -51,6 +53,26 @@ HANDSHAKE_STATE = (
     "application_deferred",
     "protocol_to_accept",
 )
+
+
+class FactoryOption:
+    """One of autobahn's protocol options (`CONFIG_ATTRS`), read from the protocol's factory.
+
+    autobahn copies each of them (29 for a server) into every connection's `__dict__` unless the
+    protocol already has it; as a class attribute it has, and the dict of an open socket stays
+    in a table of half the size. Set on a protocol, an option is that protocol's alone, as in
+    autobahn; the gateway sets the factory's options once, before it listens.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, protocol: Any, owner: type | None = None) -> Any:
+        if protocol is None:
+            return self
+        return getattr(protocol.factory, self.name)
 
 
 class Opened:
@@ -190,6 +212,9 @@ def bounded_protocol(base: Any, limit: int) -> type:
             for name in HANDSHAKE_STATE:
                 state.pop(name, None)
             self.request = Opened(self.request.path)
+            # A dict does not shrink, nor does `dict(state)`: one filled item by item is sized for
+            # what is left, with room for what reading frames adds (about ten attributes).
+            self.__dict__ = dict(state.items())
 
         def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
             self.writing_paused = True
@@ -249,6 +274,8 @@ def bounded_protocol(base: Any, limit: int) -> type:
             if not self.too_slow():
                 super().serverSend(content, binary)
 
+    for name in base.CONFIG_ATTRS:
+        setattr(BoundedWebSocketProtocol, name, FactoryOption(name))
     return BoundedWebSocketProtocol
 
 
