@@ -4,7 +4,6 @@ and the site's silences and mode (SPEC §10)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Iterable
@@ -199,9 +198,10 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         self.channel_layer = None
         self.base_send = send
         try:
-            with contextlib.suppress(StopConsumer):
-                while True:
-                    await self.dispatch(await receive())
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:  # not contextlib.suppress: its object would stay in an idle socket's frame
+            pass
         finally:
             # However it ends (closed, failed, cancelled by daphne), its place in the Hub is freed.
             if self.hub is not None:
@@ -253,6 +253,8 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         }
         await self.send(text_data=_dumps(hello))
         self._release()
+        # The handshake's headers (the server drops its own reference once open): a KiB per socket.
+        self.scope.pop("headers", None)
 
     def _release(self) -> None:
         held, self.held = self.held or [], None

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable
-from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
+from channels.routing import ChannelNameRouter, URLRouter
 from django.core.asgi import get_asgi_application
-from django.urls import path, re_path
+from django.urls import Resolver404, path, re_path
 from django.urls.resolvers import URLPattern
 
 from consumers.dashboard import AlertSocket, NotFoundSocket
@@ -28,8 +28,10 @@ from protocols.mqtt.routing import TopicRouter, route
 
 
 class WithRuntime:
-    """Puts the process's `Runtime` into every scope as `scope["gateway"]`, and turns away a
-    browser's request for a foreign Host or from a foreign Origin (`gateway.web.security.refusal`).
+    """The application: puts the process's `Runtime` into every scope as `scope["gateway"]`, turns
+    away a browser's request for a foreign Host or from a foreign Origin
+    (`gateway.web.security.refusal`), and routes the scope by its type (channels'
+    `ProtocolTypeRouter`).
 
     In place, and not a coroutine of its own over a copy: what a scope's application holds
     lives as long as its socket (an idle dashboard held one more scope and one more frame,
@@ -39,8 +41,8 @@ class WithRuntime:
 
     _asgi_single_callable = True  # asgiref: an ASGI 3 application, though __call__ is not async
 
-    def __init__(self, application: Any, runtime: Runtime) -> None:
-        self.application = application
+    def __init__(self, routes: dict[str, Any], runtime: Runtime) -> None:
+        self.routes = routes
         self.runtime = runtime
 
     def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> Awaitable[None]:
@@ -51,7 +53,60 @@ class WithRuntime:
             reason = refusal(scope, config)
             if reason is not None:
                 return refuse(reason, scope, receive, send, config)
-        return self.application(scope, receive, send)  # type: ignore[no-any-return]
+        try:
+            application = self.routes.get(scope["type"])
+            if application is None:
+                raise ValueError(f"No application configured for scope type {scope['type']!r}")
+            return application(scope, receive, send)  # type: ignore[no-any-return]
+        except Exception as err:
+            # No route, or a consumer that failed to be made: in its task, as from an async router,
+            # so the server logs it with the connection and closes it (a WebSocket with 1011).
+            return _failed(err)
+
+
+async def _failed(err: Exception) -> None:
+    raise err
+
+
+class PathRouter(URLRouter):  # type: ignore[misc]
+    """channels' `URLRouter` without a coroutine of its own: it hands the scope, in place, to the
+    route's application and returns that application's coroutine, which its task runs alone.
+
+    An idle dashboard's task held the router's frame and a second scope (URLRouter copies it to
+    add `url_route`) for as long as its socket was open.
+    """
+
+    _asgi_single_callable = True
+
+    def __call__(  # type: ignore[override]
+        self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> Awaitable[None]:
+        path = scope.get("path_remaining", scope.get("path"))
+        if path is None:
+            raise ValueError("No 'path' key in connection scope, cannot route URLs")
+        if "path_remaining" not in scope:  # the outermost router: the root path is not routed
+            root_path = scope.get("root_path", "")
+            if root_path and not path.startswith(root_path):
+                raise ValueError(f"No route found for path {path!r}.")
+            path = path[len(root_path) :]
+        path = path.lstrip("/")  # as Django's own resolver
+        outer = scope.get("url_route", {})
+        for pattern in self.routes:
+            try:
+                match = pattern.pattern.match(path)
+                if match:
+                    new_path, args, kwargs = match
+                    scope["path_remaining"] = new_path
+                    scope["url_route"] = {
+                        "args": outer.get("args", ()) + args,
+                        "kwargs": {**outer.get("kwargs", {}), **kwargs, **pattern.default_args},
+                    }
+                    return pattern.callback(scope, receive, send)  # type: ignore[no-any-return]
+            except Resolver404:  # a router under this one had no route for the rest: the next route
+                pass
+        if "path_remaining" in scope:
+            raise Resolver404(f"No route found for path {path!r}.")
+        raise ValueError(f"No route found for path {path!r}.")
 
 
 def build_application(runtime: Runtime) -> WithRuntime:
@@ -59,7 +114,7 @@ def build_application(runtime: Runtime) -> WithRuntime:
     extensions = load_extensions(config)
     routes: dict[str, Any] = {
         "http": get_asgi_application(),
-        "websocket": URLRouter(
+        "websocket": PathRouter(
             [
                 *extensions.websocket,
                 path("ws/alerts/", AlertSocket.as_asgi()),
@@ -87,7 +142,7 @@ def build_application(runtime: Runtime) -> WithRuntime:
         logs.server.warning("the telegram entry of [[consumers]] is not used: telegram.token is not set")
     if extensions.workers:
         routes["channel"] = ChannelNameRouter(extensions.workers)
-    return WithRuntime(ProtocolTypeRouter(routes), runtime)
+    return WithRuntime(routes, runtime)
 
 
 class DeviceRouter:

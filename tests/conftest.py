@@ -287,6 +287,16 @@ def run_store_script(tmp_path: Path, config: str, script: str) -> dict[str, Any]
     return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def run_web_script(script: str) -> dict[str, Any]:
+    """Run `script` in a Python of its own (Twisted's reactor is one per process); the JSON object it
+    printed last comes back."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=50, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
     started: list[GatewayProcess] = []

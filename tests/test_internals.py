@@ -238,6 +238,34 @@ def test_autobahn_close_and_framing_names() -> None:
         assert name in source(WebSocketProtocol), name
 
 
+def test_what_an_open_websocket_drops_is_what_daphne_and_autobahn_set_for_the_handshake() -> None:
+    import daphne.server
+    from autobahn.twisted.websocket import WebSocketServerFactory
+    from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
+    from autobahn.websocket.protocol import WebSocketServerProtocol
+    from daphne.ws_protocol import WebSocketProtocol
+
+    from protocols.websocket.server import HANDSHAKE_STATE
+
+    # Each name is the library's (a renamed one would stay, silently, as a KiB per socket).
+    assigned = _assigned_to_self(WebSocketServerProtocol) | _assigned_to_self(WebSocketProtocol)
+    assigned |= _assigned_to_self(AutobahnProtocol)
+    assert set(HANDSHAKE_STATE) <= assigned, set(HANDSHAKE_STATE) - assigned
+    # Once open, daphne reads no more of the request than its path (what `Opened` keeps).
+    for method in (WebSocketProtocol.onOpen, WebSocketProtocol.onClose, WebSocketProtocol.serverReject):
+        assert "self.request.path" in source(method)
+    opened = [source(m) for m in (WebSocketProtocol.onMessage, WebSocketProtocol.handle_reply)]
+    assert not any(name in text for text in opened for name in (*HANDSHAKE_STATE, "self.request"))
+    # autobahn copies a factory's option into a connection only when the protocol lacks it.
+    assert "if not hasattr(self, configAttr):" in source(AutobahnProtocol._connectionMade)
+    factory = WebSocketServerFactory()  # where protocols.websocket.server.FactoryOption reads them
+    assert all(hasattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS)
+    # protocols.websocket.server.WebServer's create_application is daphne's, but for the Inbox.
+    create = source(daphne.server.Server.create_application)
+    assert "input_queue = asyncio.Queue()" in create and "receive=input_queue.get," in create
+    assert "send=partial(self.handle_reply, protocol)," in create
+
+
 def test_channels_in_memory_layer_is_shaped_as_gateway_layers_channels_expects() -> None:
     from channels.layers import InMemoryChannelLayer
 

@@ -4,11 +4,7 @@ as Twisted's reactor is one per process."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from tests.conftest import ROOT
+from tests.conftest import run_web_script
 
 APP = """
 import asyncio, json, sys
@@ -55,11 +51,7 @@ loop.run_until_complete(main())
 
 
 def test_frames_go_out_in_call_order_with_ordinary_sends_and_only_while_open() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", APP], cwd=ROOT, capture_output=True, text=True, timeout=50, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.splitlines()[-1])
+    seen = run_web_script(APP)
     assert seen["methods"] == ["drained", "prepare", "send"]
     assert seen["before_accept"] is False  # not open yet: nothing written
     assert seen["received"] == ["send 1", "frame", "send 2", "frame", "send 3"]

@@ -5,9 +5,11 @@ creates; the gateway runs everything on that loop (see gateway.server.event_loop
 so HTTP, WebSocket, MQTT and Telegram share one thread.
 
 This module holds what it uses of daphne beyond its documented API (its factories, Server and
-WebSocketProtocol methods, none of them private) and autobahn's `sendCloseFrame`; the private
-names of Twisted and autobahn are in protocols._twisted and protocols._autobahn.
-tests/test_internals.py checks them all by name (daphne 4.2.3).
+WebSocketProtocol methods, `create_application` redone with an `Inbox`, the protocol's handshake
+attributes and `request.path`, none of them private) and of autobahn (`sendCloseFrame`,
+`CONFIG_ATTRS` and the handshake's attributes, none private either); the private names of
+Twisted and autobahn are in protocols._twisted and protocols._autobahn. tests/test_internals.py
+checks them all by name (daphne 4.2.3), autobahn's on the version protocols._autobahn names.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from gateway.ops import logs, metrics
 from protocols import _autobahn, _twisted
 from protocols.websocket.http_guard import Guard
+from protocols.websocket.inbox import Inbox
 from protocols.websocket.twisted_io import guarded_channel
 from protocols.websocket.types import FRAMES, WebSocketExtensions
 
@@ -29,6 +33,55 @@ from protocols.websocket.types import FRAMES, WebSocketExtensions
 MAX_MESSAGE = 256 * 1024
 # Close codes of RFC 6455 that consumers may send besides autobahn's 1000 and 3000-4999.
 SERVER_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
+
+
+# A WebSocket protocol's attributes that nothing reads once it is open: autobahn's parsed HTTP request
+# and response, daphne's copy of the headers (the scope's) and its application's fired deferred.
+HANDSHAKE_STATE = (
+    "http_headers",
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_params",
+    "http_request_path",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "clean_headers",
+    "application_deferred",
+    "protocol_to_accept",
+)
+
+
+class FactoryOption:
+    """One of autobahn's protocol options (`CONFIG_ATTRS`), read from the protocol's factory.
+
+    autobahn copies each of them (29 for a server) into every connection's `__dict__` unless the
+    protocol already has it; as a class attribute it has, and the dict of an open socket stays
+    in a table of half the size. Set on a protocol, an option is that protocol's alone, as in
+    autobahn; the gateway sets the factory's options once, before it listens.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, protocol: Any, owner: type | None = None) -> Any:
+        if protocol is None:
+            return self
+        return getattr(protocol.factory, self.name)
+
+
+class Opened:
+    """What daphne reads of an open socket's `request` (autobahn's `ConnectionRequest`): its path."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
 class WebStartError(OSError):
@@ -127,7 +180,7 @@ class FrameWriter:
         return await self._protocol.drained(timeout)  # type: ignore[no-any-return]
 
 
-def bounded_protocol(base: type, limit: int) -> type:
+def bounded_protocol(base: Any, limit: int) -> type:
     """daphne's WebSocket protocol that drops a client which stopped reading, not the process."""
 
     class BoundedWebSocketProtocol(base):  # type: ignore[misc, valid-type]
@@ -136,6 +189,7 @@ def bounded_protocol(base: type, limit: int) -> type:
         writing_paused = False
         _drained: asyncio.Future[None] | None = None
         frame_writer: FrameWriter | None = None
+        request: Any  # autobahn's ConnectionRequest, then `Opened`
 
         def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
             # Alerts are small writes: no Nagle delay behind an unacknowledged one. And the
@@ -150,6 +204,17 @@ def bounded_protocol(base: type, limit: int) -> type:
                 transport.bufferSize = min(transport.bufferSize, limit // 2)
                 transport.registerProducer(self, True)
             super().connectionMade()
+
+        def onOpen(self) -> None:  # noqa: N802 - autobahn's name
+            super().onOpen()  # daphne logs the path it reads from the request
+            # What only the handshake needed would stay as long as the socket: a few KiB each.
+            state = self.__dict__
+            for name in HANDSHAKE_STATE:
+                state.pop(name, None)
+            self.request = Opened(self.request.path)
+            # A dict does not shrink, nor does `dict(state)`: one filled item by item is sized for
+            # what is left, with room for what reading frames adds (about ten attributes).
+            self.__dict__ = dict(state.items())
 
         def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
             self.writing_paused = True
@@ -209,6 +274,8 @@ def bounded_protocol(base: type, limit: int) -> type:
             if not self.too_slow():
                 super().serverSend(content, binary)
 
+    for name in base.CONFIG_ATTRS:
+        setattr(BoundedWebSocketProtocol, name, FactoryOption(name))
     return BoundedWebSocketProtocol
 
 
@@ -254,11 +321,22 @@ class WebServer:
                 err = getattr(failure.value, "socketError", None)  # Twisted's CannotListenError
                 errors.append(err if isinstance(err, OSError) else OSError(failure.getErrorMessage()))
 
-            def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+            def create_application(self, protocol: Any, scope: dict[str, Any]) -> Inbox | None:
+                # daphne's own, with an `Inbox` for its `asyncio.Queue` (protocols.websocket.inbox).
                 if scope.get("type") == "websocket" and hasattr(protocol, "too_slow"):
                     extensions: WebSocketExtensions = scope.setdefault("extensions", {})
                     extensions[FRAMES] = FrameWriter(protocol)
-                return super().create_application(protocol, scope)
+                connection = self.connections.get(protocol)
+                if connection is None:
+                    return None
+                assert "application_instance" not in connection
+                inbox = Inbox()
+                scope.setdefault("asgi", {"version": "3.0"})
+                application = self.application(
+                    scope=scope, receive=inbox.get, send=partial(self.handle_reply, protocol)
+                )
+                connection["application_instance"] = asyncio.ensure_future(application)
+                return inbox
 
         host = self.host.replace(":", r"\:")
         self._daphne = daphne = _Daphne(
