@@ -100,6 +100,10 @@ channel_layer = "{layer}"
 
 [http]
 bind = "127.0.0.1:{http}"
+# The storm's one dashboard reads 2-3 MB/s of events, in a worker sharing 2 cores with the gateway,
+# mosquitto and the publisher: the default 256 KiB would drop it as a slow client (the product's
+# protection, not what the storm measures). 8 MiB: it reads all of it, however late.
+websocket_send_buffer = 8388608
 
 [auth]
 tokens = {{ bench = "{token}" }}

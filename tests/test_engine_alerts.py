@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -219,3 +220,13 @@ def test_the_board_follows_a_reload() -> None:
     ]
     board.configure([other])
     assert list(board.sensors) == ["well"]
+
+
+def test_ids_drawn_many_at_once_look_like_single_ones() -> None:
+    ids = alerts.new_ids(5000)
+    assert len(ids) == 5000 and all(len(i) == 6 and set(i) <= set(alerts._ALPHABET) for i in ids)
+    # Every letter about as often (uniform: 248 byte values map 8 to each of the 31 letters).
+    counts = Counter("".join(alerts.new_ids(20000)))
+    assert set(counts) == set(alerts._ALPHABET)
+    expected = 6 * 20000 / len(alerts._ALPHABET)
+    assert all(abs(n - expected) < 0.1 * expected for n in counts.values()), counts

@@ -27,6 +27,7 @@ __all__ = [
     "escalate",
     "iso",
     "new_id",
+    "new_ids",
     "raise_alert",
     "repeat",
     "unsilence",
@@ -48,6 +49,19 @@ def alert_groups(rule: Rule, sensor: Sensor) -> list[str]:
 
 def new_id() -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(6))
+
+
+# Random bytes to letters of _ALPHABET in C: 248 = 8 x 31 values map evenly, the rest are dropped.
+_LETTERS = bytes(_ALPHABET[b % len(_ALPHABET)].encode()[0] if b < 248 else 0x21 for b in range(256))
+
+
+def new_ids(n: int) -> list[str]:
+    """`n` ids as `new_id` draws them (uniform, from `secrets`), about 50 times faster for many."""
+    letters = b""
+    while len(letters) < 6 * n:
+        letters += secrets.token_bytes(7 * n).translate(_LETTERS).replace(b"!", b"")
+    text = letters.decode()
+    return [text[i : i + 6] for i in range(0, 6 * n, 6)]
 
 
 def iso(moment: datetime | None) -> str | None:

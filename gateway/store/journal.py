@@ -52,8 +52,9 @@ log = logs.server
 FLUSH_DELAY = 0.05
 FLUSH_AT = 500
 # Alert ids drawn ahead and checked against the database, so that a raise needs no query.
-ID_POOL = 1024
-REFILL_BELOW = 768  # a storm raises thousands a second: the next copy (50 ms on) draws more
+# A storm raises thousands a second while the copy, in a thread, gets the GIL in 5 ms slices.
+ID_POOL = 4096
+REFILL_BELOW = 3072
 RETRY_SECONDS = 1.0
 
 
@@ -76,6 +77,7 @@ class JournaledBook(AlertBook):
         self._db_seq = 0  # what this process last saw in the database's counter (database thread)
         self._gate = asyncio.Lock()  # held by the writes that go to the database directly
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_soon = False  # the timer is for now (FLUSH_AT lines, or ids running out)
         self._flushing: asyncio.Task[None] | None = None
         self._failures = 0
 
@@ -186,11 +188,12 @@ class JournaledBook(AlertBook):
         return self._append("repeated", alert, _now())
 
     def _unchecked_id(self) -> str:
-        """An id when the pool is empty: the database has been away for `ID_POOL` raises. Unlike
+        """An id when the pool is empty: the database has been away (or the copy behind) for
+        `ID_POOL` raises. Unlike
         pool ids it may name a stored (cleared) alert, 1 in 887 million per stored alert; the copy
         into the database says so if it does (see `_write`)."""
         if not self.unchecked:
-            log.warning("alert journal: no checked alert ids left while the database is away")
+            log.warning("alert journal: no checked alert ids left (the database is away or behind)")
         taken = {a.id for a in self.open_index.values()}
         while (alert_id := lifecycle.new_id()) in taken or alert_id in self.unchecked:
             pass
@@ -285,13 +288,17 @@ class JournaledBook(AlertBook):
 
     def _schedule(self, delay: float) -> None:
         if self._flush_timer is not None:
-            if delay > 0:
+            # Kept when it is as soon or sooner: in a storm every append asks for a copy now, and
+            # replacing the timer each time put the copy off until the storm ended.
+            if delay > 0 or self._flush_soon:
                 return
             self._flush_timer.cancel()
+        self._flush_soon = delay == 0
         self._flush_timer = asyncio.get_running_loop().call_later(delay, self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush_timer = None
+        self._flush_soon = False
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.ensure_future(self._flush_task())
         else:
@@ -320,13 +327,17 @@ class JournaledBook(AlertBook):
 
     async def _flush(self) -> None:
         entries = list(self.pending)
-        # The ids in the pool now: any of them may be taken (and not yet stored) by the time
-        # the new ones are checked against the database.
-        pool = set(self.ids) if len(self.ids) < REFILL_BELOW else None
+        # New ids must differ from the pool's (any may be taken, and not stored, by the time they
+        # are checked) and from the raises waiting to be stored. Drawn before the write: in a
+        # storm the write waits long for the GIL, while the pool runs down.
+        pool = None
+        if len(self.ids) < REFILL_BELOW:
+            pool = set(self.ids) | {e.alert.id for e in entries if e.event == "raised"}
 
         def run() -> list[str]:
+            ids = [] if pool is None else self._draw_ids(pool)
             self._write(entries)
-            return [] if pool is None else self._draw_ids(pool)
+            return ids
 
         ids = await sync_to_async(run)()
         self._written(entries)
@@ -424,10 +435,21 @@ class JournaledBook(AlertBook):
 
         Every raise journaled before this call is stored by now (the caller wrote it first)."""
         fresh: set[str] = set()
+        qn = connection.ops.quote_name
         while len(fresh) < ID_POOL:
-            candidates = {lifecycle.new_id() for _ in range(ID_POOL)} - fresh - pool
-            taken = set(Alert.objects.filter(id__in=candidates).values_list("id", flat=True))
-            fresh |= candidates - taken
+            # Little Python and few queries: in a storm this thread gets the GIL rarely, the
+            # event loop's thread holds it. 500 a query: within any SQLite's limit of parameters.
+            candidates = list(set(lifecycle.new_ids(ID_POOL)) - fresh - pool)
+            for start in range(0, len(candidates), 500):
+                chunk = candidates[start : start + 500]
+                marks = ", ".join(["%s"] * len(chunk))
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"SELECT {qn('id')} FROM {qn(Alert._meta.db_table)} WHERE {qn('id')} IN ({marks})",
+                        chunk,
+                    )
+                    taken = {row[0] for row in cursor.fetchall()}
+                fresh.update(c for c in chunk if c not in taken)
         return list(fresh)[:ID_POOL]
 
 

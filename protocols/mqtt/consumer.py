@@ -15,6 +15,10 @@ from channels.layers import get_channel_layer
 from protocols.dispatch import DirectDispatch
 from protocols.mqtt.types import MqttConnectEvent, MqttDisconnectEvent, MqttMessageEvent
 
+# Events handled back to back before the loop's other work gets a turn (a burst of one device's
+# messages must not hold up the other protocols, timers and the database's replies).
+BURST = 16
+
 __all__ = ["MqttConsumer"]
 
 
@@ -62,6 +66,7 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
             return task
 
         layer_task = listen()
+        burst = 0
         try:
             while True:
                 if layer_task is not None and layer_task.done():
@@ -73,7 +78,11 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
                 event = nowait()
                 if event is not None:
                     await self.dispatch(event)
+                    burst += 1
+                    if burst % BURST == 0:
+                        await asyncio.sleep(0)
                     continue
+                burst = 0
                 # Nothing queued: wait for the server or the layer, with no task of our own.
                 wake = loop.create_future()
                 notify(wake)
