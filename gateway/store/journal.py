@@ -366,14 +366,13 @@ class JournaledBook(AlertBook):
         if not todo:
             return 0
         with transaction.atomic():
-            seq = self._read_seq()
-            if not replay and seq != self._db_seq:
+            seq = self.seq_sync()
+            if seq != self._db_seq:
                 raise OtherWriter(
                     f"the database's seq of site {self.site!r} is {seq}, this process wrote up to "
                     f'{self._db_seq}: another process writes its alerts. With channel_layer = "memory" '
                     "run one process per database"
                 )
-            todo = [e for e in todo if e.seq > seq]
             checked = self._clashes(todo, replay)
             # Each statement once for the batch: an alert's last state, every event, each
             # sensor's last reading (unless the sensor board saved a later one).
@@ -398,11 +397,9 @@ class JournaledBook(AlertBook):
                 for (sensor, value, online), at in readings.values()
             ]
             _insert_many(SensorState, states, conflict=("site", "sensor"), where=_NEWER)
-            if todo:
-                _set_seq(self.site, todo[-1].seq)
-        if todo:
-            self._db_seq = todo[-1].seq
-            self.unchecked.difference_update(checked)
+            _set_seq(self.site, todo[-1].seq)
+        self._db_seq = todo[-1].seq
+        self.unchecked.difference_update(checked)
         return len(todo)
 
     def _clashes(self, entries: list[Entry], replay: bool) -> set[str]:
@@ -422,9 +419,6 @@ class JournaledBook(AlertBook):
                 row.raised_at.isoformat(),
             )
         return set(new)
-
-    def _read_seq(self) -> int:
-        return self.seq_sync()
 
     def _open_index(self) -> dict[tuple[str, str], AlertRecord]:
         rows = Alert.objects.filter(site=self.site, state__in=OPEN_STATES).order_by("raised_at")
