@@ -181,15 +181,17 @@ class SensorConsumer(Escalation, MqttConsumer):
             self.peers.observe(self.sensor.id, received, kind, value, bool(event["retain"]))
         # Dashboards hear of a reading from the process that got it, not once per process.
         changed = self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online, received)
+        # Processes sharing a subscription both act on a reading: the database tells (AlertBook).
+        cause = received if self.peers is not None else None
         if transitions and not self.engine.applying and not self.lock.locked():
             # Nothing of this sensor's is being stored or waits to be: stored and announced here,
             # without a task to wake (0.05 ms); the order of readings holds.
             async with self.lock:
-                await self._apply(transitions, received)
+                await self._apply(transitions, received, cause)
             if changed:
                 self._sensor_changed()
         elif transitions:
-            applied = self._apply_in_order(transitions, received)
+            applied = self._apply_in_order(transitions, received, cause)
             if changed:
                 # The alert first: the tile's update would share the loop (and the GIL) with its
                 # database write and its hand-over (1.1 ms per group send on Redis).
@@ -213,16 +215,19 @@ class SensorConsumer(Escalation, MqttConsumer):
                 self.runtime.history.record(self.sensor.id, value, at, own=False)
         self.runtime.board.update(self.sensor.id, self.rules.value, self.rules.online, time.time())
         if transitions:
-            # A raise or clear seen here too is acted on here too: a reading and a peer's report of
-            # an earlier one can arrive in either order, and the database keeps one alert per rule
-            # and sensor open, so the second attempt changes nothing. Timers stay with their owner.
+            # A raise or clear seen here too is acted on here too (the peer that received the reading
+            # acts on it as well): the database keeps one alert per rule and sensor open, so the
+            # second attempt changes nothing. A report older than a reading already applied here
+            # changed nothing (SensorRules._stale). Timers stay with their owner.
             transitions = [replace(t, local=True) if t.kind in ("raise", "clear") else t for t in transitions]
-            self._apply_in_order(transitions, None)
+            self._apply_in_order(transitions, None, at)
         self._schedule()
 
-    def _apply_in_order(self, transitions: list[Transition], received: float | None) -> asyncio.Task[None]:
+    def _apply_in_order(
+        self, transitions: list[Transition], received: float | None, cause: float | None = None
+    ) -> asyncio.Task[None]:
         """Store and announce these changes after those of earlier readings (ours, the peers', timers')."""
-        task = asyncio.ensure_future(self._apply_locked(transitions, received))
+        task = asyncio.ensure_future(self._apply_locked(transitions, received, cause))
         self.tasks.add(task)
         self.engine.applying += 1
         task.add_done_callback(self._applied)
@@ -232,9 +237,11 @@ class SensorConsumer(Escalation, MqttConsumer):
         self.tasks.discard(task)
         self.engine.applying -= 1
 
-    async def _apply_locked(self, transitions: list[Transition], received: float | None) -> None:
+    async def _apply_locked(
+        self, transitions: list[Transition], received: float | None, cause: float | None
+    ) -> None:
         async with self.lock:
-            await self._apply(transitions, received)
+            await self._apply(transitions, received, cause)
 
     def _bad_payload(self, topic: str, err: PayloadError) -> None:
         metrics.mqtt_messages.labels("bad_payload").inc()
@@ -266,7 +273,11 @@ class SensorConsumer(Escalation, MqttConsumer):
 
     # Alert transitions and rule actions
 
-    async def _apply(self, transitions: list[Transition], received: float | None = None) -> None:
+    async def _apply(
+        self, transitions: list[Transition], received: float | None = None, cause: float | None = None
+    ) -> None:
+        """`received`: when the reading came here (latency); `cause`: when it came to whichever
+        process got it, for processes sharing a subscription (AlertBook.raise_sync)."""
         book, sensor = self.runtime.book, self.sensor
         for t in transitions:
             if not t.local:
@@ -278,12 +289,14 @@ class SensorConsumer(Escalation, MqttConsumer):
                 if t.kind == "raise":
                     actions = t.rule.on_raise
                     change = await book.raise_alert(
-                        t.rule, sensor, t.value, self.rules.online, silenced=silenced
+                        t.rule, sensor, t.value, self.rules.online, silenced=silenced, cause=cause
                     )
                 elif t.kind == "clear":
                     actions = t.rule.on_clear
                     shown = display(t.value, sensor)
-                    change = await book.clear(t.rule.id, sensor.id, t.value, self.rules.online, shown)
+                    change = await book.clear(
+                        t.rule.id, sensor.id, t.value, self.rules.online, shown, cause=cause
+                    )
                 elif silenced:
                     # A repeat is only a notification: under a silence nothing goes out.
                     metrics.notifications_suppressed.labels("repeated").inc()

@@ -249,3 +249,51 @@ def test_a_reload_that_lets_a_held_rule_raise_raises_it_then() -> None:
     assert kinds(engine.release_held(3)) == []  # its `for` counts from the reload
     assert kinds(engine.tick(8)) == ["raise"]
     assert kinds(engine.release_held(9)) == []  # raised once
+
+
+def test_a_peers_report_older_than_a_reading_here_changes_nothing() -> None:
+    # Shared subscriptions: "open" reached process A at 1.0, "closed" reached B at 1.2, and A's
+    # report of "open" reaches B after that. B must not think the door open (nor raise again).
+    b = engine({"when": {"equals": "open"}, "clear": {"equals": "closed"}})
+    assert kinds(b.on_value("closed", 1.2)) == []
+    assert kinds(b.on_value("open", 1.0, local=False)) == []
+    assert b.value == "closed" and not b.states["r"].active
+    assert kinds(b.on_availability(False, 1.1, local=False)) == [] and b.online is True
+    # A newer report is applied: the door opened again at 1.5, seen by A.
+    assert kinds(b.on_value("open", 1.5, local=False)) == ["raise"]
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.001, 0.05), st.sampled_from(["open", "closed"]), st.booleans(), st.floats(0, 0.1)
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_two_processes_end_where_the_last_reading_left_the_door(
+    readings: list[tuple[float, str, bool, float]],
+) -> None:
+    # Each reading reaches process A or B; the other hears of it `delay` later, in the order its peer
+    # sent them (batches leave one at a time). Whatever the interleaving, once every report has
+    # arrived both processes hold the last reading's state, and each side's raises and clears alternate.
+    procs = {p: engine({"when": {"equals": "open"}, "clear": {"equals": "closed"}}) for p in "AB"}
+    deliveries = []  # (arrives, order, process, value, received, local)
+    sent_last = {"A": 0.0, "B": 0.0}
+    now = 0.0
+    for i, (gap, value, to_a, delay) in enumerate(readings):
+        now += gap
+        here, there = ("A", "B") if to_a else ("B", "A")
+        deliveries.append((now, 2 * i, here, value, now, True))
+        sent_last[here] = max(now + delay, sent_last[here])  # in order behind the batch before it
+        deliveries.append((sent_last[here], 2 * i + 1, there, value, now, False))
+    active = {"A": False, "B": False}
+    for _arrives, _order, proc, value, received, local in sorted(deliveries):
+        for t in procs[proc].on_value(value, received, local=local):
+            assert (t.kind == "raise") != active[proc]
+            active[proc] = t.kind == "raise"
+    last = readings[-1][1]
+    for proc in procs.values():
+        assert proc.value == last and proc.states["r"].active == (last == "open")

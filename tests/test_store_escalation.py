@@ -127,3 +127,32 @@ def test_a_raise_under_a_silence_carries_its_id(tmp_path: Path) -> None:
     assert out["alert"]["silenced"] == "abc234"
     listed = run(tmp_path, "out['alerts'] = book.list_sync('open', 10)\n")["alerts"]
     assert listed[0]["silenced"] == "abc234"
+
+
+def test_a_reading_raises_or_clears_once_though_both_processes_act_on_it(tmp_path: Path) -> None:
+    # Shared subscriptions: the process that got a reading and its peer both act on it (either may
+    # be the first to see the change). One's write can wait on the database while the other writes
+    # that reading and the next: the late one must change nothing. Each call is a process.
+    def act(code: str) -> Any:
+        return run(
+            tmp_path, f"c = {code}\nout['r'] = None if c is None else [c.event, c.alert['id'], c.seq]\n"
+        )["r"]
+
+    opened = act("book.raise_sync(rule, sensor, True, cause=1000.25)")  # door open, reading at A
+    assert opened[0] == "raised"
+    assert act("book.clear_sync('leak-wet', 'leak', False, cause=1000.5)")[:2] == ["cleared", opened[1]]  # B
+    # A's write of the first reading comes now, after the second was stored: no new alert.
+    assert act("book.raise_sync(rule, sensor, True, cause=1000.25)") is None
+    again = act("book.raise_sync(rule, sensor, True, cause=1000.75)")
+    assert again[0] == "raised" and again[1] != opened[1]
+    # The clear of 1000.5, late from the other process, must not clear the alert 1000.75 raised.
+    assert act("book.clear_sync('leak-wet', 'leak', False, cause=1000.5)") is None
+    state = run(
+        tmp_path,
+        "out['open'] = [(a['id'], a['raised_at']) for a in book.open_alerts_sync()]\nout['seq'] = book.seq_sync()\n",
+    )
+    assert [a for a, _ in state["open"]] == [again[1]] and state["seq"] == again[2]
+    assert state["open"][0][1].startswith("1970-01-01T00:16:40.75")  # raised when its reading came
+    # Without a cause (one process; timers) a raise is refused only while one is open.
+    assert act("book.clear_sync('leak-wet', 'leak', False)")[0] == "cleared"
+    assert act("book.raise_sync(rule, sensor, True)")[0] == "raised"

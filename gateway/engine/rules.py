@@ -17,6 +17,7 @@ then (`set_mode`), its `for` counting from the switch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,6 +80,9 @@ class SensorRules:
         self.available: bool | None = None
         self.expired = False
         self.last_seen = now
+        # When the newest reading was received (loop time), here or by a peer: a peer's report of an
+        # older one, which can arrive after a newer reading here, changes nothing (see `_stale`).
+        self.heard = -math.inf
         # Rules whose raise a cooldown dropped, seen here (not a peer's): the caller says so and empties it.
         self.dropped: list[Rule] = []
         # Rules whose raise the mode held back, seen here: the caller counts them and empties it.
@@ -156,6 +160,8 @@ class SensorRules:
         self, value: Value, now: float, retained: bool = False, local: bool = True
     ) -> list[Transition]:
         """A reading. `local=False`: a peer process got it; the same state, transitions marked not local."""
+        if self._stale(now, local):
+            return []
         self._local = self.seen_local = local
         out: list[Transition] = []
         was_online = self.online
@@ -182,6 +188,8 @@ class SensorRules:
         return out
 
     def on_availability(self, available: bool, now: float, local: bool = True) -> list[Transition]:
+        if self._stale(now, local):
+            return []
         self._local = self.seen_local = local
         out: list[Transition] = []
         was_online = self.online
@@ -190,6 +198,19 @@ class SensorRules:
             self.expired = False
         self._availability_changed(was_online, now, out)
         return out
+
+    def _stale(self, now: float, local: bool) -> bool:
+        """A peer's report of a reading older than one already applied here.
+
+        With shared subscriptions, "opened" can reach process A and "closed", a millisecond later,
+        process B, before A's report of "opened" does: applied late, that report would leave B
+        thinking the door open (and raise again). Readings count in the order they were received,
+        wherever that was; this process's own always arrive newest.
+        """
+        if not local and now < self.heard:
+            return True
+        self.heard = max(self.heard, now)
+        return False
 
     def tick(self, now: float) -> list[Transition]:
         """Timers: silence past expire_after, `for` holds and `repeat`.

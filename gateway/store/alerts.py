@@ -64,14 +64,18 @@ class AlertBook:
         online: bool | None = True,
         message: str | None = None,
         silenced: str | None = None,
+        cause: float | None = None,
     ) -> AlertChange | None:
         """A new alert; None when this rule already has one open for this sensor.
 
         `message`: the text as it is, instead of the rule's template (the gateway's own alerts).
         `silenced`: the id of the silence over it (gateway.alerting decides).
-
-        Only one process raises for a given message, but two processes with shared
-        subscriptions can race on messages a millisecond apart: the database decides.
+        `cause`: when the reading that raises it was received (wall clock), given by processes
+        sharing a subscription: each acts on what the other received too (a reading can reach
+        one before the other's report of an earlier one), so the database decides. The alert's
+        `raised_at` is then that time, and a reading that raised an alert once raises none again:
+        a process that acts late (its write waited for the database) finds the alert its peer
+        raised for that reading already cleared by the next one, and must not raise it anew.
         """
         for _ in range(5):
             try:
@@ -79,10 +83,12 @@ class AlertBook:
                     # Taken first (the counter row's lock): raises of this site are serialized,
                     # so the check below holds. Undone when nothing is raised, so no seq is skipped.
                     seq = _next_seq(self.site)
-                    if self._open(rule.id, sensor.id) is not None:
+                    now = _now() if cause is None else datetime.fromtimestamp(cause, UTC)
+                    if self._open(rule.id, sensor.id) is not None or (
+                        cause is not None and self._acted(rule.id, sensor.id, "raised_at", now)
+                    ):
                         transaction.set_rollback(True)
                         return None
-                    now = _now()
                     self._reading(sensor.id, value, online, now)
                     alert = lifecycle.raise_alert(rule, sensor, value, self.site, now, message, silenced)
                     _insert(Alert, **{name: getattr(alert, name) for name in _ALERT_FIELDS})
@@ -107,11 +113,18 @@ class AlertBook:
         value: Value | None,
         online: bool | None = True,
         shown: str | None = None,
+        cause: float | None = None,
     ) -> AlertChange | None:
-        """The open alert of this rule and sensor cleared by `value` (`shown`: as it reads)."""
+        """The open alert of this rule and sensor cleared by `value` (`shown`: as it reads).
+
+        `cause`: as for `raise_sync`; a reading that cleared an alert once clears none again
+        (a late process would clear the alert a newer reading raised)."""
         with transaction.atomic():
             seq = _next_seq(self.site)  # the counter first, as every write: one lock order, no deadlock
-            open_alert, now = self._open(rule_id, sensor_id), _now()
+            now = _now() if cause is None else datetime.fromtimestamp(cause, UTC)
+            open_alert = self._open(rule_id, sensor_id)
+            if cause is not None and self._acted(rule_id, sensor_id, "cleared_at", now):
+                open_alert = None
             alert = lifecycle.clear(open_alert, value, now, shown)
             if alert is None:
                 transaction.set_rollback(True)
@@ -205,6 +218,19 @@ class AlertBook:
         )
         rows = list(Alert.objects.raw(sql, [self.site, rule_id, sensor_id, *OPEN_STATES]))
         return _alert(rows[0]) if rows else None
+
+    def _acted(self, rule_id: str, sensor_id: str, column: str, at: datetime) -> bool:
+        """Whether an alert of this rule and sensor was raised (cleared) by the reading received at `at`."""
+        # Indexed: raised_at by (site, -raised_at), cleared_at by (site, rule, sensor, cleared_at).
+        qn = connection.ops.quote_name
+        field = Alert._meta.get_field(column)
+        sql = (
+            f"SELECT 1 FROM {qn(Alert._meta.db_table)} WHERE {qn('site')} = %s AND {qn(field.column)} = %s "
+            f"AND {qn('rule')} = %s AND {qn('sensor')} = %s LIMIT 1"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [self.site, field.get_db_prep_value(at, connection), rule_id, sensor_id])
+            return cursor.fetchone() is not None
 
     # Reads
 

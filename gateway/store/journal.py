@@ -120,6 +120,7 @@ class JournaledBook(AlertBook):
         online: bool | None = True,
         message: str | None = None,
         silenced: str | None = None,
+        cause: float | None = None,  # for processes sharing a subscription; the journal has one
     ) -> AlertChange | None:
         if self._gate.locked():
             async with self._gate:
@@ -158,6 +159,7 @@ class JournaledBook(AlertBook):
         value: Value | None,
         online: bool | None = True,
         shown: str | None = None,
+        cause: float | None = None,  # as for raise_alert
     ) -> AlertChange | None:
         if self._gate.locked():
             async with self._gate:

@@ -41,6 +41,8 @@ class Alert(models.Model):
             models.Index(fields=["site", "state"]),
             models.Index(fields=["site", "rule", "sensor", "state"]),
             models.Index(fields=["site", "-raised_at"]),
+            # Which alert a reading cleared (processes sharing a subscription: AlertBook.clear_sync).
+            models.Index(fields=["site", "rule", "sensor", "cleared_at"]),
         ]
 
 
