@@ -141,6 +141,35 @@ def test_a_line_gives_back_the_alert_exactly() -> None:
     assert told.encode() in line
 
 
+def test_the_copys_short_adapters_store_what_djangos_store(tmp_path: Path) -> None:
+    # gateway.store.alerts._adapter shortens Field.get_db_prep_save for SQLite: the same value out.
+    code = """
+from datetime import datetime, timedelta, timezone, UTC
+from django.db import connection
+from gateway.store.alerts import _adapter
+from gateway.store.models import Alert, AlertEvent, SensorState
+samples = [None, "", "caf\u00e9 \u2603", 0, 7, -3, 21.5, True, False, {"a": [1, "\u00e9", None]}, [1, 2],
+           datetime(2026, 12, 6, 23, 59, 59, 123456, tzinfo=UTC), datetime(2026, 12, 6, 1, 2, 3, tzinfo=UTC),
+           datetime(2026, 12, 6, 1, 2, 3, tzinfo=timezone(timedelta(hours=2)))]
+checked, differ = 0, []
+for model in (Alert, AlertEvent, SensorState):
+    for field in model._meta.concrete_fields:
+        fast = _adapter(field)
+        for value in samples:
+            try:
+                want = field.get_db_prep_save(value, connection)
+            except Exception:
+                continue  # a value this field does not take
+            got = fast(value)
+            checked += 1
+            if got != want or type(got) is not type(want):
+                differ.append([model.__name__, field.name, repr(value), repr(got), repr(want)])
+out["checked"], out["differ"] = checked, differ
+"""
+    out = run(tmp_path, code)
+    assert out["differ"] == [] and out["checked"] > 200
+
+
 def test_a_second_process_on_the_same_journal_is_refused(tmp_path: Path) -> None:
     first = JournalFile(tmp_path / "alerts-home.journal")
     first.open()
@@ -367,6 +396,39 @@ async def test_kill_9_in_an_alert_storm_loses_and_repeats_nothing(
     stored = check_book(db, [*heard, nxt])
     assert journal.stat().st_size == 0  # all of it in the database, the file emptied at the stop
     assert len(stored) >= 601
+
+
+@pytest.mark.timeout(120)
+async def test_in_a_storm_the_copy_into_the_database_goes_on_without_reads(
+    gateway_factory: GatewayFactory, mosquitto: Service
+) -> None:
+    # A read (a dashboard's hello, /api/alerts) or the stop writes what waits: here nothing reads
+    # while 8,000 changes come, and the database must fill during the storm and after it on its
+    # own (a copy that only reads set off would pass every other test).
+    total = 8000
+    gw = gateway_factory(mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}", extra=STORM_CONFIG)
+    db = gw.workdir / "var" / "gateway.sqlite3"
+    ws = await ws_connect(gw)
+    await recv_json(ws)  # hello: the last read until the storm is over
+    stop = threading.Event()
+    publisher = asyncio.ensure_future(asyncio.to_thread(storm, mosquitto.port, total, stop))
+    stored_while_storming = 0
+    try:
+        heard = 0
+        while heard < total - 2000:  # the storm still has 2,000 changes to go
+            await recv_until(ws, lambda m: m.get("type") == "alert", timeout=20)
+            heard += 1
+        stored_while_storming = len(events(db, "test"))  # the test's own read-only look at the file
+        while heard < total:
+            await recv_until(ws, lambda m: m.get("type") == "alert", timeout=20)
+            heard += 1
+    finally:
+        stop.set()
+        await publisher
+        await ws.close()
+    assert stored_while_storming > 0  # copied during the storm (1,400 to 4,400 here), not at its end
+    await until(lambda: len(events(db, "test")) == total, what="the rest copied without a read")
+    assert gw.stop() == 0
 
 
 async def test_with_the_journal_a_locked_database_delays_no_alert(

@@ -149,7 +149,8 @@ def test_a_reading_raises_or_clears_once_though_both_processes_act_on_it(tmp_pat
     assert act("book.clear_sync('leak-wet', 'leak', False, cause=1000.5)") is None
     state = run(
         tmp_path,
-        "out['open'] = [(a['id'], a['raised_at']) for a in book.open_alerts_sync()]\nout['seq'] = book.seq_sync()\n",
+        "out['open'] = [(a['id'], a['raised_at']) for a in book.open_alerts_sync()]\n"
+        "out['seq'] = book.seq_sync()\n",
     )
     assert [a for a, _ in state["open"]] == [again[1]] and state["seq"] == again[2]
     assert state["open"][0][1].startswith("1970-01-01T00:16:40.75")  # raised when its reading came
