@@ -7,12 +7,17 @@ only what is announced.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import run_store_script
 
 ROOT = Path(__file__).resolve().parent.parent
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 SETUP = """
 import json, sys
@@ -129,10 +134,34 @@ def test_a_raise_under_a_silence_carries_its_id(tmp_path: Path) -> None:
     assert listed[0]["silenced"] == "abc234"
 
 
-def test_a_reading_raises_or_clears_once_though_both_processes_act_on_it(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The database line of the config: SQLite in the state directory, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    psycopg = pytest.importorskip("psycopg")  # installed with the test extras
+    name = f"gateway_store_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f'database = "postgres://postgres@127.0.0.1:5432/{name}"'
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_reading_raises_or_clears_once_though_both_processes_act_on_it(
+    tmp_path: Path, database: str
+) -> None:
     # Shared subscriptions: the process that got a reading and its peer both act on it (either may
     # be the first to see the change). One's write can wait on the database while the other writes
     # that reading and the next: the late one must change nothing. Each call is a process.
+    config = CONFIG.format(var=tmp_path / "var").replace("state_dir = ", f"{database}\nstate_dir = ", 1)
+
+    def run(tmp_path: Path, code: str) -> dict[str, Any]:
+        return run_store_script(tmp_path, config, SETUP + code)
+
     def act(code: str) -> Any:
         return run(
             tmp_path, f"c = {code}\nout['r'] = None if c is None else [c.event, c.alert['id'], c.seq]\n"
