@@ -13,7 +13,9 @@
 - writes: paho sends each queued packet with its own `send`; consecutive packets
   that need nothing after their write (PUBACKs, QoS 1 PUBLISHes, pings) leave in
   one `send` (`_packet_write`), and `ack_many` queues the PUBACKs of a batch at once;
-- connect: a socket connected without blocking the loop is handed to paho (`connect_on`).
+- connect: a socket connected without blocking the loop is handed to paho (`connect_on`);
+- in flight: the broker's MQTT 5 Receive Maximum, read in `on_connect`, bounds our QoS 1
+  PUBLISHes awaiting PUBACK (`limit_in_flight`: paho's setter refuses a connected client).
 
 Every fast path falls back to paho's own code for what it does not handle. They rely on the
 paho internals in `INTERNALS`; `FAST` says at import whether this paho has them all. Without
@@ -54,6 +56,7 @@ INTERNALS = (
     "_manual_ack",
     "_msgtime_mutex",
     "_last_bytes_received",
+    "_max_inflight_messages",
 )
 # Of paho.mqtt.client: its clock.
 MODULE_INTERNALS = ("time_func",)
@@ -249,6 +252,15 @@ class FastPahoClient(paho.Client):
                 self.ack(mid, 1)
         elif mids:
             self._packet_queue(_PUBACK, b"".join([_PUBACK_FRAME.pack(_PUBACK, 2, mid) for mid in mids]), 0, 0)
+
+    def limit_in_flight(self, limit: int) -> bool:
+        """At most `limit` of our QoS 1/2 PUBLISHes unacknowledged, from now on; False when this
+        paho lacks the name (the limit set before connecting stays). Called from `on_connect`,
+        before paho sends what waited for the connection."""
+        if not FAST:
+            return False
+        self._max_inflight_messages = limit
+        return True
 
     def _packet_write(self) -> MQTTErrorCode:
         # Consecutive packets that need nothing after their write leave in one send.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -17,7 +19,7 @@ from protocols.mqtt.events import validate_outgoing
 from protocols.mqtt.routing import TopicRouter, route, topic_matches
 from protocols.mqtt.server import Device, MqttServer, MqttSettings
 from protocols.mqtt.testing import MqttCommunicator
-from tests.conftest import Service, publish, until
+from tests.conftest import Service, free_port, publish, until
 
 if not settings.configured:
     settings.configure(CHANNEL_LAYERS={})
@@ -137,6 +139,60 @@ async def test_server_routes_per_device_discovers_lazily_and_survives_a_broker_r
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+class Burst(MqttConsumer):
+    """Publishes 60 QoS 1 messages for each message it gets."""
+
+    async def mqtt_message(self, event):
+        for i in range(60):
+            await self.publish(f"burst/{i}", str(i), qos=1)
+
+
+@pytest.mark.parametrize(("protocol", "in_flight"), [("5", 5), ("3.1.1", 100)])
+async def test_our_publishes_in_flight_keep_to_the_brokers_receive_maximum(
+    tmp_path: Any, protocol: str, in_flight: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # MQTT 5: a broker's CONNACK says how many QoS 1 PUBLISHes it takes unacknowledged (here 5);
+    # more is a protocol error a strict broker disconnects for. MQTT 3.1.1 has no such limit.
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 5\n")
+    broker = Service(
+        "mosquitto", [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)], port, tmp_path
+    )
+    broker.start()
+    heard: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="burst-watcher")
+    subscribed = asyncio.Event()
+    watcher.on_message = lambda c, u, m: loop.call_soon_threadsafe(heard.append, m.payload)
+    watcher.on_subscribe = lambda *a: loop.call_soon_threadsafe(subscribed.set)
+    watcher.on_connect = lambda c, *a: c.subscribe("burst/#", 1)
+    watcher.connect("127.0.0.1", port)
+    watcher.loop_start()
+    server = MqttServer(
+        MqttSettings(BrokerAddress("127.0.0.1", port), f"burst-{protocol}", protocol=protocol),
+        Burst.as_asgi(),
+        [Device("trigger", ("go",))],
+    )
+    stop = asyncio.Event()
+    caplog.set_level(logging.INFO, logger="gateway.mqtt")
+    task = asyncio.ensure_future(server.serve(stop))
+    try:
+        await asyncio.wait_for(server.connected.wait(), 5)
+        await asyncio.wait_for(subscribed.wait(), 5)
+        assert f"filters, {in_flight} in flight)" in caplog.text
+        assert server._client is not None and server._client._max_inflight_messages == in_flight
+        await publish(port, "go", b"1")
+        await until(lambda: len(heard) == 60, what="all 60 published")
+        assert sorted(heard) == sorted(str(i).encode() for i in range(60))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        watcher.loop_stop()
+        watcher.disconnect()
+        broker.stop()
 
 
 async def test_unknown_topics_under_a_wildcard_route_are_capped_and_expire(mosquitto: Service) -> None:

@@ -35,6 +35,9 @@ __all__ = ["Device", "MqttServer", "MqttSettings"]
 SESSION_EXPIRY = 7 * 24 * 3600
 # MQTT 5: QoS 1/2 messages the broker may send before we acknowledge one (mosquitto: 20 otherwise).
 RECEIVE_MAXIMUM = 1000
+# Our QoS 1 PUBLISHes awaiting PUBACK (alert events, actions); fewer when the broker's Receive
+# Maximum says so. The rest wait in paho's queue (10,000).
+MAX_INFLIGHT = 100
 # Reconnects wait backoff_min, doubling to backoff_max, each spread by this fraction either way.
 RECONNECT_JITTER = 0.2
 
@@ -188,7 +191,7 @@ class MqttServer:
         client = AsyncioClient(loop, **kwargs)
         # Enough room for alert bursts and rule actions published during an outage.
         client.max_queued_messages_set(10_000)
-        client.max_inflight_messages_set(100)
+        client.max_inflight_messages_set(MAX_INFLIGHT)
         if s.status_topic:
             client.will_set(s.status_topic, b"offline", qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -227,6 +230,13 @@ class MqttServer:
             return
         self._generation += 1
         self.session_present = bool(getattr(flags, "session_present", False))
+        # MQTT 5: the broker says how many QoS 1/2 PUBLISHes it takes unacknowledged (Receive
+        # Maximum); sending more is a protocol error a strict broker disconnects for. paho does
+        # not read it (mosquitto says 20 by default, and takes more all the same).
+        receive_maximum = getattr(props, "ReceiveMaximum", None) if self.protocol == "5" else None
+        in_flight = min(MAX_INFLIGHT, receive_maximum) if receive_maximum else MAX_INFLIGHT
+        if not (isinstance(client, AsyncioClient) and client.limit_in_flight(in_flight)):
+            in_flight = MAX_INFLIGHT
         if self.settings.shared_group and self.protocol != "5" and self._generation == 1:
             log.warning(
                 "mqtt.shared_group is ignored on MQTT %s: shared subscriptions need MQTT 5, "
@@ -239,11 +249,12 @@ class MqttServer:
         if self.settings.status_topic:
             client.publish(self.settings.status_topic, b"online", qos=1, retain=True)
         log.info(
-            "connected to %s (MQTT %s, session %s, %d filters%s)",
+            "connected to %s (MQTT %s, session %s, %d filters, %d in flight%s)",
             self.settings.address,
             self.protocol,
             "resumed" if self.session_present else "new",
             len(filters),
+            in_flight,
             f", shared as {self._shared('…')}" if self._shared("…") != "…" else "",
         )
         self.connected.set()
