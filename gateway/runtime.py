@@ -113,9 +113,13 @@ class Runtime:
         for alert in await self.book.escalating():
             self.escalating.setdefault(alert.sensor, []).append(alert)
 
-    async def load_sensors(self, ids: list[str]) -> None:
-        """The stored state of sensors that came after start-up (discovered), as configured ones had."""
-        rows = await database_sync_to_async(_stored)(self.board.site, ids)
+    async def stored_sensors(self, ids: list[str]) -> list[SensorState]:
+        """The stored state of sensors that came after start-up (discovered), for `restore_sensors`."""
+        return await database_sync_to_async(_stored)(self.board.site, ids)
+
+    def restore_sensors(self, rows: list[SensorState]) -> None:
+        """Their stored state on the board, as configured sensors have theirs at start-up (once
+        they are configured, before their consumers start)."""
         for row in rows:
             snap = self.board.sensors.get(row.sensor)
             if snap is not None and snap.updated_at is None:  # no reading since it came

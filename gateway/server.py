@@ -164,18 +164,26 @@ class Gateway:
         return running
 
     async def _apply_discovered(self) -> None:
+        from gateway.engine.discovery import with_discovered
+
         before = set(self.config.sensors_by_id)
-        running = self._with_discovered()
-        after = set(running.sensors_by_id)
-        if after - before and self.runtime is not None:
+        discovered = [] if self.runtime is None else self.runtime.discovered.sensors
+        new = set(with_discovered(self.configured, discovered).sensors_by_id) - before
+        rows = []
+        if new and self.runtime is not None:
             # Their last state, before their consumers start and their rules take it up.
             try:
-                await self.runtime.load_sensors(sorted(after - before))
+                rows = await self.runtime.stored_sensors(sorted(new))
             except Exception as err:  # a locked or gone database: they start unknown, as with none stored
                 log.error("discovery: could not read the stored state of new sensors: %s", err)
+        # From here to the subscription nothing waits: a sensor the API and the dashboards show is
+        # subscribed (a reading sent once it shows is not lost), and a reload that came meanwhile counts.
+        running = self._with_discovered()
+        if self.runtime is not None:
+            self.runtime.restore_sensors(rows)
         if self.mqtt is not None:
-            # The newest config: a reload may have come meanwhile.
-            self.mqtt.update_devices(mqtt_devices(self.config))
+            self.mqtt.update_devices(mqtt_devices(running))
+        after = set(running.sensors_by_id)
         log.info(
             "discovery: %d sensors discovered (%d new, %d gone), %d rules",
             len(running.sensors) - len(self.configured.sensors),
