@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -75,6 +76,52 @@ async def site_alerts(mosquitto: Service) -> AsyncIterator[asyncio.Queue[dict[st
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+async def test_a_discovered_sensor_is_shown_only_once_its_topic_is_subscribed(
+    gateway_factory: GatewayFactory, mosquitto: Service
+) -> None:
+    # Its stored state is read before it is shown: while PostgreSQL holds that read (the table
+    # locked), the sensor must not be listed, since a reading sent to a listed sensor whose topic
+    # is not subscribed yet is lost.
+    import psycopg  # installed with the test extras
+
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    name = f"gateway_discovery_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        gw = gateway_factory(
+            mqtt_url=f"mqtt://127.0.0.1:{mosquitto.port}",
+            extra=DISCOVERY,
+            database=url.replace("postgresql", "postgres"),
+        )
+        with psycopg.connect(url) as locker:
+            locker.execute("LOCK TABLE gateway_sensorstate IN ACCESS EXCLUSIVE MODE")
+            await publish(
+                mosquitto.port, "zigbee2mqtt/bridge/devices", payload([COORDINATOR_2X, PLUG_2X]), retain=True
+            )
+            await until(lambda: _waiting_on_a_lock(url), what="the gateway's read waiting on the lock")
+            assert "Kitchen_plug.power" not in sensors(gw)
+        await until(lambda: "Kitchen_plug.power" in sensors(gw), what="the plug, once read")
+        await publish(mosquitto.port, "zigbee2mqtt/Kitchen/plug", '{"state":"ON","power":12.5,"energy":3.25}')
+        await until(lambda: sensors(gw)["Kitchen_plug.power"]["value"] == 12.5, what="the plug's power")
+        assert gw.stop() == 0
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _waiting_on_a_lock(url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query ILIKE '%gateway_sensorstate%'"
+        ).fetchone()
+    return bool(rows and rows[0])
 
 
 async def test_zigbee2mqtt_leak_sensor_appears_alerts_and_vanishes(
