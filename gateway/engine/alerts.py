@@ -48,7 +48,8 @@ def alert_groups(rule: Rule, sensor: Sensor) -> list[str]:
 
 
 def new_id() -> str:
-    return "".join(secrets.choice(_ALPHABET) for _ in range(6))
+    """An alert's (or a silence's) id: six letters of `_ALPHABET`, uniform, from `secrets`."""
+    return new_ids(1)[0]
 
 
 # Random bytes to letters of _ALPHABET in C: 248 = 8 x 31 values map evenly, the rest are dropped.
@@ -56,7 +57,7 @@ _LETTERS = bytes(_ALPHABET[b % len(_ALPHABET)].encode()[0] if b < 248 else 0x21 
 
 
 def new_ids(n: int) -> list[str]:
-    """`n` ids as `new_id` draws them (uniform, from `secrets`), about 50 times faster for many."""
+    """`n` ids as `new_id` gives them, drawn together (the journal's pool: 4,096 at a time)."""
     letters = b""
     while len(letters) < 6 * n:
         letters += secrets.token_bytes(7 * n).translate(_LETTERS).replace(b"!", b"")

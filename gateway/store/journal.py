@@ -191,9 +191,8 @@ class JournaledBook(AlertBook):
 
     def _unchecked_id(self) -> str:
         """An id when the pool is empty: the database has been away (or the copy behind) for
-        `ID_POOL` raises. Unlike
-        pool ids it may name a stored (cleared) alert, 1 in 887 million per stored alert; the copy
-        into the database says so if it does (see `_write`)."""
+        `ID_POOL` raises. Unlike pool ids it may name a stored (cleared) alert, 1 in 887 million
+        per stored alert; the copy into the database says so if it does (see `_clashes`)."""
         if not self.unchecked:
             log.warning("alert journal: no checked alert ids left (the database is away or behind)")
         taken = {a.id for a in self.open_index.values()}
