@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +76,10 @@ class JournaledBook(AlertBook):
         # Ids drawn while the pool was empty (the database away), not checked against it yet.
         self.unchecked: set[str] = set()
         self._db_seq = 0  # what this process last saw in the database's counter (database thread)
+        # Held by whatever writes this site's alerts from a thread: "the database thread" is more
+        # than one, since Django runs each HTTP request's database calls in a thread of its own
+        # (asgiref's ThreadSensitiveContext), so /api/alerts can write what waits beside the copy.
+        self._writing = threading.RLock()
         self._gate = asyncio.Lock()  # held by the writes that go to the database directly
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_soon = False  # the timer is for now (FLUSH_AT lines, or ids running out)
@@ -236,10 +241,11 @@ class JournaledBook(AlertBook):
             entries = list(self.pending)
 
             def run() -> tuple[T, int, dict[tuple[str, str], AlertRecord]]:
-                self._write(entries)
-                result = write(*args)  # raises (AckRefused...) with its transaction undone
-                self._db_seq = self.seq_sync()
-                return result, self._db_seq, self._open_index()
+                with self._writing:  # another thread's copy would take this write for another writer's
+                    self._write(entries)
+                    result = write(*args)  # raises (AckRefused...) with its transaction undone
+                    self._db_seq = self.seq_sync()
+                    return result, self._db_seq, self._open_index()
 
             result, seq, index = await sync_to_async(run)()
             self._written(entries)
@@ -363,6 +369,10 @@ class JournaledBook(AlertBook):
 
     def _write(self, entries: list[Entry], replay: bool = False) -> int:
         """The entries the database lacks, in one transaction with the counter. Returns how many."""
+        with self._writing:  # what the database lacks is known only while no other thread writes
+            return self._write_locked(entries, replay)
+
+    def _write_locked(self, entries: list[Entry], replay: bool) -> int:
         todo = [e for e in entries if e.seq > self._db_seq]
         if not todo:
             return 0
