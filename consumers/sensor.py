@@ -78,6 +78,9 @@ class SensorConsumer(Escalation, MqttConsumer):
         self.engine = engine
         self.rules, self.lock, self.announced = engine.rules, engine.lock, engine.announced
         self.escalating = engine.escalating
+        # Readings handled in the MQTT reader's call (MqttConsumer.eager): on the in-memory layer
+        # nothing before a handler's first wait needs a task (a Redis client's timeouts do).
+        self.eager = config.gateway.channel_layer == "memory"
         self.tasks: set[asyncio.Task[None]] = set()
         self.timer: asyncio.TimerHandle | None = None
         self.last_sensor_event = 0.0

@@ -29,6 +29,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +64,8 @@ MODULE_INTERNALS = ("time_func",)
 
 # Packets handled per readable event before other callbacks get a turn.
 READ_BATCH = 256
+# Seconds of packets (and the handlers that run in their call) before other callbacks get a turn.
+READ_SLICE = 0.005
 # One `recv` asks for this much; a PUBLISH of a sensor reading is ~100 bytes.
 RECV_SIZE = 256 * 1024
 # A packet whose write has side effects in paho (QoS 0 PUBLISH callbacks, DISCONNECT closing).
@@ -143,19 +146,36 @@ class FastPahoClient(paho.Client):
                 and sock.pending() > 0
             )
         fast = False
+        # The socket gave less than we asked for: it had nothing more then, and the loop says when
+        # it has (a `recv` that fails with EAGAIN costs an exception). Not so for TLS's buffer.
+        drained = False
+        deadline = time.monotonic() + READ_SLICE
         try:
             for _ in range(READ_BATCH):
                 if self._sock is None:
                     return False
+                if self._rpos >= len(self._rbuf):
+                    if drained:
+                        return False
+                    if not self._in_packet["command"]:
+                        # Between packets: read here, so that a PUBLISH takes the fast path.
+                        try:
+                            data = super()._sock_recv(RECV_SIZE)
+                        except BlockingIOError:
+                            return False
+                        except OSError:
+                            data = b""  # paho's read below meets the error again and reports it
+                        self._rbuf, self._rpos = data, 0
+                        drained = len(data) < RECV_SIZE and not isinstance(self._sock, ssl.SSLSocket)
                 if self._read_publish():
                     fast = True
-                    continue
-                rc = self._packet_read()
-                if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                elif (rc := self._packet_read()) == MQTTErrorCode.MQTT_ERR_AGAIN:
                     return False  # nothing left in our buffer, TLS's or the socket's
-                if rc > 0:
+                elif rc > 0:
                     self._loop_rc_handle(rc)
                     return False
+                if time.monotonic() > deadline:
+                    return True  # the loop's other callbacks get a turn
         finally:
             if fast:  # what paho's reader does per packet, for the keepalive
                 with self._msgtime_mutex:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -250,12 +251,15 @@ class Collector(MqttConsumer):
         self.got.append((self.scope["device"], event["payload"], event["qos"], event["properties"]))
 
 
+@pytest.mark.parametrize("eager", [False, True], ids=["queued", "eager"])
 async def test_a_burst_with_and_without_properties_arrives_in_order_and_is_acknowledged(
-    mosquitto: Service,
+    mosquitto: Service, eager: bool
 ) -> None:
-    """The client's fast paths (batched reads, PUBLISH without Properties, coalesced PUBACKs) and paho's."""
+    """The client's fast paths (batched reads, PUBLISH without Properties, coalesced PUBACKs) and
+    paho's; handled by the instances' tasks, or in the reader's call (`eager`)."""
+    consumer = type("EagerCollector", (Collector,), {"eager": True}) if eager else Collector
     Collector.got = []
-    settings_ = MqttSettings(BrokerAddress("127.0.0.1", mosquitto.port), "burst-test", protocol="5")
+    settings_ = MqttSettings(BrokerAddress("127.0.0.1", mosquitto.port), f"burst-test-{eager}", protocol="5")
     devices = [Device("a", ("burst/a",)), Device("b", ("burst/b",))]
 
     def publish_burst() -> None:
@@ -278,7 +282,7 @@ async def test_a_burst_with_and_without_properties_arrives_in_order_and_is_ackno
         sender.disconnect()
 
     async def serve_once(until_count: int, wait: float) -> None:
-        server = MqttServer(settings_, Collector.as_asgi(), devices)
+        server = MqttServer(settings_, consumer.as_asgi(), devices)
         stop = asyncio.Event()
         task = asyncio.ensure_future(server.serve(stop))
         try:
@@ -321,13 +325,17 @@ class Fragile(MqttConsumer):
         self.got.append(event["payload"])
 
 
+@pytest.mark.parametrize("eager", [False, True], ids=["queued", "eager"])
 async def test_a_failing_instance_is_started_again_keeping_order_and_acknowledgements(
-    mosquitto: Service,
+    mosquitto: Service, eager: bool
 ) -> None:
+    consumer = type("EagerFragile", (Fragile,), {"eager": True}) if eager else Fragile
     Fragile.got = []
     faults: list[tuple[str, str | None]] = []
     outcomes: list[str] = []
-    settings_ = MqttSettings(BrokerAddress("127.0.0.1", mosquitto.port), "fragile-test", protocol="5")
+    settings_ = MqttSettings(
+        BrokerAddress("127.0.0.1", mosquitto.port), f"fragile-test-{eager}", protocol="5"
+    )
     sent = [b"boom" if i % 3 == 2 or 20 <= i < 24 else str(i).encode() for i in range(60)]
 
     def publish_all() -> None:
@@ -342,7 +350,7 @@ async def test_a_failing_instance_is_started_again_keeping_order_and_acknowledge
     async def serve_once(publish_first: bool, wait_for: int) -> None:
         server = MqttServer(
             settings_,
-            Fragile.as_asgi(),
+            consumer.as_asgi(),
             [Device("x", ("fragile/x",))],
             count=outcomes.append,
             on_fault=lambda device, detail: faults.append((device, detail)),
@@ -369,3 +377,153 @@ async def test_a_failing_instance_is_started_again_keeping_order_and_acknowledge
     # Each was acknowledged once handled (or failed on): the resumed session brings nothing back.
     await serve_once(False, len(good))
     assert Fragile.got == good
+
+
+class Eager(MqttConsumer):
+    """Handles readings in the reader's call (`eager`); `slow` waits for `gate` halfway through."""
+
+    eager = True
+    log: list[tuple[str, bytes, bool]] = []
+    gate: asyncio.Event
+
+    async def mqtt_message(self, event):
+        payload = event["payload"]
+        self.log.append(("start", payload, asyncio.current_task() is None))
+        try:
+            if payload == b"slow":
+                await self.gate.wait()
+        except asyncio.CancelledError:
+            self.log.append(("cancelled", payload, asyncio.current_task() is None))
+            raise
+        self.log.append(("end", payload, asyncio.current_task() is None))
+
+
+async def test_an_eager_consumer_handles_a_reading_in_the_readers_call_and_keeps_order(
+    mosquitto: Service,
+) -> None:
+    Eager.log, Eager.gate = [], asyncio.Event()
+    settings_ = MqttSettings(BrokerAddress("127.0.0.1", mosquitto.port), "eager-test", protocol="5")
+
+    async def serving(body: Any) -> None:
+        server = MqttServer(settings_, Eager.as_asgi(), [Device("x", ("eager/x",))])
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(server.serve(stop))
+        try:
+            await asyncio.wait_for(server.connected.wait(), 5)
+            await body(server)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+    async def first(server: MqttServer) -> None:
+        # A lone reading: handled outside any task, start to end, in the reader's call.
+        await publish(mosquitto.port, "eager/x", b"1", qos=1)
+        await until(lambda: len(Eager.log) == 2, what="the first reading")
+        assert Eager.log == [("start", b"1", True), ("end", b"1", True)]
+        # One that waits goes on in a task from there; the next ones queue behind it, in order.
+        await publish(mosquitto.port, "eager/x", b"slow", qos=1)
+        await until(lambda: len(Eager.log) == 3, what="the slow reading's start")
+        for payload in (b"2", b"3"):
+            await publish(mosquitto.port, "eager/x", payload, qos=1)
+        inst = server._devices.instances[0]
+        await until(lambda: inst.queue.qsize() == 2, what="two readings queued behind it")
+        assert Eager.log[2:] == [("start", b"slow", True)]
+        Eager.gate.set()
+        await until(lambda: len(Eager.log) == 8, what="the queued readings")
+        assert Eager.log[3:] == [
+            ("end", b"slow", False),  # in its task
+            ("start", b"2", False),  # queued: taken by the instance's task
+            ("end", b"2", False),
+            ("start", b"3", False),
+            ("end", b"3", False),
+        ]
+        # Waiting again: the next lone reading is handled in the reader's call again.
+        await publish(mosquitto.port, "eager/x", b"4", qos=1)
+        await until(lambda: len(Eager.log) == 10, what="the last reading")
+        assert Eager.log[8:] == [("start", b"4", True), ("end", b"4", True)]
+
+    await serving(first)
+    # Each was acknowledged once handled: the resumed session brings nothing back.
+    handled = list(Eager.log)
+
+    async def again(server: MqttServer) -> None:
+        await publish(mosquitto.port, "eager/x", b"5", qos=1)
+        await until(lambda: len(Eager.log) == len(handled) + 2, what="a new reading")
+
+    await serving(again)
+    assert Eager.log == [*handled, ("start", b"5", True), ("end", b"5", True)]
+
+
+async def test_an_eager_readings_wait_is_cancelled_with_its_instance(mosquitto: Service) -> None:
+    Eager.log, Eager.gate = [], asyncio.Event()
+    settings_ = MqttSettings(BrokerAddress("127.0.0.1", mosquitto.port), "eager-stop", protocol="5")
+    server = MqttServer(settings_, Eager.as_asgi(), [Device("x", ("eager/x",))])
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(server.serve(stop))
+    await asyncio.wait_for(server.connected.wait(), 5)
+    await publish(mosquitto.port, "eager/x", b"slow", qos=1)
+    await until(lambda: len(Eager.log) == 1, what="the slow reading's start")
+    inst = server._devices.instances[0]
+    stop.set()  # the server stops while the reading waits: its instance is cancelled, and the wait
+    await asyncio.wait_for(task, 15)
+    assert Eager.log == [("start", b"slow", True), ("cancelled", b"slow", False)]
+    assert inst.task is not None and inst.task.done()
+    lingering = [t for t in asyncio.all_tasks() if "_go_on" in repr(t.get_coro())]
+    assert lingering == []
+
+
+class Busy(MqttConsumer):
+    """An eager consumer whose handler works 0.2 ms per reading; marks where the loop's other
+    callbacks got a turn during a burst."""
+
+    eager = True
+    got: list[bytes] = []
+    turns: list[int] = []
+
+    async def mqtt_message(self, event):
+        if not self.got:
+            asyncio.get_running_loop().call_soon(self._turn)
+        self.got.append(event["payload"])
+        end = time.perf_counter() + 0.0002
+        while time.perf_counter() < end:  # CPU work, as a reading's rules and store take
+            pass
+
+    def _turn(self) -> None:
+        self.turns.append(len(self.got))
+        if len(self.got) < 1000:
+            asyncio.get_running_loop().call_soon(self._turn)
+
+
+async def test_a_burst_handled_in_the_readers_call_gives_the_loop_a_turn_every_few_ms(
+    mosquitto: Service,
+) -> None:
+    # 1,000 readings arrive at once and each takes 0.2 ms in the reader's call: the reader stops
+    # after 5 ms (about 25 readings) so that timers, other sockets and replies are not held up
+    # for the whole burst (0.2 s).
+    Busy.got, Busy.turns = [], []
+    settings_ = MqttSettings(BrokerAddress("127.0.0.1", mosquitto.port), "busy-test", protocol="5")
+    server = MqttServer(settings_, Busy.as_asgi(), [Device("x", ("busy/x",))])
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(server.serve(stop))
+
+    def publish_burst() -> None:
+        sender = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="busy-sender")
+        sender.connect("127.0.0.1", mosquitto.port)
+        sender.loop_start()
+        infos = [sender.publish("busy/x", str(i).encode(), qos=0) for i in range(1000)]
+        for info in infos:
+            info.wait_for_publish(10)
+        sender.loop_stop()
+        sender.disconnect()
+
+    try:
+        await asyncio.wait_for(server.connected.wait(), 5)
+        await asyncio.to_thread(publish_burst)
+        await until(lambda: len(Busy.got) == 1000, timeout=30, what="the burst")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert Busy.got == [str(i).encode() for i in range(1000)]
+    # Between two turns of the loop's other callbacks, at most 5 ms of readings (and one more).
+    gaps = [b - a for a, b in zip(Busy.turns, Busy.turns[1:], strict=False)]
+    assert gaps and max(gaps) <= 5 / 0.2 + 1, Busy.turns

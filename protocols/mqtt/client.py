@@ -94,7 +94,7 @@ class AsyncioClient(FastPahoClient):
     def _io_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # before paho sends CONNECT
         self.forget_received()
-        self._aloop.add_reader(sock, self._read)
+        self._aloop.add_reader(sock, self._readable)
         self._schedule_misc()
 
     def _io_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -113,6 +113,12 @@ class AsyncioClient(FastPahoClient):
 
     def _io_done_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._aloop.remove_writer(sock)
+
+    def _readable(self) -> None:
+        # A read already due this turn reads what the socket has: one read per turn, not one more
+        # every turn (a long burst would have held the loop longer and longer).
+        if self._read_again is None:
+            self._read()
 
     def _read(self) -> None:
         self._read_again = None

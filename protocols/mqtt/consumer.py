@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Protocol
 
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
@@ -23,6 +24,43 @@ SLICE = 0.005
 __all__ = ["MqttConsumer"]
 
 
+class Notify(Protocol):
+    def __call__(
+        self, waiter: asyncio.Future[None], now: Callable[[dict[str, Any]], bool] | None = None, /
+    ) -> None: ...
+
+
+class _GoOn:
+    """Awaiting it goes on with a coroutine whose first step ran outside any task and yielded
+    `step`: as the coroutine's own task would have, the same futures awaited, cancellation and
+    exceptions passed in. (Python 3.12's eager tasks do this; 3.11 has none.)"""
+
+    __slots__ = ("coro", "step")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], step: Any) -> None:
+        self.coro, self.step = coro, step
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, step = self.coro, self.step
+        while True:
+            try:
+                sent = yield step
+            except BaseException as exc:  # thrown in by the task: its cancellation
+                try:
+                    step = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    step = coro.send(sent)
+                except StopIteration:
+                    return
+
+
+async def _go_on(coro: Coroutine[Any, Any, None], step: Any) -> None:
+    await _GoOn(coro, step)
+
+
 class MqttConsumer(DirectDispatch, AsyncConsumer):
     """One instance per device scope; events dispatch by type (`mqtt.message` -> `mqtt_message`).
 
@@ -32,11 +70,20 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
     server or the channel layer's receive sets, with no task per wait. Events are still
     dispatched one at a time, and the next is asked for only once the previous one is handled
     (that is what acknowledges a QoS 1 message). Any other server gets Channels' loop.
+
+    `eager = True`: a message that arrives while the instance waits, with nothing queued before it,
+    is handled in the MQTT reader's own call, up to its handler's first real wait (a database
+    call, a full layer), and acknowledged there when it needs none; from that wait on it goes on
+    in a task, and the next event waits for it. No task wakes for it: 0.1 ms less per reading.
+    That first part runs outside any task, so a handler that may use `asyncio.current_task()` or
+    `asyncio.timeout()` before its first wait (a Redis client does) must keep the default, False.
     """
+
+    eager = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         nowait: Callable[[], dict[str, Any] | None] | None = getattr(receive, "nowait", None)
-        notify: Callable[[asyncio.Future[None]], None] | None = getattr(receive, "notify", None)
+        notify: Notify | None = getattr(receive, "notify", None)
         if nowait is None or notify is None:
             await super().__call__(scope, receive, send)
             return
@@ -49,15 +96,35 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
         with contextlib.suppress(StopConsumer):
             await self._serve(nowait, notify)
 
-    async def _serve(
-        self, nowait: Callable[[], dict[str, Any] | None], notify: Callable[[asyncio.Future[None]], None]
-    ) -> None:
+    async def _serve(self, nowait: Callable[[], dict[str, Any] | None], notify: Notify) -> None:
         loop = asyncio.get_running_loop()
         wake: asyncio.Future[None] | None = None
+        # A message handled in the MQTT reader's call that went on in a task (or failed there).
+        rest: asyncio.Future[None] | BaseException | None = None
+        context = contextvars.copy_context()
 
         def wake_up(_: Any = None) -> None:
             if wake is not None and not wake.done():
                 wake.set_result(None)
+
+        def now(event: dict[str, Any]) -> bool:
+            # In the reader's call, as a task's first step would run it; True: handled to its end.
+            nonlocal rest
+            coro = self.dispatch(event)
+            try:
+                step = context.run(coro.send, None)
+            except StopIteration:
+                return True
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # this instance's failure, raised in its own task below
+                rest = exc
+            else:  # it waits for something: its task goes on from there
+                rest = loop.create_task(_go_on(coro, step), context=context)
+            wake_up()
+            return False
+
+        eager = now if self.eager else None
 
         def listen() -> asyncio.Future[Any] | None:
             if self.channel_layer is None:
@@ -85,13 +152,20 @@ class MqttConsumer(DirectDispatch, AsyncConsumer):
                     continue
                 # Nothing queued: wait for the server or the layer, with no task of our own.
                 wake = loop.create_future()
-                notify(wake)
+                notify(wake, eager)
                 try:
                     await wake
                 finally:
                     wake = None
+                if rest is not None:
+                    going_on, rest = rest, None
+                    if isinstance(going_on, BaseException):
+                        raise going_on
+                    await going_on  # the next event after this one
                 since = loop.time()
         finally:
+            if isinstance(rest, asyncio.Future):  # cancelled between the hand-over and our turn
+                rest.cancel()
             if layer_task is not None and not layer_task.done():
                 layer_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

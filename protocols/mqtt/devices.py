@@ -48,16 +48,32 @@ class Delivery:
     holders: int
 
 
-class Inbox(asyncio.Queue[tuple[MqttReceiveEvent, "Delivery | None"]]):
-    """An instance's queue, which can also wake a waiter with no task of its own (`Receive.notify`)."""
+Item = tuple[MqttReceiveEvent, "Delivery | None"]
+
+
+class Inbox(asyncio.Queue[Item]):
+    """An instance's queue, which can also wake a waiter with no task of its own (`Receive.notify`),
+    or hand a message to the waiting application in the server's own call (`offer`)."""
 
     waiter: asyncio.Future[None] | None = None
+    # Set with the waiter by an application that takes a message in the server's call (Receive.notify).
+    take: Callable[[Item], None] | None = None
 
-    def put_nowait(self, item: tuple[MqttReceiveEvent, Delivery | None]) -> None:
+    def put_nowait(self, item: Item) -> None:
         super().put_nowait(item)
-        waiter, self.waiter = self.waiter, None
+        waiter, self.waiter, self.take = self.waiter, None, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def offer(self, item: Item) -> None:
+        """An `mqtt.message`: handed over at once when the application waits for it and nothing is
+        queued before it, else queued as any event."""
+        take, waiter = self.take, self.waiter
+        if take is not None and waiter is not None and not waiter.done() and not self._queue:  # type: ignore[attr-defined]
+            self.take = None  # one at a time: a message that comes meanwhile is queued
+            take(item)
+        else:
+            self.put_nowait(item)
 
 
 @dataclass(eq=False)
@@ -336,13 +352,41 @@ class Receive:
     def __call__(self) -> Coroutine[Any, Any, MqttReceiveEvent]:
         return self.devices._receive(self.inst)
 
-    def notify(self, waiter: asyncio.Future[None]) -> None:
-        """Set `waiter`'s result once an event is queued (at once if one is)."""
+    def notify(
+        self, waiter: asyncio.Future[None], now: Callable[[MqttReceiveEvent], bool] | None = None
+    ) -> None:
+        """Set `waiter`'s result once an event is queued (at once if one is).
+
+        With `now`, a message that arrives while the application waits is handed to `now(event)`
+        in the server's own call (the MQTT reader's), with no task to wake: True when it was
+        handled to its end there (it is acknowledged, and the waiter keeps waiting for the next);
+        False when it goes on elsewhere, and the application sets the waiter and asks for the next
+        event once it is done, as after any other. `now` must not block; one at a time.
+        """
         queue = self.inst.queue
         if queue.empty():
             queue.waiter = waiter
+            queue.take = None if now is None else partial(self._take, waiter, now)
         elif not waiter.done():
             waiter.set_result(None)
+
+    def _take(
+        self, waiter: asyncio.Future[None], now: Callable[[MqttReceiveEvent], bool], item: Item
+    ) -> None:
+        event, delivery = item
+        inst, devices = self.inst, self.devices
+        inst.taken = delivery  # as nowait() takes it
+        if not inst.proven:
+            inst.took = event["type"] == "mqtt.message"
+        if not now(event):
+            return
+        # Handled: what the application's next nowait() would do, and wait on for the next one.
+        devices.release(inst)
+        if inst.took and not inst.proven:
+            devices._proven(inst)
+        queue = inst.queue
+        if queue.waiter is waiter and not waiter.done() and queue.empty():
+            queue.take = partial(self._take, waiter, now)
 
     def nowait(self) -> MqttReceiveEvent | None:
         inst = self.inst

@@ -345,7 +345,7 @@ class MqttServer:
                 "dup": dup,
                 "properties": {} if props is None else props,
             }
-            inst.queue.put_nowait((event, delivery))
+            inst.queue.offer((event, delivery))
 
     # Devices
 
