@@ -162,8 +162,6 @@ class SensorConsumer(Escalation, MqttConsumer):
                 value = read_value(event["payload"], self.sensor, max_payload)
                 transitions = self.rules.on_value(value, now, retained=event["retain"])
                 kind = "value"
-                if not event["retain"]:  # a retained one is an old reading, kept by the broker
-                    self.runtime.history.record(self.sensor.id, value, received)
         except FieldMissing as err:
             if event["topic"] == self.sensor.result_topic or self.sensor.id in self.runtime.discovered.ids:
                 # RESULT answers every command; most are about something else. A discovered device's
@@ -175,7 +173,6 @@ class SensorConsumer(Escalation, MqttConsumer):
         except PayloadError as err:
             self._bad_payload(event["topic"], err)
             return
-        _handled_ok.inc()
         if self.rules.dropped:
             self._cooldown_dropped()
         if self.rules.held_back:
@@ -202,6 +199,10 @@ class SensorConsumer(Escalation, MqttConsumer):
             await applied
         elif changed:
             self._sensor_changed()
+        # After the alert, which is what someone waits for: the chart's point and the count.
+        if kind == "value" and not event["retain"]:  # a retained one is an old reading, kept by the broker
+            self.runtime.history.record(self.sensor.id, value, received)
+        _handled_ok.inc()
         self._schedule()
 
     def peer_observed(self, at: float, kind: str, value: Any, retain: bool) -> None:

@@ -195,7 +195,6 @@ class Runtime:
         `received`: the wall-clock time its MQTT trigger arrived, so that every
         protocol can report trigger-to-delivery latency, in whatever process it runs.
         """
-        metrics.alerts.labels(change.event).inc()
         message: dict[str, Any] = {
             "type": f"alert.{change.event}",
             "seq": change.seq,
@@ -205,11 +204,13 @@ class Runtime:
         }
         if received is not None:
             message["received"] = received
+        layer = self.layer
         for group in change.groups:
-            await self.hand_over(self.layer.group_send, group, message)
+            await self.hand_over(layer.group_send, group, message)
         if self.mqtt_out:
             # One MQTT process publishes it, however many run: they take turns on this channel.
-            await self.hand_over(self.layer.send, MQTT_OUT, message)
+            await self.hand_over(layer.send, MQTT_OUT, message)
+        metrics.alerts.labels(change.event).inc()  # counted once told, not on its way
 
     async def hand_over(self, send: Callable[..., Any], name: str, message: dict[str, Any]) -> None:
         # The alert is stored: a layer that is full or away costs this delivery, not the consumer.

@@ -16,6 +16,9 @@ from gateway.engine.display import display, plain
 from gateway.engine.formats import Value
 from gateway.engine.templates import render_message
 
+# json.dumps(x, separators=(",", ":")), without building an encoder for every call (half its cost).
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
 __all__ = [
     "OPEN_STATES",
     "AckRefused",
@@ -223,7 +226,7 @@ class AlertChange:
             envelope["level"] = alert["escalation"]
         if not saved:
             envelope["saved"] = False
-        return cls(event, seq, alert, groups, json.dumps(envelope, separators=(",", ":")), saved)
+        return cls(event, seq, alert, groups, compact_json(envelope), saved)
 
     @classmethod
     def unsaved(

@@ -17,6 +17,8 @@ from gateway.layers import _channels
 from gateway.ops import logs, metrics
 
 _limit = logs.RateLimit(interval=10.0)
+# Valid group names remembered, at most: a site's groups are its zones', sensors' and rules'.
+VALID_GROUPS_KEPT = 10_000
 
 
 def overflowed(group_or_channel: str, dropped: int) -> None:
@@ -57,6 +59,8 @@ class MemoryLayer(CountsFull, InMemoryChannelLayer):
         super().__init__(*args, **kwargs)
         self._swept = 0.0
         self._direct: dict[str, Callable[[dict[str, Any]], None]] = {}
+        # Group names already found valid (a regular expression each time otherwise): the config's.
+        self._valid_groups: set[str] = set()
 
     def listen(self, channel: str, take: Callable[[dict[str, Any]], None]) -> bool:
         """Group messages to `channel` handed to `take` in the sender's call, with no queue and no
@@ -94,7 +98,10 @@ class MemoryLayer(CountsFull, InMemoryChannelLayer):
             await super().group_send(group, message)  # a copy for each member (each full one counted)
             return
         assert isinstance(message, dict), "Message is not a dict"
-        self.require_valid_group_name(group)
+        if group not in self._valid_groups:
+            self.require_valid_group_name(group)
+            if len(self._valid_groups) < VALID_GROUPS_KEPT:
+                self._valid_groups.add(group)
         self._sweep()
         dropped = _channels.put_shared(self, group, message, self._direct)
         if dropped:

@@ -13,7 +13,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from gateway.engine.alerts import AlertRecord
+from gateway.engine.alerts import AlertRecord, compact_json
 from gateway.engine.formats import Value
 from gateway.ops import logs, metrics
 
@@ -53,7 +53,7 @@ class Entry:
         """
         a = self.alert
         extra = [a.site, a.groups, a.display, *(None if d is None else d.isoformat() for d in _dates(a))]
-        head = json.dumps([self.seq, self.at.isoformat(), self.reading, extra], separators=(",", ":"))
+        head = compact_json([self.seq, self.at.isoformat(), self.reading, extra])
         return f"{head[:-1]},{told}]\n".encode()
 
     @classmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from collections.abc import Callable
 from functools import partial
@@ -90,9 +91,14 @@ class WebStartError(OSError):
 
 def prepare(text: str) -> Any:
     """One server-to-client text frame, built once for any number of sockets (autobahn's broadcast API)."""
+    return _prepared_message()(text.encode(), False, False, False)
+
+
+@functools.cache
+def _prepared_message() -> Any:
     from autobahn.websocket.protocol import PreparedMessage
 
-    return PreparedMessage(text.encode(), False, False, False)
+    return PreparedMessage
 
 
 class _Turns:
