@@ -63,9 +63,9 @@ INTERNALS = (
 MODULE_INTERNALS = ("time_func",)
 
 # Packets handled per readable event before other callbacks get a turn.
-READ_BATCH = 256
+READ_BATCH = 1024
 # Seconds of packets (and the handlers that run in their call) before other callbacks get a turn.
-READ_SLICE = 0.005
+READ_SLICE = 0.02
 # One `recv` asks for this much; a PUBLISH of a sensor reading is ~100 bytes.
 RECV_SIZE = 256 * 1024
 # A packet whose write has side effects in paho (QoS 0 PUBLISH callbacks, DISCONNECT closing).
@@ -146,17 +146,12 @@ class FastPahoClient(paho.Client):
                 and sock.pending() > 0
             )
         fast = False
-        # The socket gave less than we asked for: it had nothing more then, and the loop says when
-        # it has (a `recv` that fails with EAGAIN costs an exception). Not so for TLS's buffer.
-        drained = False
         deadline = time.monotonic() + READ_SLICE
         try:
             for _ in range(READ_BATCH):
                 if self._sock is None:
                     return False
                 if self._rpos >= len(self._rbuf):
-                    if drained:
-                        return False
                     if not self._in_packet["command"]:
                         # Between packets: read here, so that a PUBLISH takes the fast path.
                         try:
@@ -166,7 +161,6 @@ class FastPahoClient(paho.Client):
                         except OSError:
                             data = b""  # paho's read below meets the error again and reports it
                         self._rbuf, self._rpos = data, 0
-                        drained = len(data) < RECV_SIZE and not isinstance(self._sock, ssl.SSLSocket)
                 if self._read_publish():
                     fast = True
                 elif (rc := self._packet_read()) == MQTTErrorCode.MQTT_ERR_AGAIN:

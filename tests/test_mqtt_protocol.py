@@ -14,6 +14,7 @@ from django.conf import settings
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from protocols._paho import READ_SLICE
 from protocols.mqtt.client import BrokerAddress
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.events import validate_outgoing
@@ -490,16 +491,16 @@ class Busy(MqttConsumer):
 
     def _turn(self) -> None:
         self.turns.append(len(self.got))
-        if len(self.got) < 1000:
+        if len(self.got) < 2000:
             asyncio.get_running_loop().call_soon(self._turn)
 
 
 async def test_a_burst_handled_in_the_readers_call_gives_the_loop_a_turn_every_few_ms(
     mosquitto: Service,
 ) -> None:
-    # 1,000 readings arrive at once and each takes 0.2 ms in the reader's call: the reader stops
-    # after 5 ms (about 25 readings) so that timers, other sockets and replies are not held up
-    # for the whole burst (0.2 s).
+    # 2,000 readings arrive at once and each takes 0.2 ms in the reader's call: the reader stops
+    # after READ_SLICE (20 ms, about 100 readings) so that timers, other sockets and replies are
+    # not held up for the whole burst (0.4 s), nor for longer and longer as it goes on.
     Busy.got, Busy.turns = [], []
     settings_ = MqttSettings(BrokerAddress("127.0.0.1", mosquitto.port), "busy-test", protocol="5")
     server = MqttServer(settings_, Busy.as_asgi(), [Device("x", ("busy/x",))])
@@ -510,7 +511,7 @@ async def test_a_burst_handled_in_the_readers_call_gives_the_loop_a_turn_every_f
         sender = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="busy-sender")
         sender.connect("127.0.0.1", mosquitto.port)
         sender.loop_start()
-        infos = [sender.publish("busy/x", str(i).encode(), qos=0) for i in range(1000)]
+        infos = [sender.publish("busy/x", str(i).encode(), qos=0) for i in range(2000)]
         for info in infos:
             info.wait_for_publish(10)
         sender.loop_stop()
@@ -519,11 +520,12 @@ async def test_a_burst_handled_in_the_readers_call_gives_the_loop_a_turn_every_f
     try:
         await asyncio.wait_for(server.connected.wait(), 5)
         await asyncio.to_thread(publish_burst)
-        await until(lambda: len(Busy.got) == 1000, timeout=30, what="the burst")
+        await until(lambda: len(Busy.got) == 2000, timeout=30, what="the burst")
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-    assert Busy.got == [str(i).encode() for i in range(1000)]
-    # Between two turns of the loop's other callbacks, at most 5 ms of readings (and one more).
+    assert Busy.got == [str(i).encode() for i in range(2000)]
+    # Between two turns of the loop's other callbacks, at most two reads of READ_SLICE (and one
+    # reading more each): the socket's and one more, not a growing number of them.
     gaps = [b - a for a, b in zip(Busy.turns, Busy.turns[1:], strict=False)]
-    assert gaps and max(gaps) <= 5 / 0.2 + 1, Busy.turns
+    assert gaps and max(gaps) <= 2 * (READ_SLICE / 0.0002 + 1), Busy.turns

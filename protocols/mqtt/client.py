@@ -94,7 +94,7 @@ class AsyncioClient(FastPahoClient):
     def _io_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # before paho sends CONNECT
         self.forget_received()
-        self._aloop.add_reader(sock, self._readable)
+        self._aloop.add_reader(sock, self._read)
         self._schedule_misc()
 
     def _io_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -114,18 +114,17 @@ class AsyncioClient(FastPahoClient):
     def _io_done_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._aloop.remove_writer(sock)
 
-    def _readable(self) -> None:
-        # A read already due this turn reads what the socket has: one read per turn, not one more
-        # every turn (a long burst would have held the loop longer and longer).
-        if self._read_again is None:
-            self._read()
+    def _read_more(self) -> None:
+        self._read_again = None
+        self._read()
 
     def _read(self) -> None:
-        self._read_again = None
-        if self.read_packets():
-            # More may wait where the socket being readable does not tell (our buffer, TLS's):
-            # come back after the other callbacks.
-            self._read_again = self._aloop.call_soon(self._read)
+        # More may wait where the socket being readable does not tell (our buffer, TLS's), or the
+        # reader stopped to give the loop a turn: come back after the other callbacks, once. So a
+        # turn has at most two reads (the socket's and this one); a second one pending made three
+        # the next turn, and so on, and a long burst held the loop longer every turn.
+        if self.read_packets() and self._read_again is None:
+            self._read_again = self._aloop.call_soon(self._read_more)
 
     def _schedule_misc(self) -> None:
         self._misc = self._aloop.call_later(1.0, self._run_misc)
