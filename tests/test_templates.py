@@ -88,3 +88,29 @@ def test_any_alert_fills_a_json_template_with_json(alert: dict[str, Any], templa
 def test_any_text_template_stays_on_one_line(text: str) -> None:
     out = fill_payload("value={alert.value};", {"value": text})
     assert out.isprintable() and out.startswith("value=") and out.endswith(";")
+
+
+_NAMES = ["sensor.id", "sensor.name", "value", "display", "site", "rule.id", "nope", "alert.x"]
+
+
+@given(
+    st.lists(
+        st.one_of(st.text(max_size=8), st.sampled_from([f"{{{n}}}" for n in _NAMES] + ["{", "}", "{}"])),
+        max_size=12,
+    ).map("".join),
+    st.dictionaries(st.sampled_from(_NAMES[:6]), st.text(max_size=6), max_size=6),
+)
+def test_a_template_fills_as_its_placeholders_say(template: str, fields: dict[str, str]) -> None:
+    # Parsed once per template (gateway.engine.templates._parts) and filled per alert: the same
+    # text as replacing each placeholder where it stands, unknown ones kept, control characters out.
+    import re
+
+    from gateway.engine.templates import fill
+    from gateway.engine.text import CONTROL_CHARACTERS
+
+    expected = re.sub(
+        r"\{([a-z_]+(?:\.[a-z_]+)?)\}",
+        lambda m: CONTROL_CHARACTERS.sub("", fields[m[1]]) if m[1] in fields else m[0],
+        template,
+    )
+    assert fill(template, fields) == expected

@@ -141,8 +141,7 @@ def _scalar(raw: Any, field: str) -> Value:
     raise PayloadError(f"field {field!r} is {kind}, not a value")
 
 
-@decoder
-def parse_value(payload: bytes, fmt: str, field: str, max_payload: int = 65536) -> Value:
+def _parse_value(payload: bytes, fmt: str, field: str, max_payload: int = 65536) -> Value:
     """The sensor value carried by a state-topic payload."""
     text = _decode(payload, max_payload)
     if fmt == "plain":
@@ -153,10 +152,13 @@ def parse_value(payload: bytes, fmt: str, field: str, max_payload: int = 65536) 
     return _scalar(_field(_load_json(text), field), field)
 
 
+parse_value = decoder(_parse_value)
+
+
 @decoder
 def read_value(payload: bytes, sensor: Sensor, max_payload: int = 65536) -> Value:
     """The sensor's value in a state-topic payload, as its config shapes it (`shape`)."""
-    return shape(parse_value(payload, sensor.format, sensor.field, max_payload), sensor)
+    return shape(_parse_value(payload, sensor.format, sensor.field, max_payload), sensor)  # one wrapper
 
 
 def _text(value: Value) -> str:

@@ -38,10 +38,27 @@ def render_message(template: str, rule: Rule, sensor: Sensor, value: Value | Non
 
 def fill(template: str, fields: dict[str, str]) -> str:
     """Plain text: each known placeholder replaced by its text, without control characters."""
-    return _PLACEHOLDER.sub(
-        lambda m: CONTROL_CHARACTERS.sub("", fields[m.group(1)]) if m.group(1) in fields else m.group(0),
-        template,
-    )
+    parts = _parts(template)
+    if len(parts) == 1:
+        return template
+    out: list[str] = []
+    for literal, name in parts:
+        out.append(literal)
+        if name is not None:
+            out.append(CONTROL_CHARACTERS.sub("", fields[name]) if name in fields else f"{{{name}}}")
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=4096)  # the config's templates: parsed once, not at every alert
+def _parts(template: str) -> tuple[tuple[str, str | None], ...]:
+    """The text before each placeholder and its name; the text after the last one, with None."""
+    parts: list[tuple[str, str | None]] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(template):
+        parts.append((template[pos : match.start()], match.group(1)))
+        pos = match.end()
+    parts.append((template[pos:], None))
+    return tuple(parts)
 
 
 def fill_payload(template: str, alert: dict[str, Any]) -> str:

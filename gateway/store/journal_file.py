@@ -52,7 +52,8 @@ class Entry:
         written as it is: the line costs one small JSON encoding, not the whole alert's again.
         """
         a = self.alert
-        extra = [a.site, a.groups, a.display, *(None if d is None else d.isoformat() for d in _dates(a))]
+        extra = [a.site, a.groups, a.display, _iso(a.raised_at), _iso(a.acknowledged_at)]
+        extra += (_iso(a.cleared_at), _iso(a.notify_from))  # _DATES, in order
         head = compact_json([self.seq, self.at.isoformat(), self.reading, extra])
         return f"{head[:-1]},{told}]\n".encode()
 
@@ -75,8 +76,8 @@ class Entry:
         )
 
 
-def _dates(alert: AlertRecord) -> tuple[datetime | None, ...]:
-    return tuple(getattr(alert, name) for name in _DATES)
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
 
 
 class JournalFile:
