@@ -380,6 +380,17 @@ async def test_a_failing_instance_is_started_again_keeping_order_and_acknowledge
     assert Fragile.got == good
 
 
+def _publish_with_properties(port: int, topic: str, payload: bytes) -> None:
+    sender = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="props-sender", protocol=paho.MQTTv5)
+    sender.connect("127.0.0.1", port)
+    sender.loop_start()
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = ("k", "v")
+    sender.publish(topic, payload, qos=1, properties=props).wait_for_publish(5)
+    sender.loop_stop()
+    sender.disconnect()
+
+
 class Eager(MqttConsumer):
     """Handles readings in the reader's call (`eager`); `slow` waits for `gate` halfway through."""
 
@@ -442,6 +453,11 @@ async def test_an_eager_consumer_handles_a_reading_in_the_readers_call_and_keeps
         await publish(mosquitto.port, "eager/x", b"4", qos=1)
         await until(lambda: len(Eager.log) == 10, what="the last reading")
         assert Eager.log[8:] == [("start", b"4", True), ("end", b"4", True)]
+        # One with MQTT 5 properties comes through paho's own reader, which holds a lock of its
+        # own (not reentrant) around on_message: it is queued for the instance's task instead.
+        await asyncio.to_thread(_publish_with_properties, mosquitto.port, "eager/x", b"p")
+        await until(lambda: len(Eager.log) == 12, what="the reading with properties")
+        assert Eager.log[10:] == [("start", b"p", False), ("end", b"p", False)]
 
     await serving(first)
     # Each was acknowledged once handled: the resumed session brings nothing back.

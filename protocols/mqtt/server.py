@@ -299,7 +299,10 @@ class MqttServer:
         props: dict[str, Any] = {}
         if msg.properties is not None and hasattr(msg.properties, "json"):
             props = msg.properties.json()
-        self._deliver(topic, bytes(msg.payload), msg.qos, bool(msg.retain), bool(msg.dup), msg.mid, props)
+        # Queued, never handled here: paho holds its callback lock (not reentrant) around on_message.
+        self._deliver(
+            topic, bytes(msg.payload), msg.qos, bool(msg.retain), bool(msg.dup), msg.mid, props, False
+        )
 
     def _on_publish(self, topic: bytes, payload: bytes, qos: int, retain: bool, dup: bool, mid: int) -> None:
         # The client's fast path: a PUBLISH without MQTT 5 properties, no MQTTMessage made.
@@ -308,7 +311,7 @@ class MqttServer:
         except UnicodeDecodeError:
             self._bad_topic(mid, qos)
             return
-        self._deliver(text, payload, qos, retain, dup, mid, None)
+        self._deliver(text, payload, qos, retain, dup, mid, None, True)
 
     def _bad_topic(self, mid: int, qos: int) -> None:
         self.count("bad_topic")
@@ -324,7 +327,9 @@ class MqttServer:
         dup: bool,
         mid: int,
         props: dict[str, Any] | None,
+        now: bool,
     ) -> None:
+        """`now`: an instance that waits for it may handle it in this call (Inbox.offer)."""
         targets = self._exact.get(topic)
         if targets is None or self._wild:
             targets = self._devices.route(topic)
@@ -345,7 +350,10 @@ class MqttServer:
                 "dup": dup,
                 "properties": {} if props is None else props,
             }
-            inst.queue.offer((event, delivery))
+            if now:
+                inst.queue.offer((event, delivery))
+            else:
+                inst.queue.put_nowait((event, delivery))
 
     # Devices
 
