@@ -69,7 +69,7 @@ class Inbox(asyncio.Queue[Item]):
         """An `mqtt.message`: handed over at once when the application waits for it and nothing is
         queued before it, else queued as any event."""
         take, waiter = self.take, self.waiter
-        if take is not None and waiter is not None and not waiter.done() and not self._queue:  # type: ignore[attr-defined]
+        if take is not None and waiter is not None and not waiter.done() and self.empty():
             self.take = None  # one at a time: a message that comes meanwhile is queued
             take(item)
         else:
