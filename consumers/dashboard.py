@@ -15,6 +15,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from gateway.alerting import GROUP as SITE_GROUP
 from gateway.alerting import ModeError, SilenceError
 from gateway.engine.alerts import AckRefused
+from gateway.engine.text import compact_json
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime
 from protocols.dispatch import DirectDispatch
@@ -37,10 +38,6 @@ _cap_log = logs.RateLimit(interval=10.0)
 
 
 _sending: set[asyncio.Future[None]] = set()
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
 
 
 # autobahn allows applications 1000 or 3000-4999 only: 1012 (service restart) becomes 4012.
@@ -251,7 +248,7 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
             "mode": self.runtime.alerting.mode,
             "modes": self.runtime.alerting.modes,
         }
-        await self.send(text_data=_dumps(hello))
+        await self.send(text_data=compact_json(hello))
         self._release()
         # The handshake's headers (the server drops its own reference once open): a KiB per socket.
         self.scope.pop("headers", None)
@@ -317,12 +314,12 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
         elif now - self.warned >= 1.0:
             self.warned = now
             error = f"too many messages: at most {RATE:.0f} a second; the rest are dropped"
-            await self.send(text_data=_dumps({"type": "error", "error": error}))
+            await self.send(text_data=compact_json({"type": "error", "error": error}))
         return False
 
     async def _error(self, error: str) -> None:
         metrics.bad_input.labels("websocket", "message").inc()
-        await self.send(text_data=_dumps({"type": "error", "error": error}))
+        await self.send(text_data=compact_json({"type": "error", "error": error}))
 
     async def _ack(self, alert_id: Any) -> None:
         if not isinstance(alert_id, str) or not alert_id or len(alert_id) > 32:
@@ -371,7 +368,7 @@ class AlertSocket(DirectDispatch, AsyncWebsocketConsumer):
     async def _failed(self, what: str, err: Exception) -> None:
         logs.web.error("%s from %s failed: %s", what, self.by, err)
         error = f"{what}: the gateway could not do it now; try again"
-        await self.send(text_data=_dumps({"type": "error", "error": error}))
+        await self.send(text_data=compact_json({"type": "error", "error": error}))
 
     async def _resume(self, after: Any) -> None:
         if type(after) is not int or after < 0:

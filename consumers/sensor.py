@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from dataclasses import replace
 from typing import Any
@@ -22,6 +21,7 @@ from gateway.engine.formats import FieldMissing, PayloadError, Value, parse_avai
 from gateway.engine.rules import SensorRules, Transition
 from gateway.engine.silences import labels
 from gateway.engine.templates import fill_payload
+from gateway.engine.text import compact_json
 from gateway.ops import logs, metrics
 from gateway.runtime import Runtime, SensorEngine
 from protocols.mqtt.consumer import MqttConsumer
@@ -421,7 +421,7 @@ class SensorConsumer(Escalation, MqttConsumer):
 
     async def _send_sensor_event(self) -> None:
         snap = self.runtime.board.sensors[self.sensor.id].as_json()
-        text = json.dumps({"type": "sensor", "sensor": snap}, separators=(",", ":"))
+        text = compact_json({"type": "sensor", "sensor": snap})
         await self.runtime.hand_over(
             self.runtime.layer.group_send, "sensors", {"type": "sensor.update", "sensor": snap, "text": text}
         )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from gateway.engine.alerts import iso, new_id
 from gateway.engine.policy import ModeError
 from gateway.engine.schedules import Switch, last_switch, next_switch
 from gateway.engine.silences import MAX_SILENCE, Silence, SilenceError, parse_silence, silencing
+from gateway.engine.text import compact_json
 from gateway.ops import logs, metrics
 from gateway.store.silences import SilenceBook
 
@@ -45,10 +45,6 @@ def _epoch(stamp: str) -> float:
 
 def _moment(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
 
 
 class SiteAlerting:
@@ -283,7 +279,7 @@ class SiteAlerting:
             await self._ended(row)
 
     async def _announce_silence(self, event: str, row: dict[str, Any]) -> None:
-        text = _dumps({"type": "silence", "event": event, "silence": row})
+        text = compact_json({"type": "silence", "event": event, "silence": row})
         message = {"type": "site.silence", "event": event, "silence": row, "text": text}
         await self.runtime.hand_over(self.runtime.layer.group_send, GROUP, message)
 
@@ -304,7 +300,7 @@ class SiteAlerting:
             return  # a schedule's switch that another process made: its announcement comes here too
         self._apply_mode(stored)
         log.info("mode %s set by %s", mode, by)
-        text = _dumps({"type": "mode", **self.mode_json()})
+        text = compact_json({"type": "mode", **self.mode_json()})
         await self.runtime.hand_over(
             self.runtime.layer.group_send,
             GROUP,

@@ -6,7 +6,6 @@ It travels in every scope as `scope["gateway"]` (see `gateway.asgi.WithRuntime`)
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from gateway.config import Config, Sensor
 from gateway.engine.alerts import AlertChange, AlertRecord
 from gateway.engine.discovery import DiscoveredSensors
 from gateway.engine.rules import SensorRules
+from gateway.engine.text import compact_json
 from gateway.faults import FAULT_RULE, DeviceFaults
 from gateway.layers.peers import PeerMirror
 from gateway.ops import logs, metrics
@@ -139,7 +139,7 @@ class Runtime:
         if set(self.board.sensors) != before:
             # Sensors came or went (a reload, discovery): open dashboards get the new list.
             sensors = self.board.snapshot()
-            text = json.dumps({"type": "sensors", "sensors": sensors}, separators=(",", ":"))
+            text = compact_json({"type": "sensors", "sensors": sensors})
             message = {"type": "sensor.list", "sensors": sensors, "text": text}
             task = asyncio.ensure_future(self.hand_over(self.layer.group_send, "sensors", message))
             self._tasks.add(task)

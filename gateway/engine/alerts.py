@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -15,9 +14,7 @@ from gateway.config import Rule, Sensor
 from gateway.engine.display import display, plain
 from gateway.engine.formats import Value
 from gateway.engine.templates import render_message
-
-# json.dumps(x, separators=(",", ":")), without building an encoder for every call (half its cost).
-compact_json = json.JSONEncoder(separators=(",", ":")).encode
+from gateway.engine.text import compact_json
 
 __all__ = [
     "OPEN_STATES",

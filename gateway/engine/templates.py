@@ -14,7 +14,7 @@ from typing import Any
 from gateway.config import Rule, Sensor
 from gateway.engine.display import display
 from gateway.engine.formats import Value
-from gateway.engine.text import CONTROL_CHARACTERS
+from gateway.engine.text import CONTROL_CHARACTERS, compact_json
 
 __all__ = ["fill", "fill_payload", "render_message"]
 
@@ -83,7 +83,7 @@ def fill_payload(template: str, alert: dict[str, Any]) -> str:
         elif quoted:
             out.append(json.dumps(_text(values[name]))[1:-1])
         else:
-            out.append(json.dumps(values[name], separators=(",", ":")))
+            out.append(compact_json(values[name]))
     return "".join(out)
 
 
@@ -94,7 +94,7 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"))
+        return compact_json(value)
     return str(value)
 
 
