@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.engine.formats import PayloadError, compare_equal, parse_availability, parse_value
+from gateway.engine.formats import PayloadError, _load_json, compare_equal, parse_availability, parse_value
 from protocols.telegram.updates import parse_command
 
 
@@ -153,3 +153,30 @@ def test_any_telegram_text_parses_to_a_command_or_none(text: str) -> None:
     command, args = parse_command(text, "gateway_bot")
     assert command is None or (command and command == command.lower() and " " not in command)
     assert all(isinstance(a, str) and a for a in args)
+
+
+padding = st.text(alphabet=" \t\n\r\u00a0\x0b\u2003", max_size=3)
+
+
+@given(
+    padding,
+    st.one_of(json_documents.map(bytes.decode), st.text(max_size=40)),
+    padding,
+    st.sampled_from(["", "1", "{}", "x", '"']),
+)
+def test_a_json_payload_reads_as_json_loads_reads_it(head: str, doc: str, tail: str, extra: str) -> None:
+    """The reader skips JSONDecoder.decode's wrapper (gateway.engine.formats._load_json): the same
+    documents are read, to the same value, and the same ones refused, at the same character."""
+    text = head + doc + tail + extra
+    try:
+        expected = json.loads(text, parse_constant=lambda name: None)
+    except json.JSONDecodeError as err:
+        if text.strip():  # an empty one is refused as empty, before any parse
+            with pytest.raises(PayloadError, match=rf"not valid JSON \({err.msg} at char {err.pos}\)$"):
+                _load_json(text)
+        return
+    except RecursionError:
+        return
+    if "NaN" in text or "Infinity" in text:
+        return  # refused by name: tested above
+    assert _load_json(text) == expected

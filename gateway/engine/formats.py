@@ -79,15 +79,25 @@ def _decode(payload: bytes, max_payload: int) -> str:
         raise PayloadError("payload is not UTF-8") from None
 
 
+_JSON_SPACE = " \t\n\r"  # JSON's whitespace: not str.strip()'s (no-break space is not JSON's)
+
+
 def _load_json(text: str) -> Any:
+    """`json.loads(text)`, without `JSONDecoder.decode`'s two regular expressions (one reading's
+    JSON is a few dozen bytes: the calls around the scanner cost more than the scan)."""
     if not text.strip():
         raise PayloadError("payload is empty")
     try:
-        return _json.decode(text)
+        value, end = _json.raw_decode(text, len(text) - len(text.lstrip(_JSON_SPACE)))
     except RecursionError:
         raise PayloadError("JSON is nested too deeply") from None
     except json.JSONDecodeError as err:
         raise PayloadError(f"payload is not valid JSON ({err.msg} at char {err.pos})") from None
+    if end != len(text):
+        rest = text[end:].lstrip(_JSON_SPACE)
+        if rest:
+            raise PayloadError(f"payload is not valid JSON (Extra data at char {len(text) - len(rest)})")
+    return value
 
 
 # What a device sends as a number: ASCII digits, a sign, a fraction, an exponent. float() and

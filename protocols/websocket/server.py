@@ -114,11 +114,12 @@ class _Turns:
         self.ticking = False
         self.held: dict[FrameWriter, list[bytes]] = {}
 
-    def now(self) -> int:
+    def arm(self) -> None:
+        """The turn's end is marked (`tick`) after the current callback; called after a frame is
+        written at once, so the `call_soon` is not paid before it. Until that tick, `n` is this turn's."""
         if not self.ticking:
             self.ticking = True
             asyncio.get_running_loop().call_soon(self.tick)
-        return self.n
 
     def tick(self) -> None:
         self.n += 1
@@ -167,12 +168,17 @@ class FrameWriter:
             _turns.release(self)
             protocol.sendPreparedMessage(prepared)  # autobahn's own path: compressed or queued
             return True
-        turn = _turns.now()
+        turn = _turns.n
         if self._turn == turn:
-            _turns.held.setdefault(self, []).append(data)  # its second frame this turn: at the end
+            # Its second frame this turn (the tick that ends it, armed by the first, has not run):
+            # held to the end of the turn.
+            _turns.held.setdefault(self, []).append(data)
             return True
         self._turn = turn
-        self.write(data)
+        try:
+            self.write(data)
+        finally:
+            _turns.arm()  # whatever the write did: frames held to this turn go out at its end
         return True
 
     def write(self, data: bytes) -> None:
