@@ -288,7 +288,8 @@ class SensorConsumer(Escalation, MqttConsumer):
                 continue  # the peer process that saw its cause acts on it
             change: AlertChange | None
             actions: list[Action] = []
-            silenced = self.runtime.alerting.silencing(self._labels(t.rule))
+            alerting = self.runtime.alerting
+            silenced = alerting.silencing(self._labels(t.rule)) if alerting.silences else None
             try:
                 if t.kind == "raise":
                     actions = t.rule.on_raise

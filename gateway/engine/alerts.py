@@ -114,9 +114,10 @@ class AlertRecord:
             "message": self.message,
             "value": self.value,
             "raised_at": iso(self.raised_at),
-            "acknowledged_at": iso(self.acknowledged_at),
+            # Most alerts have neither: no call for them (the alert's way to its frame is short).
+            "acknowledged_at": None if self.acknowledged_at is None else iso(self.acknowledged_at),
             "acknowledged_by": self.acknowledged_by,
-            "cleared_at": iso(self.cleared_at),
+            "cleared_at": None if self.cleared_at is None else iso(self.cleared_at),
             "silenced": self.silenced,
             "escalation": self.escalation,
             "display": self.display if self.display is not None else plain(self.value),
@@ -138,6 +139,7 @@ def raise_alert(
     `silenced`: the id of the silence over it, if one is; it is raised and shown all the same.
     `alert_id`: its id, drawn beforehand (gateway.store.journal); a new one otherwise.
     """
+    shown = display(value, sensor)
     return AlertRecord(
         id=alert_id or new_id(),
         site=site,
@@ -146,13 +148,13 @@ def raise_alert(
         zone=sensor.zone,
         severity=rule.severity,
         state="active",
-        message=message or render_message(rule.message, rule, sensor, value, site),
+        message=message or render_message(rule.message, rule, sensor, value, site, shown),
         value=value,
         groups=tuple(alert_groups(rule, sensor)),
         raised_at=now,
         silenced=silenced,
         notify_from=now,
-        display=display(value, sensor)[:200],
+        display=shown[:200],
     )
 
 

@@ -21,8 +21,12 @@ __all__ = ["fill", "fill_payload", "render_message"]
 _PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[a-z_]+)?)\}")
 
 
-def render_message(template: str, rule: Rule, sensor: Sensor, value: Value | None, site: str) -> str:
-    """Fill `{sensor.name}`-style placeholders from a fixed list; anything else stays as written."""
+def render_message(
+    template: str, rule: Rule, sensor: Sensor, value: Value | None, site: str, shown: str | None = None
+) -> str:
+    """Fill `{sensor.name}`-style placeholders from a fixed list; anything else stays as written.
+
+    `shown`: the value's display (gateway.engine.display), when the caller has it already."""
     fields = {
         "sensor.id": sensor.id,
         "sensor.name": sensor.name,
@@ -30,7 +34,7 @@ def render_message(template: str, rule: Rule, sensor: Sensor, value: Value | Non
         "rule.id": rule.id,
         "rule.severity": rule.severity,
         "value": "" if value is None else str(value).lower() if isinstance(value, bool) else str(value),
-        "display": display(value, sensor),
+        "display": display(value, sensor) if shown is None else shown,
         "site": site,
     }
     return fill(template, fields)

@@ -55,7 +55,7 @@ class Entry:
         written as it is: the line costs one small JSON encoding, not the whole alert's again.
         """
         a = self.alert
-        extra = [a.site, a.groups, a.display, *map(_iso, _dates(a))]
+        extra = [a.site, a.groups, a.display, *[None if d is None else d.isoformat() for d in _dates(a)]]
         head = compact_json([self.seq, self.at.isoformat(), self.reading, extra])
         return f"{head[:-1]},{told}]\n".encode()
 
@@ -76,10 +76,6 @@ class Entry:
             alert=AlertRecord(**fields),
             reading=None if reading is None else (str(reading[0]), reading[1], reading[2]),
         )
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
 
 
 class JournalFile:
