@@ -134,6 +134,7 @@ class BotApiStandin:
         self.conflicts = 0
         self.updates: list[Json] = []  # every update ever produced, in order
         self._pending: list[Json] = []  # updates waiting for getUpdates
+        self._garbage: list[Any] = []  # batch elements that are not updates (enqueue_garbage)
         self._webhook_queue: asyncio.Queue[Json] = asyncio.Queue()
         self._messages: dict[tuple[int, int], Json] = {}  # (chat_id, message_id) -> the bot's Message
         self._next_message_id: defaultdict[int, int] = defaultdict(lambda: 1)
@@ -443,11 +444,19 @@ class BotApiStandin:
             self._pending = self._pending[offset:]
         elif offset > 0:
             self._pending = [u for u in self._pending if u["update_id"] >= offset]
+        if self._garbage:  # served once (enqueue_garbage), first in the next batch
+            batch, self._garbage = [*self._garbage, *self._pending], []
+            return batch[: max(1, min(limit, 100))]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(params.get("timeout") or 0)
         self._polling = True
         try:
-            while not self._pending and not self._closing and (left := deadline - loop.time()) > 0:
+            while (
+                not self._pending
+                and not self._garbage
+                and not self._closing
+                and (left := deadline - loop.time()) > 0
+            ):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), left)
         finally:
@@ -578,6 +587,12 @@ class BotApiStandin:
         if username is not None:
             user["username"] = username
         return user
+
+    def enqueue_garbage(self, item: Any) -> None:
+        """An element of the next getUpdates batch that is not an update object (Telegram never
+        sends one; a broken proxy might): served once, before the updates waiting."""
+        self._garbage.append(item)
+        self._notify()
 
     def _enqueue(self, body: Json) -> Json:
         update = {"update_id": next(self._update_ids), **body}

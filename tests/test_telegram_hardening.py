@@ -266,7 +266,13 @@ async def test_an_unreadable_update_batch_is_logged_without_what_people_wrote(
 ) -> None:
     gw = await make(gateway_factory, standin, [ALICE])
     assert "commands only" in await say(standin, ALICE, "my door code is 4711")
-    standin._enqueue({"message": {"message_id": "not a number", "text": "/help 4711", "chat": {"id": ALICE}}})
+    # Read as JSON (protocols.telegram.methods), field by field: its id is not a number.
+    standin._enqueue({"message": {"message_id": "code 4711", "text": "/help 4711", "chat": {"id": ALICE}}})
+    assert "0 open alerts" in await say(standin, ALICE, "/status")
+    assert "ignored a malformed update" in gw.log and "message (ValueError;" in gw.log
+    # A batch that is not a list of updates: aiogram refuses it, its updates are taken as JSON.
+    standin.enqueue_garbage("my door code is 4711")
+    standin.enqueue_garbage([4711])
     assert "0 open alerts" in await say(standin, ALICE, "/status")
     assert "aiogram could not read an update batch" in gw.log
     assert "4711" not in gw.log

@@ -4,7 +4,9 @@ outbox's (protocols.telegram.flow). It says whether the API answers through `on_
 
 aiogram is imported by `load`, in a worker thread, through protocols.telegram._aiogram: with its
 models built when first used (under a second and 66 MiB here, against 3.5 s and 165 MiB built
-at import), and still not holding up the MQTT and web servers.
+at import), and still not holding up the MQTT and web servers. Updates and sent messages come
+back as JSON (protocols.telegram.methods): aiogram's `Update` and `Message` models, whose first
+build took 0.2 and 0.16 s in the event loop and 10 MiB, are never built.
 """
 
 from __future__ import annotations
@@ -98,10 +100,9 @@ class BotApi:
                         # The API answers: up now, not when the first long poll ends.
                         log.info("polling as @%s", self.user["username"])
                         self._up("polling")
-                    updates = await bot.get_updates(
-                        offset=offset,
-                        timeout=timeout,
-                        allowed_updates=ALLOWED_UPDATES,
+                    # As JSON (protocols.telegram.methods): `feed` reads each field by field.
+                    updates = await bot(
+                        ag.updates(offset=offset, timeout=timeout, allowed_updates=ALLOWED_UPDATES),
                         request_timeout=timeout + 10,
                     )
                 except ag.errors.TelegramUnauthorizedError:
@@ -115,8 +116,8 @@ class BotApi:
                     await asyncio.sleep(err.retry_after)
                     continue
                 except ag.errors.ClientDecodeError as err:
-                    # One update aiogram cannot read must not wedge every poll after it: take the
-                    # batch as plain JSON, which `feed` checks field by field.
+                    # A batch that is not a list of objects must not wedge every poll after it:
+                    # its updates that are objects, with an update_id, are taken.
                     try:
                         raw = await self._raw_updates(offset)
                     except (OSError, TimeoutError, ValueError, KeyError) as raw_err:
@@ -142,8 +143,11 @@ class BotApi:
                         self._up("polling")
                     backoff.reset()
                     for update in updates:
-                        offset = update.update_id + 1
-                        feed(update.model_dump(mode="json", by_alias=True, exclude_none=True))
+                        update_id = update.get("update_id")
+                        if type(update_id) is not int:  # a JSON integer, not true or 1.5
+                            continue  # as the batch taken as JSON below: no id, not an update
+                        offset = update_id + 1
+                        feed(update)
                     continue
                 await asyncio.sleep(backoff.next())
         finally:
@@ -201,18 +205,24 @@ class BotApi:
         """One Bot API request for the outbox, its failure mapped onto the outbox's exceptions."""
         ag = self._aiogram
         p = job.params
-        markup = ag.keyboard(p.get("buttons"))
+        markup = keyboard(p.get("buttons"))
         try:
             if job.method == "send_message":
-                message = await self._bot.send_message(
-                    chat_id=job.chat_id,
-                    text=p["text"],
-                    reply_markup=markup,
-                    disable_notification=p.get("silent", False),
+                message = await self._bot(
+                    ag.send(
+                        chat_id=job.chat_id,
+                        text=p["text"],
+                        reply_markup=markup,
+                        disable_notification=p.get("silent", False),
+                    )
                 )
-                return int(message.message_id)
-            await self._bot.edit_message_text(
-                text=p["text"], chat_id=job.chat_id, message_id=p["message_id"], reply_markup=markup
+                message_id = message.get("message_id")
+                if type(message_id) is not int:  # a JSON integer, not true
+                    # Sent, by the API's word: sending it again would send it twice.
+                    raise Rejected(f"sendMessage answered without a message_id: {str(message)[:80]}")
+                return message_id
+            await self._bot(
+                ag.edit(text=p["text"], chat_id=job.chat_id, message_id=p["message_id"], reply_markup=markup)
             )
             return int(p["message_id"])
         except ag.errors.TelegramRetryAfter as err:
@@ -246,12 +256,13 @@ class _Aiogram:
 
     def __init__(self) -> None:
         from aiogram import exceptions
-        from aiogram.types import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
+        from aiogram.types import BotCommand
+
+        from protocols.telegram import methods
 
         self.errors = exceptions
         self._command = BotCommand
-        self._button = InlineKeyboardButton
-        self._markup = InlineKeyboardMarkup
+        self.updates, self.send, self.edit = methods.Updates, methods.Send, methods.EditText
 
     def bot(self, token: str, api_url: str) -> Any:
         from aiogram import Bot
@@ -264,14 +275,14 @@ class _Aiogram:
     def command(self, name: str, description: str) -> Any:
         return self._command(command=name, description=description)
 
-    def keyboard(self, rows: list[list[dict[str, str]]] | None) -> Any:
-        if not rows:
-            return None
-        return self._markup(
-            inline_keyboard=[
-                [self._button(text=b["text"], callback_data=b["data"]) for b in row] for row in rows
-            ]
-        )
+
+def keyboard(rows: list[list[dict[str, str]]] | None) -> dict[str, Any] | None:
+    """An inline keyboard's JSON (`InlineKeyboardMarkup`), from the outbox's buttons."""
+    if not rows:
+        return None
+    return {
+        "inline_keyboard": [[{"text": b["text"], "callback_data": b["data"]} for b in row] for row in rows]
+    }
 
 
 def describe(err: BaseException) -> str:

@@ -219,11 +219,15 @@ class TelegramServer:
             else:
                 self.count("update_ignored")
         except (KeyError, TypeError, ValueError) as err:
-            # A malformed update costs itself, never the updates after it.
+            # A malformed update costs itself, never the updates after it. Logged by its kind and
+            # the error's, not the error's text: `int("...")` quotes what someone wrote.
             self.count("update_malformed")
             allowed, held = _malformed_log.allow("update")
             if allowed:
-                log.warning("ignored a malformed update (%s; %d more not logged)", err, held)
+                what = f"{type(err).__name__} {err}" if isinstance(err, KeyError) else type(err).__name__
+                log.warning(
+                    "ignored a malformed update %s (%s; %d more not logged)", updates.kind(update), what, held
+                )
         return True
 
     def _deliver(self, read: tuple[Chat, User | None, Any] | None, outcome: str) -> None:

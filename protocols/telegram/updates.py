@@ -73,7 +73,7 @@ def callback_query(query: dict[str, Any]) -> tuple[Chat, User, TelegramCallbackQ
 def kind(update: dict[str, Any]) -> str:
     """ "12 message": an update's id and kind, and nothing of what people wrote (for the log)."""
     found = next((key for key in ALLOWED_UPDATES if key in update), "other")
-    return f"{update['update_id']} {found}"
+    return f"{update.get('update_id', '?')} {found}"
 
 
 def _chat(chat: dict[str, Any]) -> Chat:
