@@ -15,6 +15,13 @@ from gateway.redis_url import layer_host
 # Per-channel queue length. Channels' default of 100 drops silently under an
 # alert burst to a busy dashboard; overflows past this are counted (gateway.layers.memory).
 CHANNEL_CAPACITY = 2000
+# On Redis the capacity is not a consumer's: channels_redis keeps every consumer channel of a
+# process ("specific.<id>!<name>") in one key and checks the capacity against that key, so the
+# dashboards, sensors and chats of a process share it. An alert storm of 1,000 changes filled
+# 2,000 (each change goes to several groups: `alerts`, its sensor's) while the process took one
+# message per round trip, and dashboards missed alerts (the quick bench's storm, 2 slow cores).
+# An alert's message is under 1 KiB: at most about 15 MiB of Redis while a process catches up.
+REDIS_PROCESS_CAPACITY = 20_000
 GROUP_EXPIRY_NEVER = 100 * 365 * 86400
 
 
@@ -67,7 +74,7 @@ def channel_layers(config: Config) -> dict[str, Any]:
                 # redis-py 8 made socket_timeout 5 s by default, which kills the
                 # layer's 5 s blocking pop on any idle consumer (channels_redis#422).
                 "hosts": [layer_host(url, socket_timeout=15, socket_connect_timeout=5)],
-                "capacity": CHANNEL_CAPACITY,
+                "capacity": REDIS_PROCESS_CAPACITY,
                 "prefix": f"gateway.{config.gateway.site}:",
             },
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 from channels_redis.core import RedisChannelLayer
@@ -12,6 +13,7 @@ from gateway.config import load_config
 from gateway.layers.memory import MemoryLayer
 from gateway.layers.redis import RedisLayer
 from gateway.ops import metrics
+from gateway.settings import channel_layers
 from tests.conftest import Service
 
 
@@ -64,3 +66,28 @@ def test_memory_layer_keeps_members_past_a_day() -> None:
     from gateway.settings import GROUP_EXPIRY_NEVER, channel_layers
 
     assert channel_layers(load_config(None))["default"]["CONFIG"]["group_expiry"] == GROUP_EXPIRY_NEVER
+
+
+async def test_a_process_s_consumers_share_its_redis_capacity_and_a_storm_fits(
+    redis_server: Service, tmp_path: Path
+) -> None:
+    """channels_redis checks the capacity on one key per process (every consumer channel of the
+    process is in it): the gateway's Redis layer holds a storm's messages for three consumers
+    (the dashboards' hub, two sensors) that read nothing meanwhile."""
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(f'[gateway]\nchannel_layer = "redis://127.0.0.1:{redis_server.port}/0"\n')
+    settings = channel_layers(load_config(config_file))["default"]
+    assert settings["BACKEND"] == "gateway.layers.redis.RedisLayer"
+    layer = RedisLayer(**settings["CONFIG"])
+    hub, door, window = [await layer.new_channel() for _ in range(3)]
+    await layer.group_add("alerts", hub)
+    await layer.group_add("sensor.door", door)
+    await layer.group_add("sensor.window", window)
+    before = metrics.layer_overflows._value.get()
+    for n in range(1500):  # 1,500 changes, each to `alerts` and its sensor's group: 3,000 messages
+        await layer.group_send("alerts", {"type": "alert.raised", "n": n})
+        await layer.group_send("sensor.door" if n % 2 else "sensor.window", {"type": "alert.raised", "n": n})
+    assert metrics.layer_overflows._value.get() == before
+    assert [(await layer.receive(hub))["n"] for _ in range(1500)] == list(range(1500))
+    assert [(await layer.receive(door))["n"] for _ in range(750)] == list(range(1, 1500, 2))
+    assert [(await layer.receive(window))["n"] for _ in range(750)] == list(range(0, 1500, 2))
