@@ -19,9 +19,7 @@ import asyncio
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,21 +36,6 @@ class Turn:
         self.subject, self.topic = subject, topic
         self.samples: list[float] = []
         self.round_p50: list[float] = []
-
-
-async def triggers(turn: Turn, pool: ClientPool, pub: Publisher, n: int, rate: float) -> dict[str, Any]:
-    s = turn.subject
-    assert s.seq_base is not None
-    first_seq = s.seq_base + s.triggers + 1
-    sent: list[float] = []
-    start = time.monotonic()
-    for i in range(n):
-        delay = start + i / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        sent.append(pub.publish(turn.topic, s.next_door()))
-        s.triggers += 1
-    return run.analyse(first_seq, sent, await pool.wait(first_seq, first_seq + n - 1))
 
 
 def start(work: Path, services: Services, trees: list[tuple[str, str]]) -> list[Turn]:
@@ -90,13 +73,15 @@ async def main(argv: list[str] | None = None) -> int:
         for turn in turns:
             await turn.subject.proc.wait_ready()
             await run.connect(turn.subject, pool, 1)
-            await triggers(turn, pool, pub, 10, args.rate)  # warm-up: lazy imports, first writes
+            await run.triggers(
+                turn.subject, pool, pub, 10, args.rate, turn.topic
+            )  # warm-up: lazy imports, first writes
             await pool.close()
         for r in range(args.rounds):
             for turn in turns[r % len(turns) :] + turns[: r % len(turns)]:
                 await run.connect(turn.subject, pool, 1)
                 await asyncio.sleep(0.2)
-                result = await triggers(turn, pool, pub, args.block, args.rate)
+                result = await run.triggers(turn.subject, pool, pub, args.block, args.rate, turn.topic)
                 await pool.close()
                 if result["lost"]:
                     print(f"{turn.subject.name}: {result['lost']} lost in round {r + 1}", flush=True)

@@ -347,7 +347,9 @@ async def connect(subject: Subject, pool: ClientPool, n: int) -> float:
     return seconds
 
 
-async def triggers(subject: Subject, pool: ClientPool, pub: Publisher, n: int, rate: float) -> dict[str, Any]:
+async def triggers(
+    subject: Subject, pool: ClientPool, pub: Publisher, n: int, rate: float, topic: str = "bench/door"
+) -> dict[str, Any]:
     """`n` door toggles at `rate`/s on an open-loop schedule, then every client's events; analysed."""
     assert subject.seq_base is not None, "connect a client first"
     first_seq = subject.seq_base + subject.triggers + 1
@@ -357,7 +359,7 @@ async def triggers(subject: Subject, pool: ClientPool, pub: Publisher, n: int, r
         delay = start + i / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        sent.append(pub.publish("bench/door", subject.next_door()))
+        sent.append(pub.publish(topic, subject.next_door()))
         subject.triggers += 1
     per_client = await pool.wait(first_seq, first_seq + n - 1)
     return analyse(first_seq, sent, per_client)
