@@ -60,7 +60,11 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("trees", nargs="*", default=["now="], help="NAME=TREE (TREE empty: this checkout)")
     args = parser.parse_args(argv)
-    trees = [tuple(t.split("=", 1)) for t in args.trees]
+    # The gateways run in a scratch directory: a tree is passed to them as an absolute path.
+    trees = [
+        (name, str(Path(tree).resolve()) if tree else "")
+        for name, tree in (t.split("=", 1) for t in args.trees)
+    ]
     run.compile_gateway(ROOT, *(Path(tree) for _, tree in trees if tree))
     work = Path(tempfile.mkdtemp(prefix="gateway-interleaved-"))
     services = Services(work, redis=False)
@@ -69,7 +73,7 @@ async def main(argv: list[str] | None = None) -> int:
     try:
         services.start()
         pub = Publisher(services.mqtt_port, "interleaved")
-        turns = start(work, services, trees)  # type: ignore[arg-type]
+        turns = start(work, services, trees)
         for turn in turns:
             await turn.subject.proc.wait_ready()
             await run.connect(turn.subject, pool, 1)
