@@ -31,7 +31,7 @@ of the same run. Sections (`--only` picks some; all by default):
   footprint  idle RSS and start -> READY=1 per runtime shape (issue 7), and the RSS of a
              Python that only imported daphne, channels, Django and paho
   storm      an alert storm (gateways only: the floor stores nothing): 10,000 QoS 1 toggles
-             (--quick 1,000) of 20 sensors published as fast as paho goes, each a raise or a
+             (--quick 500) of 20 sensors published as fast as paho goes, each a raise or a
              clear, one dashboard connected: durable alert changes per second, from the first
              publish to the last event on the dashboard (each event is stored before it is
              told), and the events that never came (lost); then a new dashboard's hello must
@@ -764,7 +764,7 @@ async def run_subject(
             out["ingest"] = await ingest(subject, pool, pub, opts)
             print(f"[{name}] ingest done: {out['ingest']['messages_per_s']} msg/s", flush=True)
         if "storm" in opts.sections and subject.is_gateway:
-            out["storm"] = await storm(subject, pool, pub, 1000 if opts.quick else 10000)
+            out["storm"] = await storm(subject, pool, pub, 500 if opts.quick else 10000)
             print(f"[{name}] storm done: {out['storm']['changes_per_s']} changes/s", flush=True)
     finally:
         with contextlib.suppress(Exception):

@@ -29,4 +29,4 @@ def test_quick_benchmark_completes_without_loss(tmp_path: Path) -> None:
     # The alert storm ran on both gateways, every change told and stored.
     for subject in ("memory", "redis"):
         storm = results["subjects"][subject]["storm"]
-        assert storm["changes"] == 1000 and storm["lost"] == 0 and storm["stored_lost"] == 0, storm
+        assert storm["changes"] == 500 and storm["lost"] == 0 and storm["stored_lost"] == 0, storm
