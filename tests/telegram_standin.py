@@ -135,6 +135,7 @@ class BotApiStandin:
         self.updates: list[Json] = []  # every update ever produced, in order
         self._pending: list[Json] = []  # updates waiting for getUpdates
         self._garbage: list[Any] = []  # batch elements that are not updates (enqueue_garbage)
+        self._garbage_left = 0  # how many more batches carry them
         self._webhook_queue: asyncio.Queue[Json] = asyncio.Queue()
         self._messages: dict[tuple[int, int], Json] = {}  # (chat_id, message_id) -> the bot's Message
         self._next_message_id: defaultdict[int, int] = defaultdict(lambda: 1)
@@ -444,8 +445,11 @@ class BotApiStandin:
             self._pending = self._pending[offset:]
         elif offset > 0:
             self._pending = [u for u in self._pending if u["update_id"] >= offset]
-        if self._garbage:  # served once (enqueue_garbage), first in the next batch
-            batch, self._garbage = [*self._garbage, *self._pending], []
+        if self._garbage:  # first in the next batch or batches (enqueue_garbage)
+            batch = [*self._garbage, *self._pending]
+            self._garbage_left -= 1
+            if not self._garbage_left:
+                self._garbage = []
             return batch[: max(1, min(limit, 100))]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(params.get("timeout") or 0)
@@ -588,10 +592,13 @@ class BotApiStandin:
             user["username"] = username
         return user
 
-    def enqueue_garbage(self, item: Any) -> None:
+    def enqueue_garbage(self, item: Any, *, batches: int = 1) -> None:
         """An element of the next getUpdates batch that is not an update object (Telegram never
-        sends one; a broken proxy might): served once, before the updates waiting."""
+        sends one; a broken proxy might), before the updates waiting. `batches`: served to that
+        many getUpdates calls, as Telegram serves a batch again until an offset confirms it (2:
+        the gateway's second read of a batch aiogram could not read gets it too)."""
         self._garbage.append(item)
+        self._garbage_left = max(self._garbage_left, batches)
         self._notify()
 
     def _enqueue(self, body: Json) -> Json:

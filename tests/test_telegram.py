@@ -306,8 +306,8 @@ async def test_webhook_mode(gateway_factory: GatewayFactory, standin: BotApiStan
     assert "is allowed" in await say(standin, ALICE, "/start")
     assert [d["status"] for d in standin.webhook_deliveries] == [200]
 
-    def post(url: str, token: str) -> int:
-        body = json.dumps({"update_id": 99, "message": {"text": "/start"}}).encode()
+    def post(url: str, token: str, update: Any = None) -> int:
+        body = json.dumps(update or {"update_id": 99, "message": {"text": "/start"}}).encode()
         request = urllib.request.Request(url, data=body, method="POST")
         request.add_header("X-Telegram-Bot-Api-Secret-Token", token)
         request.add_header("Content-Type", "application/json")
@@ -320,6 +320,16 @@ async def test_webhook_mode(gateway_factory: GatewayFactory, standin: BotApiStan
     assert await asyncio.to_thread(post, hook["url"], "wrong-secret") == 403
     assert await asyncio.to_thread(post, f"{gw.url}/telegram/{'0' * 32}/", secret) == 403
     assert "refused a webhook call without the right secret" in gw.log
+
+    # With the secret, but no update: refused (400), and the chat is not answered.
+    before = len(to_chat(standin, ALICE))
+    message = {**standin.updates[-1]["message"], "text": "/help"}
+    for number in (True, -1, "7", None):
+        forged = {"update_id": number, "message": message}
+        assert await asyncio.to_thread(post, hook["url"], secret, forged) == 400
+    assert "webhook: the body is not a JSON update (not an object with an update_id from 0 up)" in gw.log
+    assert "0 open alerts" in await say(standin, ALICE, "/status")
+    assert len(to_chat(standin, ALICE)) == before + 1
 
 
 async def test_poller_failover_between_two_processes(

@@ -276,3 +276,23 @@ async def test_an_unreadable_update_batch_is_logged_without_what_people_wrote(
     assert "0 open alerts" in await say(standin, ALICE, "/status")
     assert "aiogram could not read an update batch" in gw.log
     assert "4711" not in gw.log
+
+
+async def test_a_batch_read_as_json_skips_updates_without_an_id_as_aiogram_reads_do(
+    gateway_factory: GatewayFactory, standin: BotApiStandin
+) -> None:
+    gw = await make(gateway_factory, standin, [ALICE])
+    assert "0 open alerts" in await say(standin, ALICE, "/status")
+    message = {**standin.updates[-1]["message"], "text": "/help"}
+    # `true` was taken for the id 1 (offset 2), and -1 asks Telegram for its last update again.
+    # aiogram cannot read the batch; the gateway reads it again as JSON, and gets the same.
+    standin.enqueue_garbage("not an update", batches=2)
+    for number in (True, -1, 2.5):
+        standin.enqueue_garbage({"update_id": number, "message": message}, batches=2)
+    assert "0 open alerts" in await say(standin, ALICE, "/status")
+    assert "aiogram could not read an update batch" in gw.log
+    # The updates after the batch are taken, once each, and the three without an id never were:
+    # the chat has three answers, to its three /status.
+    assert "0 open alerts" in await say(standin, ALICE, "/status")
+    answers = [m["text"] for m in to_chat(standin, ALICE)]
+    assert len(answers) == 3 and all("0 open alerts" in text for text in answers)

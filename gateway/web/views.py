@@ -284,10 +284,12 @@ async def telegram_webhook(request: HttpRequest, secret: str) -> JsonResponse:
             "refused a webhook call without the right secret from %s", request.META.get("REMOTE_ADDR")
         )
         return JsonResponse({"error": "forbidden"}, status=403)
+    from protocols.telegram.updates import update_id  # Telegram's module: loaded when it is on
+
     try:
         update = json.loads(request.body)
-        if not isinstance(update, dict):
-            raise ValueError("not an object")
+        if update_id(update) is None:
+            raise ValueError("not an object with an update_id from 0 up")
     except ValueError as err:
         metrics.bad_input.labels("telegram", "webhook_body").inc()
         logs.telegram.warning("webhook: the body is not a JSON update (%s)", err)

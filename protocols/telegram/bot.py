@@ -21,7 +21,7 @@ from gateway.ops import logs
 from protocols.backoff import Backoff
 from protocols.telegram import _aiogram
 from protocols.telegram.flow import ChatGone, ChatMoved, Job, Rejected, RetryAfter, Transient
-from protocols.telegram.updates import ALLOWED_UPDATES, kind
+from protocols.telegram.updates import ALLOWED_UPDATES, kind, update_id
 
 log = logs.telegram
 _malformed_log = logs.RateLimit(interval=30.0)
@@ -135,10 +135,10 @@ class BotApi:
                             log.warning(
                                 "aiogram could not read an update batch (%s); taking it as JSON: %s",
                                 type(err.original).__name__,
-                                ", ".join(kind(u) for u in raw),
+                                ", ".join(kind(u) for u, _ in raw),
                             )
-                        for update in raw:
-                            offset = int(update["update_id"]) + 1
+                        for update, number in raw:
+                            offset = number + 1
                             feed(update)
                         continue
                 except (ag.errors.TelegramAPIError, OSError, TimeoutError) as err:
@@ -149,10 +149,10 @@ class BotApi:
                         self._up("polling")
                     backoff.reset()
                     for update in updates:
-                        update_id = update.get("update_id")
-                        if type(update_id) is not int:  # a JSON integer, not true or 1.5
-                            continue  # as the batch taken as JSON below: no id, not an update
-                        offset = update_id + 1
+                        found = update_id(update)
+                        if found is None:
+                            continue  # no id, not an update: as in a batch taken as JSON
+                        offset = found + 1
                         feed(update)
                     continue
                 await asyncio.sleep(backoff.next())
@@ -162,7 +162,8 @@ class BotApi:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(bot.get_updates(offset=offset, timeout=0, limit=1), 2.0)
 
-    async def _raw_updates(self, offset: int | None) -> list[dict[str, Any]]:
+    async def _raw_updates(self, offset: int | None) -> list[tuple[dict[str, Any], int]]:
+        """The batch as JSON: its updates (objects with an id, `update_id`) and their ids."""
         import aiohttp
 
         url = f"{self.api_url.rstrip('/')}/bot{self.token}/getUpdates"
@@ -176,7 +177,7 @@ class BotApi:
             body = await response.json(content_type=None)
         if not isinstance(body, dict) or not body.get("ok") or not isinstance(body.get("result"), list):
             raise ValueError(f"getUpdates answered {response.status}")
-        return [u for u in body["result"] if isinstance(u, dict) and isinstance(u.get("update_id"), int)]
+        return [(u, number) for u in body["result"] if (number := update_id(u)) is not None]
 
     async def set_webhook(self, url: str, secret: str, stop: asyncio.Event) -> None:
         """Have Telegram send updates to `url` (the web server hands them to `feed`), until `stop`."""

@@ -11,11 +11,24 @@ from typing import Any
 
 from protocols.telegram.types import Chat, TelegramCallbackQueryEvent, TelegramMessageEvent, User
 
-__all__ = ["ALLOWED_UPDATES", "callback_query", "kind", "message", "parse_command"]
+__all__ = ["ALLOWED_UPDATES", "callback_query", "kind", "message", "parse_command", "update_id"]
 
 ALLOWED_UPDATES = ["message", "callback_query"]
 # Telegram's own limit for a message's text: anything longer did not come from Telegram.
 MAX_TEXT = 4096
+
+
+def update_id(update: Any) -> int | None:
+    """An update's id: a JSON integer from 0 up (not `true`, not 1.5); None for what is not an update.
+
+    The poller confirms updates with `offset = id + 1`: `true` made it 2, and a negative one
+    asks Telegram for the last updates over again (its "offset from the end of the queue").
+    """
+    if isinstance(update, dict):
+        found = update.get("update_id")
+        if type(found) is int and found >= 0:
+            return found
+    return None
 
 
 def parse_command(text: str, bot_username: str) -> tuple[str | None, list[str]]:
