@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import importlib
+import importlib.util
 import inspect
+import itertools
 import logging
 import os
 import socket
@@ -29,6 +32,8 @@ from typing import Any
 import daphne.server  # first, as in the gateway: Twisted's reactor is its asyncio one
 import paho.mqtt.client as paho
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
 from gateway.layers import _channels, _channels_redis
@@ -236,6 +241,101 @@ def test_autobahn_close_and_framing_names() -> None:
     assert (factory.failByDrop, factory.closeHandshakeTimeout) == (False, 5)
     for name in ("_perMessageCompress", "send_queue", "sendPreparedMessage", "dropConnection"):
         assert name in source(WebSocketProtocol), name
+
+
+NVX_MODULES = ("autobahn.nvx._utf8validator", "autobahn.nvx._xormasker")
+
+
+@functools.cache
+def nvx_pair() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(ours, autobahn's): the names of each module of NVX_MODULES, autobahn's read from its files."""
+    import autobahn.nvx
+
+    saved = {name: sys.modules.pop(name, None) for name in NVX_MODULES}
+    try:
+        assert _autobahn.compiled_nvx() is True
+        ours = {name: vars(sys.modules[name]) for name in NVX_MODULES}
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    theirs = {}
+    for name in NVX_MODULES:
+        path = Path(autobahn.nvx.__file__).parent / f"{name.rsplit('.', 1)[1]}.py"
+        spec = importlib.util.spec_from_file_location(f"theirs{name.rsplit('.', 1)[1]}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        theirs[name] = vars(module)
+    return ours, theirs
+
+
+def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [data[a:b] for a, b in itertools.pairwise(points)] or [b""]
+
+
+UTF8ISH = st.binary(max_size=300) | st.text(max_size=100).map(str.encode)
+
+
+@settings(max_examples=300)
+@given(data=UTF8ISH, cuts=st.lists(st.integers(0, 400), max_size=4), then=UTF8ISH)
+def test_the_native_utf8_validator_answers_as_autobahns_own(
+    data: bytes, cuts: list[int], then: bytes
+) -> None:
+    ours_module, theirs_module = (side["autobahn.nvx._utf8validator"] for side in nvx_pair())
+    ours, theirs = ours_module["Utf8Validator"](), theirs_module["Utf8Validator"]()
+    for piece in pieces(data, cuts):
+        assert ours.validate(piece) == theirs.validate(piece)
+    ours.reset()
+    theirs.reset()
+    assert ours.validate(then) == theirs.validate(then)
+
+
+@settings(max_examples=300)
+@given(
+    mask=st.binary(min_size=4, max_size=4),
+    data=st.binary(max_size=600),
+    cuts=st.lists(st.integers(0, 700), max_size=4),
+    hinted=st.booleans(),
+)
+def test_the_native_masker_masks_as_autobahns_own(
+    mask: bytes, data: bytes, cuts: list[int], hinted: bool
+) -> None:
+    ours_module, theirs_module = (side["autobahn.nvx._xormasker"] for side in nvx_pair())
+    length = len(data) if hinted else None
+    ours, theirs = (
+        ours_module["create_xor_masker"](mask, length),
+        theirs_module["create_xor_masker"](mask, length),
+    )
+    for piece in pieces(data, cuts):
+        assert ours.process(piece) == theirs.process(piece)
+        assert ours.pointer() == theirs.pointer()
+    ours.reset()
+    theirs.reset()
+    assert ours.pointer() == theirs.pointer() == 0
+    assert ours.process(data) == theirs.process(data) == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+@pytest.mark.parametrize("change", ["version", "function"])
+def test_autobahns_nvx_modules_are_imported_as_they_are_on_another_autobahn(
+    change: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import autobahn._version
+
+    for name in NVX_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    if change == "version":
+        monkeypatch.setattr(autobahn._version, "__version__", "27.1.1")
+    else:
+        monkeypatch.setitem(_autobahn.NVX, "_nvx_xormasker", (*_autobahn.NVX["_nvx_xormasker"], "nvx_gone"))
+    with caplog.at_level(logging.WARNING):
+        assert _autobahn.compiled_nvx() is False
+    assert not any(name in sys.modules for name in NVX_MODULES)
+    expected = "autobahn 27.1.1 (checked on 26.11.1)" if change == "version" else "lack nvx_gone"
+    assert expected in caplog.text and "with their build step" in caplog.text
 
 
 def test_what_an_open_websocket_drops_is_what_daphne_and_autobahn_set_for_the_handshake() -> None:

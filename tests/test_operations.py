@@ -410,6 +410,22 @@ def test_a_web_process_leaves_what_only_wamp_uses_out() -> None:
     assert python_lines(code) == ["False False False False False", "ApplicationSession True True"]
 
 
+def test_a_web_process_takes_autobahns_native_validator_and_masker_without_their_build_step() -> None:
+    # autobahn's NVX modules parse C declarations with pycparser at every import (1.5 MiB), for a
+    # build step; the gateway's validator and masker come from the compiled modules alone.
+    code = (
+        "import sys; from gateway.server import event_loop; event_loop(['web']);"
+        "import autobahn.websocket.protocol as protocol, daphne.server;"
+        "print('pycparser' in sys.modules, 'cffi.api' in sys.modules,"
+        " protocol.Utf8Validator.__module__, protocol.create_xor_masker.__module__);"
+        "print(protocol.Utf8Validator().validate('gr\u00fc\u00df'.encode()[:-1]))"
+    )
+    assert python_lines(code) == [
+        "False False protocols._autobahn protocols._autobahn",
+        "(True, False, 5, 5)",  # valid so far, in the middle of a code point, 5 bytes read
+    ]
+
+
 def test_a_redis_layer_leaves_cryptography_out() -> None:
     # channels_redis takes cryptography's Fernet when installed, for an encryption the gateway never
     # sets: 6 MiB. Still there for whoever asks afterwards.

@@ -157,6 +157,57 @@ def never_reading_client(gw: GatewayProcess) -> socket.socket:
     return sock
 
 
+def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client's frame, masked as RFC 6455 requires."""
+    mask = os.urandom(4)
+    size = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    head += bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def server_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """The next frame from the server: (opcode, payload)."""
+
+    def take(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "the server closed the connection"
+            data += chunk
+        return data
+
+    first, second = take(2)
+    size = second & 0x7F
+    if size == 126:
+        size = int.from_bytes(take(2), "big")
+    elif size == 127:
+        size = int.from_bytes(take(8), "big")
+    return first & 0x0F, take(size)
+
+
+def test_websocket_text_is_checked_as_utf8_across_fragments(gateway_factory: GatewayFactory) -> None:
+    # autobahn's native validator and unmasker (protocols._autobahn.compiled_nvx), on real frames.
+    gw = gateway_factory()
+    sock = never_reading_client(gw)
+    sock.settimeout(10)
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert json.loads(server_frame(sock)[1])["type"] == "hello"
+    # A 300-byte message in two fragments, cut inside a two-byte character: one message, answered.
+    text = json.dumps({"type": "ping", "note": "gr\u00fc\u00df " * 50}, ensure_ascii=False).encode()
+    cut = text.index("\u00fc".encode()) + 1
+    sock.sendall(client_frame(0x1, text[:cut], fin=False) + client_frame(0x0, text[cut:]))
+    assert server_frame(sock) == (0x1, b'{"type":"pong"}')
+    # Text that is not UTF-8: the connection is closed with 1007 (invalid frame payload data).
+    sock.sendall(client_frame(0x1, b'{"type": "ping", "note": "\xff\xfe"}'))
+    opcode, payload = server_frame(sock)
+    assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1007
+    sock.close()
+    assert gw.wait_healthy()["status"] == "ok"
+
+
 async def test_websocket_abuse_leaves_a_normal_client_whole(gateway_factory: GatewayFactory) -> None:
     gw = gateway_factory(start=False)
     text = gw.config_path.read_text()
