@@ -338,6 +338,21 @@ def test_autobahns_nvx_modules_are_imported_as_they_are_on_another_autobahn(
     assert expected in caplog.text and "with their build step" in caplog.text
 
 
+@pytest.mark.parametrize("off", ["unbuilt", "AUTOBAHN_USE_NVX=0"])
+def test_without_nvx_autobahns_pure_python_validator_is_left_to_it(
+    off: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in NVX_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    if off == "unbuilt":
+        monkeypatch.setitem(sys.modules, "_nvx_utf8validator", None)  # import -> ImportError
+    else:
+        monkeypatch.setenv("AUTOBAHN_USE_NVX", "0")
+    with caplog.at_level(logging.WARNING):
+        assert _autobahn.compiled_nvx() is False
+    assert not any(name in sys.modules for name in NVX_MODULES) and caplog.text == ""
+
+
 def test_what_an_open_websocket_drops_is_what_daphne_and_autobahn_set_for_the_handshake() -> None:
     import daphne.server
     from autobahn.twisted.websocket import WebSocketServerFactory
