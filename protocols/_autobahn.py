@@ -101,7 +101,8 @@ def lean() -> Iterator[None]:
         yield
 
 
-# The C functions of autobahn's compiled NVX modules that `compiled_nvx` calls, by module.
+# autobahn's modules that `compiled_nvx` stands in for, and the C functions it calls, by module.
+NVX_MODULES = ("autobahn.nvx._utf8validator", "autobahn.nvx._xormasker")
 NVX = {
     "_nvx_utf8validator": (
         "nvx_utf8vld_new",
@@ -135,8 +136,7 @@ def compiled_nvx() -> bool:
     `CHECKED`, when its compiled modules lack a function of `NVX` (both logged), when
     `AUTOBAHN_USE_NVX` turns NVX off, or when it is not built.
     """
-    names = ("autobahn.nvx._utf8validator", "autobahn.nvx._xormasker")
-    if any(name in sys.modules for name in names):
+    if any(name in sys.modules for name in NVX_MODULES):
         return False
     if os.environ.get("AUTOBAHN_USE_NVX", "").strip().lower() in ("0", "no", "false"):
         return False
@@ -217,8 +217,8 @@ def compiled_nvx() -> bool:
         return XorMasker(mask, length is not None and length >= SIMD_FROM)
 
     contents: dict[str, dict[str, Any]] = {
-        names[0]: {"Utf8Validator": Utf8Validator},
-        names[1]: {"create_xor_masker": create_xor_masker, "XorMasker": XorMasker},
+        NVX_MODULES[0]: {"Utf8Validator": Utf8Validator},
+        NVX_MODULES[1]: {"create_xor_masker": create_xor_masker, "XorMasker": XorMasker},
     }
     for name, attributes in contents.items():
         module = types.ModuleType(

@@ -135,11 +135,9 @@ class BotApi:
                             log.warning(
                                 "aiogram could not read an update batch (%s); taking it as JSON: %s",
                                 type(err.original).__name__,
-                                ", ".join(kind(u) for u, _ in raw),
+                                ", ".join(kind(u) for u in raw),
                             )
-                        for update, number in raw:
-                            offset = number + 1
-                            feed(update)
+                        offset = _take(raw, feed, offset)
                         continue
                 except (ag.errors.TelegramAPIError, OSError, TimeoutError) as err:
                     self._down(describe(err))
@@ -148,12 +146,7 @@ class BotApi:
                         log.info("Telegram API answers again")
                         self._up("polling")
                     backoff.reset()
-                    for update in updates:
-                        found = update_id(update)
-                        if found is None:
-                            continue  # no id, not an update: as in a batch taken as JSON
-                        offset = found + 1
-                        feed(update)
+                    offset = _take(updates, feed, offset)
                     continue
                 await asyncio.sleep(backoff.next())
         finally:
@@ -162,8 +155,8 @@ class BotApi:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(bot.get_updates(offset=offset, timeout=0, limit=1), 2.0)
 
-    async def _raw_updates(self, offset: int | None) -> list[tuple[dict[str, Any], int]]:
-        """The batch as JSON: its updates (objects with an id, `update_id`) and their ids."""
+    async def _raw_updates(self, offset: int | None) -> list[dict[str, Any]]:
+        """The batch as JSON: its updates (objects with an id, `update_id`)."""
         import aiohttp
 
         url = f"{self.api_url.rstrip('/')}/bot{self.token}/getUpdates"
@@ -177,7 +170,7 @@ class BotApi:
             body = await response.json(content_type=None)
         if not isinstance(body, dict) or not body.get("ok") or not isinstance(body.get("result"), list):
             raise ValueError(f"getUpdates answered {response.status}")
-        return [(u, number) for u in body["result"] if (number := update_id(u)) is not None]
+        return [u for u in body["result"] if update_id(u) is not None]
 
     async def set_webhook(self, url: str, secret: str, stop: asyncio.Event) -> None:
         """Have Telegram send updates to `url` (the web server hands them to `feed`), until `stop`."""
@@ -226,7 +219,7 @@ class BotApi:
                 message_id = message.get("message_id")
                 if type(message_id) is not int:  # a JSON integer, not true
                     # Sent, by the API's word: sending it again would send it twice.
-                    raise Rejected(f"sendMessage answered without a message_id: {str(message)[:80]}")
+                    raise Rejected("sendMessage answered without a message_id")
                 return message_id
             await self._bot(
                 ag.edit(text=p["text"], chat_id=job.chat_id, message_id=p["message_id"], reply_markup=markup)
@@ -256,6 +249,17 @@ class BotApi:
             raise Transient(describe(err)) from None
         except ag.errors.TelegramAPIError as err:
             raise Rejected(describe(err)) from None
+
+
+def _take(batch: list[Any], feed: Callable[[dict[str, Any]], Any], offset: int | None) -> int | None:
+    """Each update of a batch to `feed`, in order; the offset that confirms them. What has no id
+    (`update_id`) is not an update: skipped, whichever way the batch was read."""
+    for update in batch:
+        found = update_id(update)
+        if found is not None:
+            offset = found + 1
+            feed(update)
+    return offset
 
 
 class _Aiogram:
